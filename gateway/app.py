@@ -1,0 +1,228 @@
+"""Composition: builds the store, the route lookup, the upstream session and both listeners from
+``Settings``, runs the background work in one ``TaskGroup``, and shuts down in stages.
+
+Shutdown order (SIGTERM): ``/readyz`` turns 503 at once; the edge stops accepting; open
+WebSockets get close 1001; in-flight HTTP requests get ``shutdown_grace_s`` to finish; then the
+store and the upstream pool are closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from aiohttp import web
+
+from gateway import log
+from gateway.api_keys import KeyRing
+from gateway.control_api import ApiConfig, ControlApi
+from gateway.edge import Edge, EdgeConfig, EdgeServer
+from gateway.http_relay import RelayTimeouts
+from gateway.route_lookup import RouteLookup
+from gateway.routes import utcnow
+from gateway.routing_table import MemoryStore, RedisStore, Store, connect_redis
+from gateway.settings import Settings
+from gateway.upstream import create_session
+from gateway.ws_relay import WebSocketHub, WsLimits
+
+logger = logging.getLogger("gateway.app")
+
+SWEEP_INTERVAL_S = 15.0
+"""How often expired sandboxes and previews are deleted. Reads never serve expired objects in
+between: the expiry is checked on every read."""
+
+
+@dataclass
+class Running:
+    """What a started gateway exposes: bound ports and the generated key, if any."""
+
+    edge_port: int
+    api_port: int
+    api_key: str | None
+    store: Store
+    lookup: RouteLookup
+    hub: WebSocketHub
+    draining: bool = False
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+def build_store(settings: Settings) -> Store:
+    if settings.redis_url is None:
+        return MemoryStore()
+    url = settings.redis_url.get_secret_value()
+    client = connect_redis(url, settings.redis_timeout_s)
+    subscriber = connect_redis(url, 30.0)
+    return RedisStore(client, subscriber, settings.redis_prefix)
+
+
+def key_ring(settings: Settings) -> tuple[KeyRing, str | None]:
+    pairs = [tuple(p.split(":", 1)) for p in settings.api_keys]
+    generated = None
+    if not pairs and settings.api_keys_file is None:
+        generated = "pgw_" + secrets.token_urlsafe(24)
+        pairs = [("default", generated)]
+    return KeyRing([(ws, key) for ws, key in pairs], settings.api_keys_file), generated
+
+
+async def sweep_expired(store: Store, now: Callable[[], datetime] = utcnow) -> int:
+    """Delete what has expired. Deletes are transactions, so when several replicas sweep at
+    once each object is deleted by exactly one of them; the others find nothing to do."""
+    deleted = 0
+    for workspace, sandbox, preview in await store.expired(now()):
+        if preview is None:
+            deleted += await store.delete_sandbox(workspace, sandbox) is not None
+        else:
+            deleted += await store.delete_preview(workspace, sandbox, preview) is not None
+    return deleted
+
+
+async def _sweeper(store: Store) -> None:
+    while True:
+        await asyncio.sleep(SWEEP_INTERVAL_S)
+        try:
+            count = await sweep_expired(store)
+        except Exception as exc:  # the store may be down; try again next round
+            logger.warning("expiry sweep failed: %s", type(exc).__name__)
+            continue
+        if count:
+            logger.info("deleted %d expired sandboxes/previews", count)
+
+
+async def serve(
+    settings: Settings,
+    stop: asyncio.Event,
+    *,
+    on_ready: Callable[[Running], object] | None = None,
+    extra_targets: list[str] | None = None,
+) -> None:
+    """Run the gateway until ``stop`` is set, then drain and return."""
+    allowed = list(settings.allowed_targets)
+    allowed += [ipaddress.ip_network(n) for n in extra_targets or []]
+    store = build_store(settings)
+    lookup = RouteLookup(
+        store,
+        timeout_s=settings.redis_timeout_s,
+        ttl_s=settings.cache_ttl_s if settings.redis_url else 0.0,
+        negative_ttl_s=settings.cache_negative_ttl_s if settings.redis_url else 0.0,
+        stale_grace_s=settings.cache_stale_grace_s,
+        max_entries=settings.cache_max_entries,
+    )
+    keys, generated_key = key_ring(settings)
+    session = create_session(
+        allowed=allowed,
+        max_connections=settings.upstream_max_connections,
+        max_per_target=settings.upstream_max_connections_per_target,
+        connect_timeout_s=settings.upstream_connect_timeout_s,
+    )
+    hub = WebSocketHub(
+        session,
+        WsLimits(
+            idle_timeout_s=settings.ws_idle_timeout_s,
+            max_lifetime_s=settings.ws_max_lifetime_s,
+            ping_interval_s=settings.ws_ping_interval_s,
+            max_message_bytes=settings.ws_max_message_bytes,
+            connect_timeout_s=settings.upstream_connect_timeout_s,
+            handshake_timeout_s=settings.upstream_response_timeout_s,
+        ),
+        route_check=lookup.find,
+    )
+    lookup.add_listener(hub.on_invalidation)
+    edge = Edge(
+        EdgeConfig(
+            preview_domain=settings.preview_domain,
+            trusted_proxies=settings.trusted_proxies,
+            allowed_targets=allowed,
+            timeouts=RelayTimeouts(
+                body_idle_s=settings.body_idle_timeout_s,
+                response_s=settings.upstream_response_timeout_s,
+                upstream_idle_s=settings.upstream_idle_timeout_s,
+                max_body_bytes=settings.max_body_bytes,
+            ),
+        ),
+        lookup,
+        session,
+        websocket_relay=hub.relay,
+    )
+    running: Running | None = None
+
+    async def ready() -> bool:
+        if running is None or running.draining:
+            return False
+        try:
+            async with asyncio.timeout(max(settings.redis_timeout_s, 1.0)):
+                await store.ping()
+        except Exception:
+            return False
+        return True
+
+    api = ControlApi(
+        ApiConfig(
+            preview_domain=settings.preview_domain,
+            region=settings.region,
+            public_scheme=settings.public_scheme,
+            public_port=settings.effective_public_port,
+            blocked_ports=settings.blocked_ports(),
+            allowed_targets=allowed,
+        ),
+        store,
+        keys,
+        ready,
+    )
+    edge_runner = web.ServerRunner(
+        EdgeServer(
+            edge.handle,
+            header_timeout_s=settings.header_read_timeout_s,
+            keepalive_timeout=settings.keepalive_timeout_s,
+            access_log=None,
+        ),
+        shutdown_timeout=settings.shutdown_grace_s,
+    )
+    api_runner = web.AppRunner(api.app(), access_log=None, shutdown_timeout=2.0)
+    async with contextlib.AsyncExitStack() as stack:
+        stack.push_async_callback(store.close)
+        stack.push_async_callback(session.close)
+        await edge_runner.setup()
+        stack.push_async_callback(edge_runner.cleanup)
+        await api_runner.setup()
+        stack.push_async_callback(api_runner.cleanup)
+        edge_site = web.TCPSite(edge_runner, settings.bind, settings.edge_port, reuse_address=True)
+        api_site = web.TCPSite(api_runner, settings.bind, settings.api_port, reuse_address=True)
+        await edge_site.start()
+        await api_site.start()
+        edge_port = _bound_port(edge_runner)
+        api_port = _bound_port(api_runner)
+        if settings.public_port is None and settings.edge_port == 0:
+            api.set_public_port(edge_port)  # an ephemeral edge port is only known now
+        running = Running(edge_port, api_port, generated_key, store, lookup, hub)
+        async with asyncio.TaskGroup() as tasks:
+            background = [
+                tasks.create_task(lookup.follow_invalidations(), name="invalidations"),
+                tasks.create_task(_sweeper(store), name="sweeper"),
+            ]
+            if on_ready is not None:
+                on_ready(running)
+            await stop.wait()
+            running.draining = True
+            logger.info("draining: closing WebSockets, finishing in-flight requests")
+            await edge_site.stop()
+            await hub.close_all(1001, "gateway shutting down")
+            for task in background:
+                task.cancel()
+    logger.info("stopped")
+
+
+def _bound_port(runner: web.BaseRunner) -> int:
+    for address in runner.addresses:
+        if isinstance(address, tuple) and len(address) >= 2:
+            return int(address[1])
+    raise RuntimeError("listener has no address")
+
+
+def configure_logging(settings: Settings) -> None:
+    log.configure(settings.log_level, settings.access_log)

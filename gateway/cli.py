@@ -1,0 +1,108 @@
+"""Command line: ``python -m gateway [--demo]``. Reads settings, picks the loop, handles signals."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Sequence
+
+from pydantic import ValidationError
+
+from gateway import __version__
+from gateway.app import Running, configure_logging, serve
+from gateway.settings import Settings, markdown_table
+
+
+def _loop_factory() -> type[asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency everywhere but Windows
+        return None
+    return uvloop.Loop
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m gateway", description=__doc__)
+    parser.add_argument(
+        "--demo", action="store_true", help="start a demo sandbox with a public preview"
+    )
+    parser.add_argument("--version", action="version", version=f"preview-gateway {__version__}")
+    parser.add_argument(
+        "--settings-table", action="store_true", help="print the settings as a Markdown table"
+    )
+    args = parser.parse_args(argv)
+    if args.settings_table:
+        print(markdown_table())
+        return 0
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        print(f"invalid settings:\n{exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings)
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        return runner.run(_run(settings, demo=args.demo))
+
+
+async def _run(settings: Settings, *, demo: bool) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    # SIGTERM: `kill`, docker stop, Kubernetes. SIGINT: Ctrl+C.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    demo_runner = None
+    ready = asyncio.Event()
+    holder: list[Running] = []
+
+    def on_ready(running: Running) -> None:
+        holder.append(running)
+        ready.set()
+
+    async with asyncio.TaskGroup() as tasks:
+        server = tasks.create_task(
+            serve(
+                settings, stop, on_ready=on_ready, extra_targets=["127.0.0.0/8"] if demo else None
+            )
+        )
+        waiter = tasks.create_task(ready.wait())
+        await asyncio.wait([server, waiter], return_when=asyncio.FIRST_COMPLETED)
+        if not ready.is_set():
+            waiter.cancel()
+        else:
+            running = holder[0]
+            _announce(settings, running)
+            if demo:
+                from gateway.demo import start_demo
+
+                demo_runner, url = await start_demo(
+                    running,
+                    region=settings.region,
+                    domain=settings.preview_domain,
+                    public_scheme=settings.public_scheme,
+                    public_port=settings.public_port or running.edge_port,
+                )
+                print(f"\n  Demo preview:  {url}\n  Try:           curl {url}\n", flush=True)
+    if demo_runner is not None:
+        with contextlib.suppress(Exception):
+            await demo_runner.cleanup()
+    return 0
+
+
+def _announce(settings: Settings, running: Running) -> None:
+    store = "redis" if settings.redis_url else "embedded (in-memory, single node)"
+    print(
+        f"preview-gateway {__version__}\n"
+        f"  edge:    http://{settings.bind}:{running.edge_port}  (*.{settings.preview_domain})\n"
+        f"  api:     http://{settings.bind}:{running.api_port}/v0\n"
+        f"  store:   {store}",
+        flush=True,
+    )
+    if running.api_key:
+        print(
+            f"  api key: {running.api_key}  (workspace 'default'; "
+            "set GATEWAY_API_KEYS to choose your own)",
+            flush=True,
+        )

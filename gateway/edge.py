@@ -1,0 +1,287 @@
+"""The edge listener: Host → route → admission → HTTP or WebSocket relay.
+
+It runs on aiohttp's low-level ``web.Server`` (there is one catch-all handler, so a router would
+only add work) with a request handler that adds what aiohttp lacks for an internet-facing proxy:
+a deadline for request headers (slowloris) and error pages that neither echo the offending bytes
+nor log a traceback per malformed request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from gateway import headers as policy
+from gateway import log
+from gateway.edge_pages import render
+from gateway.errors import (
+    BadRequest,
+    GatewayError,
+    InvalidHost,
+    TokenRequired,
+    UnknownPreview,
+    error_code,
+)
+from gateway.hostnames import normalize_host
+from gateway.http_relay import Outcome, RelayTimeouts, StreamAborted, relay
+from gateway.route_lookup import RouteLookup
+from gateway.routes import Route
+from gateway.upstream import IPNetwork, TargetNotAllowed, address_allowed, is_ip_literal, target_url
+
+WebSocketRelay = Callable[
+    [web.BaseRequest, Route, URL, CIMultiDict[str], log.AccessRecord], Awaitable[web.StreamResponse]
+]
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeConfig:
+    preview_domain: str
+    trusted_proxies: Sequence[IPNetwork]
+    allowed_targets: Sequence[IPNetwork]
+    timeouts: RelayTimeouts
+
+
+class Edge:
+    def __init__(
+        self,
+        config: EdgeConfig,
+        lookup: RouteLookup,
+        session: aiohttp.ClientSession,
+        websocket_relay: WebSocketRelay | None = None,
+    ) -> None:
+        self._c = config
+        self._lookup = lookup
+        self._session = session
+        self._ws = websocket_relay
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        record = log.AccessRecord(
+            request_id=_request_id(request, self._c.trusted_proxies),
+            method=request.method,
+            host="",
+            path=request.rel_url.raw_path[:512],
+            remote=request.remote or "",
+        )
+        started = asyncio.get_running_loop().time()
+        outcome = Outcome()
+        try:
+            response = await self._handle(request, record, outcome)
+            record.status = response.status
+            return response
+        except GatewayError as exc:
+            record.status, record.error_code = exc.status, error_code(exc)
+            return render(exc, request.headers.get("Accept", ""), head=request.method == "HEAD")
+        except StreamAborted:
+            record.status, record.error_code = outcome.status, "upstream_aborted"
+            log.edge.warning("upstream aborted mid-response (preview %s)", record.preview)
+            raise
+        except asyncio.CancelledError:
+            record.status = 499  # the client went away; nobody is left to answer
+            raise
+        except Exception:
+            log.edge.exception("unexpected error while handling a preview request")
+            record.status, record.error_code = 500, "internal_error"
+            return render(GatewayError(), request.headers.get("Accept", ""))
+        finally:
+            record.bytes_in, record.bytes_out = outcome.bytes_in, outcome.bytes_out
+            if outcome.upstream_s:
+                record.upstream_ms = round(outcome.upstream_s * 1000, 2)
+            record.duration_ms = round((asyncio.get_running_loop().time() - started) * 1000, 2)
+            log.write_access(record)
+
+    async def _handle(
+        self, request: web.BaseRequest, record: log.AccessRecord, outcome: Outcome
+    ) -> web.StreamResponse:
+        host = self._canonical_host(request)
+        record.host = host
+        policy.check_request(
+            request.method,
+            (request.version.major, request.version.minor),
+            request.headers,
+            max_body_bytes=self._c.timeouts.max_body_bytes,
+        )
+        route = await self._lookup.find(host)
+        if route is None:
+            raise UnknownPreview(f"No preview is registered for {host}.")
+        record.workspace, record.sandbox, record.preview = (
+            route.workspace,
+            route.sandbox,
+            route.preview,
+        )
+        if not route.public:
+            raise TokenRequired("This preview is private: open it with a preview token.")
+        self._check_target(route)
+        record.upstream = f"{route.sandbox}:{route.port}"
+        peer = request.remote or ""
+        websocket = policy.is_websocket_upgrade(request.method, request.headers)
+        upstream_headers = policy.upstream_request_headers(
+            request.headers,
+            peer_ip=peer,
+            proto="https" if request.secure else "http",
+            trusted_peer=policy.is_trusted(peer, self._c.trusted_proxies),
+            preview_headers=route.request_headers,
+            websocket=websocket,
+        )
+        upstream_headers["X-Request-Id"] = record.request_id
+        url = target_url(
+            route.target_host,
+            route.port,
+            request.rel_url.raw_path,
+            policy.strip_token_param(request.rel_url.raw_query_string),
+            websocket=websocket,
+        )
+        if websocket and self._ws is not None:
+            record.kind = "websocket"
+            return await self._ws(request, route, url, upstream_headers, record)
+
+        # Any other Upgrade (h2c, ...) was dropped as hop-by-hop: served as plain HTTP/1.1.
+        def shape(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+            return policy.downstream_response_headers(
+                upstream,
+                preview_headers=route.response_headers,
+                protected_domains=(self._c.preview_domain,),
+            )
+
+        return await relay(
+            request,
+            self._session,
+            url,
+            upstream_headers,
+            port=route.port,
+            timeouts=self._c.timeouts,
+            shape_headers=shape,
+            outcome=outcome,
+        )
+
+    def _canonical_host(self, request: web.BaseRequest) -> str:
+        values = request.headers.getall("Host", [])
+        if len(values) != 1:
+            raise InvalidHost("Exactly one Host header is required.")
+        host = normalize_host(values[0])
+        raw = request.raw_path
+        if not raw.startswith("/"):
+            # Absolute-form target: aiohttp would route on its authority; we never do, and
+            # refuse the request when the two disagree (threat model H07).
+            try:
+                authority = URL(raw).raw_host or ""
+            except ValueError as exc:
+                raise BadRequest("Invalid request target.") from exc
+            if normalize_host(authority) != host:
+                raise BadRequest("The request target and the Host header name different hosts.")
+        return host
+
+    def _check_target(self, route: Route) -> None:
+        if is_ip_literal(route.target_host) and not address_allowed(
+            route.target_host, self._c.allowed_targets
+        ):
+            log.edge.error(
+                "refusing to dial a target outside allowed_targets (preview %s)", route.preview
+            )
+            raise TargetNotAllowed("This preview's sandbox address is not allowed.")
+
+
+def _request_id(request: web.BaseRequest, trusted: Sequence[IPNetwork]) -> str:
+    supplied = request.headers.get("X-Request-Id", "")
+    if (
+        supplied
+        and len(supplied) <= 128
+        and supplied.isascii()
+        and supplied.isprintable()
+        and policy.is_trusted(request.remote, trusted)
+    ):
+        return supplied
+    return secrets.token_hex(8)
+
+
+# ── the server shell ────────────────────────────────────────────────────────────────────────
+class EdgeRequestHandler(RequestHandler):
+    """aiohttp's connection handler plus a header-read deadline and quiet error pages."""
+
+    header_timeout_s: float = 10.0
+
+    def __init__(self, manager: web.Server, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._head_started: float | None = None
+        self._head_timer: asyncio.TimerHandle | None = None
+
+    def data_received(self, data: bytes) -> None:
+        before = self._request_count
+        super().data_received(data)
+        if self._request_count != before:
+            self._head_started = None
+        elif (
+            self._head_started is None
+            and not self._request_in_progress
+            and self._payload_parser is None
+            and not self._upgraded
+            and data
+        ):
+            # The first bytes of a request head: it must be complete within the deadline
+            # (nginx client_header_timeout, HAProxy timeout http-request).
+            self._head_started = self._loop.time()
+            self._head_timer = self._loop.call_later(self.header_timeout_s, self._check_head)
+
+    def _check_head(self) -> None:
+        self._head_timer = None
+        started = self._head_started
+        if started is None or self._request_in_progress or self.transport is None:
+            return
+        if self._loop.time() - started >= self.header_timeout_s - 0.001:
+            log.edge.info("closing a connection that did not finish its request headers in time")
+            self.force_close()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        super().connection_lost(exc)
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if request.writer.output_size > 0:
+            raise ConnectionError("response already started; cutting the connection")
+        if status >= 500:
+            log.edge.error("unhandled error on the edge: %s", type(exc).__name__)
+            error: GatewayError = GatewayError()
+        else:
+            # One line, no traceback and no echo of the bytes: malformed requests are routine
+            # on the internet (threat model D11, L05).
+            log.edge.debug("malformed request from %s: %s", request.remote, type(exc).__name__)
+            error = BadRequest("The request could not be parsed.")
+        return render(error, request.headers.get("Accept", ""))
+
+
+class EdgeServer(web.Server):
+    def __init__(
+        self,
+        handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]],
+        *,
+        header_timeout_s: float,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(handler, handler_cancellation=True, **kwargs)
+        self._header_timeout_s = header_timeout_s
+
+    def __call__(self) -> RequestHandler:
+        handler = EdgeRequestHandler(self, loop=self._loop, **self._kwargs)
+        handler.header_timeout_s = self._header_timeout_s
+        return handler
+
+
+def quiet_loggers() -> None:
+    logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)

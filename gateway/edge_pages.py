@@ -1,0 +1,73 @@
+"""Error responses of the edge listener: a short HTML page for browsers, JSON for everything else.
+
+Every one carries ``X-Blaxel-Error-Code`` and ``X-Blaxel-Source: gateway`` so that clients
+written against Blaxel can tell a gateway error from the app's. Pages are served on the preview's
+own origin, which the sandbox can script, so they hold nothing secret and escape everything.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from gateway.errors import GatewayError, error_code
+
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{status} {title}</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>body{{font:16px/1.5 system-ui,sans-serif;max-width:40rem;margin:4rem auto;padding:0 1rem;
+color:#222}}h1{{font-size:1.4rem}}code{{background:#f3f3f3;padding:.1rem .3rem}}
+small{{color:#777}}</style></head>
+<body><h1>{title}</h1><p>{message}</p><p><small>{status} &middot; {code} &middot;
+preview gateway</small></p></body></html>
+"""
+
+
+def wants_html(accept: str) -> bool:
+    return "text/html" in accept.lower()
+
+
+def error_headers(exc: GatewayError) -> CIMultiDict[str]:
+    headers: CIMultiDict[str] = CIMultiDict()
+    headers["X-Blaxel-Error-Code"] = error_code(exc)
+    headers["X-Blaxel-Source"] = "gateway"
+    headers["Cache-Control"] = "no-store"
+    headers["X-Content-Type-Options"] = "nosniff"
+    headers["Content-Security-Policy"] = "default-src 'none'; style-src 'unsafe-inline'"
+    headers["Referrer-Policy"] = "no-referrer"
+    if exc.status == 401:
+        # Blaxel answers failed auth with this, so a cross-origin fetch can read the reason.
+        headers["Access-Control-Allow-Origin"] = "*"
+    if exc.retry_after_s is not None:
+        headers["Retry-After"] = str(exc.retry_after_s)
+    return headers
+
+
+def render(exc: GatewayError, accept: str, *, head: bool = False) -> web.Response:
+    headers = error_headers(exc)
+    if wants_html(accept):
+        body = _PAGE.format(
+            status=exc.status,
+            title=html.escape(exc.title),
+            message=html.escape(exc.message),
+            code=html.escape(error_code(exc)),
+        )
+        content_type = "text/html"
+    else:
+        body = json.dumps({"error": exc.message, "code": error_code(exc), "status": exc.status})
+        content_type = "application/json"
+    if exc.status == 405:
+        headers["Allow"] = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+    response = web.Response(
+        status=exc.status,
+        text=None if head else body,
+        content_type=content_type,
+        charset="utf-8",
+        headers=headers,
+    )
+    if exc.status in (400, 405, 408, 413):
+        response.force_close()
+    return response

@@ -1,0 +1,127 @@
+"""Failures the gateway answers with a response instead of a traceback.
+
+Every leaf declares the status it maps to and a stable machine code. One renderer per listener
+turns them into responses (``edge_pages`` for preview traffic, ``control_api`` for JSON); handlers
+never build error responses by hand. Messages are written for the client: they never carry a
+sandbox address, a token or a library's exception text.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class GatewayError(Exception):
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+    title: ClassVar[str] = "Gateway error"
+
+    def __init__(self, message: str = "", *, retry_after_s: int | None = None) -> None:
+        super().__init__(message or self.title)
+        self.message = message or self.title
+        self.retry_after_s = retry_after_s
+
+
+# ── client mistakes ─────────────────────────────────────────────────────────────────────────
+class BadRequest(GatewayError):
+    status = 400
+    code = "bad_request"
+    title = "Bad request"
+
+
+class InvalidHost(BadRequest):
+    code = "invalid_host"
+    title = "Invalid Host header"
+
+
+class MethodNotAllowed(GatewayError):
+    status = 405
+    code = "method_not_allowed"
+    title = "Method not allowed"
+
+
+class RequestTimedOut(GatewayError):
+    status = 408
+    code = "request_timeout"
+    title = "The request body stopped arriving"
+
+
+class PayloadTooLarge(GatewayError):
+    status = 413
+    code = "payload_too_large"
+    title = "Request body too large"
+
+
+# ── routing and admission ───────────────────────────────────────────────────────────────────
+class UnknownPreview(GatewayError):
+    status = 404
+    code = "preview_not_found"
+    title = "No preview at this address"
+
+
+class TokenRequired(GatewayError):
+    status = 401
+    code = "token_required"
+    title = "This preview is private"
+
+
+class TokenRejected(GatewayError):
+    """A token was presented but does not open this preview; ``code`` says why."""
+
+    status = 401
+    code = "token_invalid"
+    title = "This preview link is not valid"
+
+    def __init__(self, reason: str, message: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class OriginRejected(GatewayError):
+    status = 403
+    code = "origin_not_allowed"
+    title = "WebSocket origin not allowed"
+
+
+class RoutingUnavailable(GatewayError):
+    status = 503
+    code = "routing_unavailable"
+    title = "Preview routing is temporarily unavailable"
+
+
+class Overloaded(GatewayError):
+    status = 503
+    code = "overloaded"
+    title = "Too many connections"
+
+
+# ── upstream ────────────────────────────────────────────────────────────────────────────────
+class UpstreamRefused(GatewayError):
+    status = 502
+    code = "upstream_refused"
+    title = "Nothing is listening on this port"
+
+
+class UpstreamUnreachable(GatewayError):
+    status = 502
+    code = "upstream_unreachable"
+    title = "The sandbox could not be reached"
+
+
+class UpstreamBadResponse(GatewayError):
+    status = 502
+    code = "upstream_bad_response"
+    title = "The app sent an invalid response"
+
+
+class UpstreamTimedOut(GatewayError):
+    status = 504
+    code = "upstream_timeout"
+    title = "The app did not answer in time"
+
+
+def error_code(exc: GatewayError) -> str:
+    """The machine code sent in ``X-Blaxel-Error-Code``."""
+    if isinstance(exc, TokenRejected):
+        return exc.reason
+    return exc.code

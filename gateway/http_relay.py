@@ -1,0 +1,177 @@
+"""Stream one HTTP request to a sandbox and its response back. Knows nothing of routes or tokens:
+it receives a URL, ready-made headers and a function that shapes the response headers.
+
+Bodies are never buffered: each piece read from one side is written to the other and awaited
+(drain), so a slow reader slows the writer and memory per request stays bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from gateway.errors import (
+    GatewayError,
+    PayloadTooLarge,
+    RequestTimedOut,
+    UpstreamBadResponse,
+    UpstreamTimedOut,
+)
+from gateway.upstream import translate_errors
+
+ShapeHeaders = Callable[[CIMultiDictProxy[str]], CIMultiDict[str]]
+
+# Statuses whose responses have no body whatever their headers say (RFC 9110 §6.4.1).
+_BODYLESS = frozenset({204, 304})
+
+
+class StreamAborted(Exception):
+    """The upstream failed after the response started; the client connection must be cut so
+    the truncation is visible (no final chunk, or fewer bytes than Content-Length)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RelayTimeouts:
+    body_idle_s: float
+    response_s: float
+    upstream_idle_s: float
+    max_body_bytes: int
+
+
+@dataclass(slots=True)
+class Outcome:
+    status: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    upstream_s: float = 0.0
+
+
+class _Upload:
+    """The client's body as an async iterator, enforcing the idle timeout and the size cap.
+
+    Failures are recorded here as well as raised: aiohttp's client wraps anything the body
+    iterator raises in its own connection error, and the client must get 408/413, not 502.
+    """
+
+    def __init__(
+        self, content: aiohttp.StreamReader, timeouts: RelayTimeouts, deadline: asyncio.Timeout
+    ) -> None:
+        self._content = content
+        self._t = timeouts
+        self._deadline = deadline
+        self.failure: GatewayError | None = None
+        self.size = 0
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                async with asyncio.timeout(self._t.body_idle_s):
+                    chunk = await self._content.readany()
+            except TimeoutError:
+                self.failure = RequestTimedOut("The request body stopped arriving.")
+                raise self.failure from None
+            if not chunk:
+                return
+            self.size += len(chunk)
+            if self._t.max_body_bytes and self.size > self._t.max_body_bytes:
+                self.failure = PayloadTooLarge(
+                    f"The request body is larger than {self._t.max_body_bytes} bytes."
+                )
+                raise self.failure
+            # The response deadline counts from the last byte sent, so a long upload is not
+            # mistaken for an app that does not answer.
+            self._deadline.reschedule(loop.time() + self._t.response_s)
+            yield chunk
+
+
+def _has_body(request: web.BaseRequest) -> bool:
+    return request.body_exists or "Transfer-Encoding" in request.headers
+
+
+async def relay(
+    request: web.BaseRequest,
+    session: aiohttp.ClientSession,
+    url: URL,
+    headers: CIMultiDict[str],
+    *,
+    port: int,
+    timeouts: RelayTimeouts,
+    shape_headers: ShapeHeaders,
+    outcome: Outcome,
+) -> web.StreamResponse:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    upload: _Upload | None = None
+    try:
+        async with asyncio.timeout(timeouts.response_s) as deadline:
+            if _has_body(request):
+                upload = _Upload(request.content, timeouts, deadline)
+            with translate_errors(port):
+                upstream = await session.request(
+                    request.method,
+                    url,
+                    headers=headers,
+                    data=upload.chunks() if upload is not None else None,
+                    allow_redirects=False,
+                    compress=None,
+                    chunked=None,
+                )
+    except (GatewayError, TimeoutError) as exc:
+        if upload is not None and upload.failure is not None:
+            raise upload.failure from exc
+        if isinstance(exc, TimeoutError):
+            raise UpstreamTimedOut("The app did not answer in time.") from exc
+        raise
+    outcome.upstream_s = loop.time() - started
+    if upload is not None:
+        outcome.bytes_in = upload.size
+    try:
+        response = await _stream_response(request, upstream, timeouts, shape_headers, outcome)
+    except BaseException:
+        upstream.close()  # never return a connection in an unknown state to the pool
+        raise
+    upstream.release()
+    return response
+
+
+async def _stream_response(
+    request: web.BaseRequest,
+    upstream: aiohttp.ClientResponse,
+    timeouts: RelayTimeouts,
+    shape_headers: ShapeHeaders,
+    outcome: Outcome,
+) -> web.StreamResponse:
+    if upstream.status == 101 or upstream.status < 200:
+        raise UpstreamBadResponse("The app switched protocols on a plain HTTP request.")
+    # The upstream reason phrase is not copied: it is attacker-controlled text (CVE-2026-34519).
+    response = web.StreamResponse(status=upstream.status, headers=shape_headers(upstream.headers))
+    outcome.status = upstream.status
+    bodyless = request.method == "HEAD" or upstream.status in _BODYLESS
+    if bodyless:
+        response.headers.pop("Transfer-Encoding", None)
+    await response.prepare(request)
+    if bodyless:
+        await response.write_eof()
+        return response
+    idle = timeouts.upstream_idle_s or None
+    try:
+        while True:
+            async with asyncio.timeout(idle):
+                chunk = await upstream.content.readany()
+            if not chunk:
+                break
+            outcome.bytes_out += len(chunk)
+            await response.write(chunk)
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        # Headers are out, so no error page is possible. Cutting the connection is the only
+        # way to tell the client the body is incomplete.
+        raise StreamAborted("upstream failed mid-response") from exc
+    await response.write_eof()
+    return response

@@ -1,0 +1,115 @@
+"""Route lookups for the edge: the store behind an in-process cache.
+
+A hit costs no round trip. Concurrent misses for one hostname share one store read. No lookup
+waits on the store longer than ``timeout_s``; when the store fails, cached routes keep serving
+for the grace period and everything else fails closed with 503 (``RoutingUnavailable``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Callable
+from datetime import datetime
+
+from gateway.errors import RoutingUnavailable
+from gateway.hostnames import wildcard_candidates
+from gateway.route_cache import RouteCache
+from gateway.routes import Route, utcnow
+from gateway.routing_table import FLUSH_ALL, Store
+
+log = logging.getLogger("gateway.routing")
+
+InvalidationListener = Callable[[str], None]
+
+
+class RouteLookup:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        timeout_s: float,
+        ttl_s: float,
+        negative_ttl_s: float,
+        stale_grace_s: float,
+        max_entries: int,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self._store = store
+        self._timeout_s = timeout_s
+        self._wall_clock = wall_clock
+        self._cache: RouteCache[Route] = RouteCache(
+            clock=clock,
+            ttl_s=ttl_s,
+            negative_ttl_s=negative_ttl_s,
+            stale_grace_s=stale_grace_s,
+            max_entries=max_entries,
+        )
+        self._inflight: dict[str, asyncio.Task[Route | None]] = {}
+        self._listeners: list[InvalidationListener] = []
+        self.store_reads = 0
+        """Store reads made so far (a metric, and what the coalescing test counts)."""
+
+    def add_listener(self, listener: InvalidationListener) -> None:
+        """``listener(hostname)`` runs for every invalidated hostname (``"*"`` for all)."""
+        self._listeners.append(listener)
+
+    async def find(self, host: str) -> Route | None:
+        """The route for a canonical host: an exact name first, then a one-label wildcard."""
+        for key in wildcard_candidates(host):
+            route = await self._get(key)
+            if route is not None:
+                if route.expired(self._wall_clock()):
+                    return None
+                return route
+        return None
+
+    async def _get(self, key: str) -> Route | None:
+        entry = self._cache.fresh(key)
+        if entry is not None:
+            return entry.value
+        task = self._inflight.get(key)
+        if task is None:
+            # The read runs in its own task, bounded by the timeout, so that the first caller's
+            # cancellation (its client went away) cannot strand the others waiting on it.
+            task = asyncio.get_running_loop().create_task(self._fetch(key))
+            self._inflight[key] = task
+            task.add_done_callback(functools.partial(self._done, key))
+        return await asyncio.shield(task)
+
+    def _done(self, key: str, task: asyncio.Task[Route | None]) -> None:
+        if self._inflight.get(key) is task:
+            del self._inflight[key]
+        if not task.cancelled():
+            task.exception()  # retrieved, so a read nobody waited for does not warn
+
+    async def _fetch(self, key: str) -> Route | None:
+        generation = self._cache.generation
+        self.store_reads += 1
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                route = await self._store.get_route(key)
+        except (TimeoutError, RoutingUnavailable) as exc:
+            stale = self._cache.stale(key)
+            if stale is not None:
+                log.warning("routing table unavailable; serving a cached route")
+                return stale
+            raise RoutingUnavailable("The routing table is unreachable.", retry_after_s=2) from exc
+        self._cache.store(key, route, generation)
+        return route
+
+    def invalidate(self, hostname: str) -> None:
+        if hostname == FLUSH_ALL:
+            self._cache.clear()
+        else:
+            self._cache.invalidate(hostname)
+        for listener in self._listeners:
+            listener(hostname)
+
+    async def follow_invalidations(self) -> None:
+        """Apply the store's invalidations until cancelled (run it in the app's task group)."""
+        async for hostname in self._store.invalidations():
+            self.invalidate(hostname)

@@ -1,0 +1,123 @@
+"""Records of the routing table and the names of their keys. Pure: no I/O.
+
+A ``Route`` is what the edge needs for one hostname; it is derived from a ``Sandbox`` (where to
+dial) and a ``Preview`` (which port, who may see it, which headers) and written in the same
+transaction as they are, so the edge never sees one without the other.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+"""Sandbox, preview and workspace names: DNS labels, as Blaxel's names are."""
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class Sandbox(_Record):
+    workspace: str
+    name: str
+    target_host: str
+    """IP address or DNS name the gateway dials for this sandbox's ports."""
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime | None = None
+    ttl: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    def expired(self, now: datetime) -> bool:
+        return self.expires_at is not None and self.expires_at <= now
+
+
+class Preview(_Record):
+    workspace: str
+    sandbox: str
+    name: str
+    port: int
+    public: bool
+    hostname: str
+    prefix_url: str | None = None
+    custom_domain: str | None = None
+    request_headers: dict[str, str] = Field(default_factory=dict)
+    response_headers: dict[str, str] = Field(default_factory=dict)
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime | None = None
+    ttl: str | None = None
+    expires: str | None = None
+
+    def expired(self, now: datetime) -> bool:
+        return self.expires_at is not None and self.expires_at <= now
+
+
+class Route(_Record):
+    hostname: str
+    workspace: str
+    sandbox: str
+    preview: str
+    target_host: str
+    port: int
+    public: bool
+    request_headers: dict[str, str] = Field(default_factory=dict)
+    response_headers: dict[str, str] = Field(default_factory=dict)
+    expires_at: datetime | None = None
+    """The earlier of the sandbox's and the preview's expiry: the edge stops routing then, even
+    before a sweeper has deleted the records."""
+
+    @classmethod
+    def build(cls, sandbox: Sandbox, preview: Preview) -> Route:
+        expiries = [e for e in (sandbox.expires_at, preview.expires_at) if e is not None]
+        return cls(
+            hostname=preview.hostname,
+            workspace=preview.workspace,
+            sandbox=preview.sandbox,
+            preview=preview.name,
+            target_host=sandbox.target_host,
+            port=preview.port,
+            public=preview.public,
+            request_headers=preview.request_headers,
+            response_headers=preview.response_headers,
+            expires_at=min(expiries) if expiries else None,
+        )
+
+    def expired(self, now: datetime) -> bool:
+        return self.expires_at is not None and self.expires_at <= now
+
+
+class Keys:
+    """Redis key layout (documented in docs/redis.md). ``{ws}`` and names are validated DNS
+    labels and hostnames, so no key can contain a separator or a glob character."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def sandbox(self, workspace: str, name: str) -> str:
+        return f"{self.prefix}sb:{workspace}:{name}"
+
+    def sandboxes(self, workspace: str) -> str:
+        return f"{self.prefix}sbs:{workspace}"
+
+    def preview(self, workspace: str, sandbox: str, name: str) -> str:
+        return f"{self.prefix}pv:{workspace}:{sandbox}:{name}"
+
+    def previews(self, workspace: str, sandbox: str) -> str:
+        return f"{self.prefix}pvs:{workspace}:{sandbox}"
+
+    def route(self, hostname: str) -> str:
+        return f"{self.prefix}route:{hostname}"
+
+    def expiries(self) -> str:
+        return f"{self.prefix}expiries"
+
+    @property
+    def invalidations(self) -> str:
+        return f"{self.prefix}invalidate"

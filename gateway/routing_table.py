@@ -1,0 +1,443 @@
+"""The routing table: sandboxes, previews and the hostname → route map.
+
+Two implementations of one ``Store`` protocol, tested by one contract suite:
+
+* ``MemoryStore``: the embedded single-node store used when no Redis is configured.
+* ``RedisStore``: the shared truth for many replicas. Every write that spans keys runs in one
+  ``MULTI``/``EXEC`` under ``WATCH``, so a crash can never leave a preview without its route or a
+  route without its preview. Every write publishes the hostnames it touched on one channel, so
+  replicas drop exactly those cache entries.
+
+This is the only module that talks to Redis; redis errors become ``RoutingUnavailable`` here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from datetime import datetime
+from typing import Protocol, TypeVar
+
+import redis.asyncio as aioredis
+from pydantic import BaseModel, ValidationError
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError, WatchError
+
+from gateway.errors import RoutingUnavailable
+from gateway.routes import Keys, Preview, Route, Sandbox
+
+log = logging.getLogger("gateway.routing")
+
+FLUSH_ALL = "*"
+"""Invalidation meaning "drop every cached entry" (sent after a resubscribe, when messages may
+have been lost)."""
+
+M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
+
+
+class PutResult(enum.Enum):
+    OK = "ok"
+    NAME_EXISTS = "name_exists"
+    HOST_TAKEN = "host_taken"
+    NO_SANDBOX = "no_sandbox"
+
+
+class Store(Protocol):
+    async def ping(self) -> None: ...
+    async def close(self) -> None: ...
+    async def get_route(self, hostname: str) -> Route | None: ...
+    async def get_sandbox(self, workspace: str, name: str) -> Sandbox | None: ...
+    async def list_sandboxes(self, workspace: str) -> list[Sandbox]: ...
+    async def put_sandbox(self, sandbox: Sandbox, *, create: bool) -> PutResult: ...
+    async def delete_sandbox(self, workspace: str, name: str) -> Sandbox | None: ...
+    async def get_preview(self, workspace: str, sandbox: str, name: str) -> Preview | None: ...
+    async def list_previews(self, workspace: str, sandbox: str) -> list[Preview]: ...
+    async def put_preview(self, preview: Preview, *, create: bool, force: bool) -> PutResult: ...
+    async def delete_preview(self, workspace: str, sandbox: str, name: str) -> Preview | None: ...
+    async def expired(self, now: datetime) -> list[tuple[str, str, str | None]]: ...
+    def invalidations(self) -> AsyncIterator[str]: ...
+
+
+# ── embedded ────────────────────────────────────────────────────────────────────────────────
+class MemoryStore:
+    """Single-process store. Each method runs without an ``await`` between its reads and writes,
+    so every operation is atomic with respect to the event loop."""
+
+    def __init__(self) -> None:
+        self._sandboxes: dict[tuple[str, str], Sandbox] = {}
+        self._previews: dict[tuple[str, str, str], Preview] = {}
+        self._routes: dict[str, Route] = {}
+        self._subscribers: set[asyncio.Queue[str]] = set()
+
+    async def ping(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def get_route(self, hostname: str) -> Route | None:
+        return self._routes.get(hostname)
+
+    async def get_sandbox(self, workspace: str, name: str) -> Sandbox | None:
+        return self._sandboxes.get((workspace, name))
+
+    async def list_sandboxes(self, workspace: str) -> list[Sandbox]:
+        return sorted(
+            (s for (ws, _), s in self._sandboxes.items() if ws == workspace), key=lambda s: s.name
+        )
+
+    async def put_sandbox(self, sandbox: Sandbox, *, create: bool) -> PutResult:
+        key = (sandbox.workspace, sandbox.name)
+        if create and key in self._sandboxes:
+            return PutResult.NAME_EXISTS
+        self._sandboxes[key] = sandbox
+        touched = []
+        for preview in self._previews_of(sandbox.workspace, sandbox.name):
+            self._routes[preview.hostname] = Route.build(sandbox, preview)
+            touched.append(preview.hostname)
+        self._publish(touched)
+        return PutResult.OK
+
+    async def delete_sandbox(self, workspace: str, name: str) -> Sandbox | None:
+        sandbox = self._sandboxes.pop((workspace, name), None)
+        if sandbox is None:
+            return None
+        touched = []
+        for preview in self._previews_of(workspace, name):
+            del self._previews[(workspace, name, preview.name)]
+            self._routes.pop(preview.hostname, None)
+            touched.append(preview.hostname)
+        self._publish(touched)
+        return sandbox
+
+    async def get_preview(self, workspace: str, sandbox: str, name: str) -> Preview | None:
+        return self._previews.get((workspace, sandbox, name))
+
+    async def list_previews(self, workspace: str, sandbox: str) -> list[Preview]:
+        return sorted(self._previews_of(workspace, sandbox), key=lambda p: p.name)
+
+    async def put_preview(self, preview: Preview, *, create: bool, force: bool) -> PutResult:
+        sandbox = self._sandboxes.get((preview.workspace, preview.sandbox))
+        if sandbox is None:
+            return PutResult.NO_SANDBOX
+        key = (preview.workspace, preview.sandbox, preview.name)
+        old = self._previews.get(key)
+        if create and old is not None:
+            return PutResult.NAME_EXISTS
+        holder = self._routes.get(preview.hostname)
+        touched = [preview.hostname]
+        if holder is not None and (holder.workspace, holder.sandbox, holder.preview) != key:
+            if not force or holder.workspace != preview.workspace:
+                return PutResult.HOST_TAKEN
+            self._previews.pop((holder.workspace, holder.sandbox, holder.preview), None)
+        if old is not None and old.hostname != preview.hostname:
+            self._routes.pop(old.hostname, None)
+            touched.append(old.hostname)
+        self._previews[key] = preview
+        self._routes[preview.hostname] = Route.build(sandbox, preview)
+        self._publish(touched)
+        return PutResult.OK
+
+    async def delete_preview(self, workspace: str, sandbox: str, name: str) -> Preview | None:
+        preview = self._previews.pop((workspace, sandbox, name), None)
+        if preview is not None:
+            self._routes.pop(preview.hostname, None)
+            self._publish([preview.hostname])
+        return preview
+
+    async def expired(self, now: datetime) -> list[tuple[str, str, str | None]]:
+        found: list[tuple[str, str, str | None]] = [
+            (s.workspace, s.name, None) for s in self._sandboxes.values() if s.expired(now)
+        ]
+        found += [
+            (p.workspace, p.sandbox, p.name) for p in self._previews.values() if p.expired(now)
+        ]
+        return found
+
+    async def invalidations(self) -> AsyncIterator[str]:
+        queue: asyncio.Queue[str] = asyncio.Queue()
+        self._subscribers.add(queue)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            self._subscribers.discard(queue)
+
+    def _previews_of(self, workspace: str, sandbox: str) -> list[Preview]:
+        return [p for (ws, sb, _), p in self._previews.items() if (ws, sb) == (workspace, sandbox)]
+
+    def _publish(self, hostnames: Iterable[str]) -> None:
+        for hostname in hostnames:
+            for queue in self._subscribers:
+                queue.put_nowait(hostname)
+
+
+# ── Redis ───────────────────────────────────────────────────────────────────────────────────
+def connect_redis(url: str, timeout_s: float) -> aioredis.Redis:
+    """A client whose every command fails within ``timeout_s``.
+
+    redis-py's default retries turned a 250 ms socket timeout into a 7.5 s stall per lookup
+    (threat model K02), so retries are off: the caller decides what a failure means.
+    """
+    return aioredis.Redis.from_url(
+        url,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        retry=Retry(NoBackoff(), 0),
+        decode_responses=False,
+        health_check_interval=0,
+    )
+
+
+class RedisStore:
+    def __init__(self, client: aioredis.Redis, subscriber: aioredis.Redis, prefix: str) -> None:
+        self._r = client
+        # Pub/sub blocks on reads for as long as nothing is published, so it needs a client
+        # without the short socket timeout of the request path.
+        self._sub = subscriber
+        self._k = Keys(prefix)
+
+    async def ping(self) -> None:
+        await self._call(self._r.ping())
+
+    async def close(self) -> None:
+        await self._r.aclose()
+        await self._sub.aclose()
+
+    async def get_route(self, hostname: str) -> Route | None:
+        return _load(Route, await self._call(self._r.get(self._k.route(hostname))))
+
+    async def get_sandbox(self, workspace: str, name: str) -> Sandbox | None:
+        return _load(Sandbox, await self._call(self._r.get(self._k.sandbox(workspace, name))))
+
+    async def list_sandboxes(self, workspace: str) -> list[Sandbox]:
+        names = await self._call(self._r.smembers(self._k.sandboxes(workspace)))
+        keys = [self._k.sandbox(workspace, _text(n)) for n in sorted(names)]
+        return await self._mget(Sandbox, keys)
+
+    async def put_sandbox(self, sandbox: Sandbox, *, create: bool) -> PutResult:
+        ws, name = sandbox.workspace, sandbox.name
+        sb_key, pvs_key = self._k.sandbox(ws, name), self._k.previews(ws, name)
+
+        async def attempt(pipe: aioredis.client.Pipeline) -> PutResult:
+            await pipe.watch(sb_key, pvs_key)
+            if create and await pipe.exists(sb_key):
+                return PutResult.NAME_EXISTS
+            previews = await self._previews_in(pipe, ws, name)
+            pipe.multi()
+            pipe.set(sb_key, sandbox.model_dump_json())
+            pipe.sadd(self._k.sandboxes(ws), name)
+            self._track_expiry(pipe, self._k.sandbox(ws, name), sandbox.expires_at)
+            for preview in previews:
+                pipe.set(
+                    self._k.route(preview.hostname), Route.build(sandbox, preview).model_dump_json()
+                )
+            self._publish(pipe, [p.hostname for p in previews])
+            await pipe.execute()
+            return PutResult.OK
+
+        return await self._transaction(attempt)
+
+    async def delete_sandbox(self, workspace: str, name: str) -> Sandbox | None:
+        sb_key, pvs_key = self._k.sandbox(workspace, name), self._k.previews(workspace, name)
+
+        async def attempt(pipe: aioredis.client.Pipeline) -> Sandbox | None:
+            await pipe.watch(sb_key, pvs_key)
+            sandbox = _load(Sandbox, await pipe.get(sb_key))
+            if sandbox is None:
+                return None
+            previews = await self._previews_in(pipe, workspace, name)
+            pipe.multi()
+            pipe.delete(sb_key, pvs_key)
+            pipe.srem(self._k.sandboxes(workspace), name)
+            pipe.zrem(self._k.expiries(), sb_key)
+            for preview in previews:
+                pv_key = self._k.preview(workspace, name, preview.name)
+                pipe.delete(pv_key, self._k.route(preview.hostname))
+                pipe.zrem(self._k.expiries(), pv_key)
+            self._publish(pipe, [p.hostname for p in previews])
+            await pipe.execute()
+            return sandbox
+
+        return await self._transaction(attempt)
+
+    async def get_preview(self, workspace: str, sandbox: str, name: str) -> Preview | None:
+        return _load(
+            Preview, await self._call(self._r.get(self._k.preview(workspace, sandbox, name)))
+        )
+
+    async def list_previews(self, workspace: str, sandbox: str) -> list[Preview]:
+        names = await self._call(self._r.smembers(self._k.previews(workspace, sandbox)))
+        keys = [self._k.preview(workspace, sandbox, _text(n)) for n in sorted(names)]
+        return await self._mget(Preview, keys)
+
+    async def put_preview(self, preview: Preview, *, create: bool, force: bool) -> PutResult:
+        ws, sb, name = preview.workspace, preview.sandbox, preview.name
+        sb_key, pv_key = self._k.sandbox(ws, sb), self._k.preview(ws, sb, name)
+        route_key = self._k.route(preview.hostname)
+
+        async def attempt(pipe: aioredis.client.Pipeline) -> PutResult:
+            await pipe.watch(sb_key, pv_key, route_key)
+            sandbox = _load(Sandbox, await pipe.get(sb_key))
+            if sandbox is None:
+                return PutResult.NO_SANDBOX
+            old = _load(Preview, await pipe.get(pv_key))
+            if create and old is not None:
+                return PutResult.NAME_EXISTS
+            holder = _load(Route, await pipe.get(route_key))
+            evict: str | None = None
+            if holder is not None and (holder.workspace, holder.sandbox, holder.preview) != (
+                ws,
+                sb,
+                name,
+            ):
+                if not force or holder.workspace != ws:
+                    return PutResult.HOST_TAKEN
+                evict = self._k.preview(holder.workspace, holder.sandbox, holder.preview)
+                await pipe.watch(evict)
+            pipe.multi()
+            touched = [preview.hostname]
+            if evict is not None and holder is not None:
+                pipe.delete(evict)
+                pipe.srem(self._k.previews(holder.workspace, holder.sandbox), holder.preview)
+                pipe.zrem(self._k.expiries(), evict)
+            if old is not None and old.hostname != preview.hostname:
+                pipe.delete(self._k.route(old.hostname))
+                touched.append(old.hostname)
+            pipe.set(pv_key, preview.model_dump_json())
+            pipe.sadd(self._k.previews(ws, sb), name)
+            pipe.set(route_key, Route.build(sandbox, preview).model_dump_json())
+            self._track_expiry(pipe, pv_key, preview.expires_at)
+            self._publish(pipe, touched)
+            await pipe.execute()
+            return PutResult.OK
+
+        return await self._transaction(attempt)
+
+    async def delete_preview(self, workspace: str, sandbox: str, name: str) -> Preview | None:
+        pv_key = self._k.preview(workspace, sandbox, name)
+
+        async def attempt(pipe: aioredis.client.Pipeline) -> Preview | None:
+            await pipe.watch(pv_key)
+            preview = _load(Preview, await pipe.get(pv_key))
+            if preview is None:
+                return None
+            pipe.multi()
+            pipe.delete(pv_key, self._k.route(preview.hostname))
+            pipe.srem(self._k.previews(workspace, sandbox), name)
+            pipe.zrem(self._k.expiries(), pv_key)
+            self._publish(pipe, [preview.hostname])
+            await pipe.execute()
+            return preview
+
+        return await self._transaction(attempt)
+
+    async def expired(self, now: datetime) -> list[tuple[str, str, str | None]]:
+        keys = await self._call(self._r.zrangebyscore(self._k.expiries(), "-inf", now.timestamp()))
+        found: list[tuple[str, str, str | None]] = []
+        for raw in keys:
+            kind, _, rest = _text(raw).removeprefix(self._k.prefix).partition(":")
+            parts = rest.split(":")
+            if kind == "sb" and len(parts) == 2:
+                found.append((parts[0], parts[1], None))
+            elif kind == "pv" and len(parts) == 3:
+                found.append((parts[0], parts[1], parts[2]))
+        return found
+
+    async def invalidations(self) -> AsyncIterator[str]:
+        """Hostnames whose routes changed, from any replica.
+
+        Pub/sub is fire-and-forget: messages published while this replica was disconnected are
+        lost. So every (re)subscription first yields ``FLUSH_ALL``.
+        """
+        while True:
+            pubsub = self._sub.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self._k.invalidations)
+                yield FLUSH_ALL
+                while True:
+                    message = await pubsub.get_message(timeout=5.0)
+                    if message is None:
+                        await pubsub.ping()
+                        continue
+                    data = message.get("data")
+                    if isinstance(data, bytes):
+                        yield data.decode()
+            except (RedisError, OSError) as exc:
+                log.warning(
+                    "invalidation subscriber lost Redis (%s); resubscribing", type(exc).__name__
+                )
+                await asyncio.sleep(1.0)
+            finally:
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()
+
+    # ── helpers ────────────────────────────────────────────────────────────────────────────
+    async def _call(self, awaitable: Awaitable[T]) -> T:
+        try:
+            return await awaitable
+        except (RedisError, OSError) as exc:
+            raise RoutingUnavailable("The routing table is unreachable.", retry_after_s=2) from exc
+
+    async def _transaction(self, attempt: Callable[[aioredis.client.Pipeline], Awaitable[T]]) -> T:
+        for _ in range(16):
+            try:
+                async with self._r.pipeline(transaction=True) as pipe:
+                    return await attempt(pipe)
+            except WatchError:
+                continue
+            except (RedisError, OSError) as exc:
+                raise RoutingUnavailable(
+                    "The routing table is unreachable.", retry_after_s=2
+                ) from exc
+        raise RoutingUnavailable("The routing table is too busy; try again.", retry_after_s=1)
+
+    async def _previews_in(
+        self, pipe: aioredis.client.Pipeline, workspace: str, sandbox: str
+    ) -> list[Preview]:
+        names = await pipe.smembers(self._k.previews(workspace, sandbox))
+        previews = []
+        for n in sorted(names):
+            preview = _load(Preview, await pipe.get(self._k.preview(workspace, sandbox, _text(n))))
+            if preview is not None:
+                previews.append(preview)
+        return previews
+
+    async def _mget(self, model: type[M], keys: list[str]) -> list[M]:
+        if not keys:
+            return []
+        values = await self._call(self._r.mget(keys))
+        return [m for m in (_load(model, v) for v in values) if m is not None]
+
+    def _track_expiry(
+        self, pipe: aioredis.client.Pipeline, key: str, expires_at: datetime | None
+    ) -> None:
+        if expires_at is None:
+            pipe.zrem(self._k.expiries(), key)
+        else:
+            pipe.zadd(self._k.expiries(), {key: expires_at.timestamp()})
+
+    def _publish(self, pipe: aioredis.client.Pipeline, hostnames: Iterable[str]) -> None:
+        for hostname in hostnames:
+            pipe.publish(self._k.invalidations, hostname)
+
+
+def _load(model: type[M], raw: bytes | str | None) -> M | None:
+    """A value that fails validation is treated as absent and logged: a hand-edited or corrupt
+    key must never crash the edge or route somewhere unintended."""
+    if raw is None:
+        return None
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError:
+        log.error("ignoring invalid %s record in the routing table", model.__name__)
+        return None
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

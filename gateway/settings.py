@@ -1,0 +1,198 @@
+"""Typed settings, read once from the environment (prefix ``GATEWAY_``).
+
+Only ``app.py`` and ``cli.py`` read the root object; every component receives the values it needs.
+Each field's docstring is the user manual: ``python -m gateway --print-settings`` and the README
+table are both generated from it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# Private address space where container and VM sandboxes normally live. Loopback, link-local
+# (cloud metadata at 169.254.169.254) and everything public stay out unless an operator adds them.
+DEFAULT_ALLOWED_TARGETS = "10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,100.64.0.0/10,fc00::/7"
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="GATEWAY_",
+        frozen=True,
+        extra="forbid",
+        use_attribute_docstrings=True,
+        populate_by_name=True,
+    )
+
+    # ── listeners ───────────────────────────────────────────────────────────────────────────
+    bind: str = "0.0.0.0"  # noqa: S104 - a gateway in a container must listen on every interface
+    """Listen address of both listeners."""
+    edge_port: int = Field(8080, ge=0, le=65535)
+    """Edge listener: preview traffic (HTTP and WebSocket)."""
+    api_port: int = Field(8081, ge=0, le=65535)
+    """Control API, `/healthz`, `/readyz` and `/metrics`."""
+
+    # ── naming ──────────────────────────────────────────────────────────────────────────────
+    preview_domain: str = "preview.localhost"
+    """Parent domain of preview hostnames (`<id>.<region>.<preview_domain>`)."""
+    region: str = "local"
+    """Region label in random hostnames; empty omits the label."""
+    public_scheme: Literal["http", "https"] = "http"
+    """Scheme used to build `spec.url`."""
+    public_port: int | None = Field(None, ge=1, le=65535)
+    """Port used to build `spec.url`; unset means the edge port. Omitted when it is the scheme's
+    default port."""
+
+    # ── store ───────────────────────────────────────────────────────────────────────────────
+    redis_url: SecretStr | None = None
+    """Routing table in Redis (`redis://host:6379/0`); unset means the embedded in-memory store
+    (single node)."""
+    redis_prefix: str = "pgw:"
+    """Prefix of every Redis key and channel the gateway uses."""
+    redis_timeout_s: float = Field(0.3, gt=0)
+    """Longest a request waits on Redis before it is served from cache or fails closed."""
+
+    # ── control API ─────────────────────────────────────────────────────────────────────────
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Comma-separated `workspace:key` pairs allowed on the control API. Unset: one key for
+    workspace `default` is generated and printed at start."""
+    api_keys_file: str | None = None
+    """File of `workspace:key` lines (one a line, `#` comments), re-read when it changes, so keys
+    rotate without a restart. Used together with `api_keys`."""
+    reserved_ports: Annotated[list[int], NoDecode] = Field(default_factory=list)
+    """Comma-separated ports that previews may not use, in addition to 80."""
+    allowed_targets: Annotated[list[IPNetwork], NoDecode] = Field(
+        default_factory=lambda: [
+            ipaddress.ip_network(n) for n in DEFAULT_ALLOWED_TARGETS.split(",")
+        ]
+    )
+    """Comma-separated CIDRs that sandbox targets may be in. The gateway dials nothing else, even
+    when a hostname resolves elsewhere."""
+
+    # ── edge behaviour ──────────────────────────────────────────────────────────────────────
+    trusted_proxies: Annotated[list[IPNetwork], NoDecode] = Field(default_factory=list)
+    """Comma-separated CIDRs of load balancers whose `X-Forwarded-*`/`Forwarded` headers are
+    kept and appended to. From anyone else they are replaced."""
+    max_body_bytes: int = Field(100 * 1024 * 1024, ge=0)
+    """Largest request body streamed to a sandbox; larger ones get 413. 0 means no limit."""
+    header_read_timeout_s: float = Field(10.0, gt=0)
+    """A client must finish sending request headers this long after it starts (slowloris)."""
+    keepalive_timeout_s: float = Field(75.0, gt=0)
+    """Idle time before a client keep-alive connection is closed."""
+    body_idle_timeout_s: float = Field(60.0, gt=0)
+    """Longest pause between two pieces of a request body from the client (408 after)."""
+    upstream_connect_timeout_s: float = Field(5.0, gt=0)
+    """Time to open a TCP connection to a sandbox port before answering 504."""
+    upstream_response_timeout_s: float = Field(60.0, gt=0)
+    """Time from sending the request to receiving the sandbox's response headers (504 after)."""
+    upstream_idle_timeout_s: float = Field(300.0, ge=0)
+    """Longest pause between two pieces of a response body from a sandbox; 0 disables it."""
+    upstream_max_connections: int = Field(4096, ge=1)
+    """Upstream connections of one replica, all sandboxes together."""
+    upstream_max_connections_per_target: int = Field(128, ge=1)
+    """Upstream connections to one sandbox port, so a slow sandbox cannot starve the others."""
+
+    # ── route cache ─────────────────────────────────────────────────────────────────────────
+    cache_ttl_s: float = Field(30.0, ge=0)
+    """How long a route is served from memory before it is read again (a backstop for lost
+    invalidations)."""
+    cache_negative_ttl_s: float = Field(2.0, ge=0)
+    """How long "no such host" is remembered."""
+    cache_stale_grace_s: float = Field(600.0, ge=0)
+    """While the store is unreachable, cached routes keep serving for this long."""
+    cache_max_entries: int = Field(100_000, ge=1)
+    """Routes kept in memory; least recently used ones go first."""
+
+    # ── WebSockets and shutdown ─────────────────────────────────────────────────────────────
+    ws_idle_timeout_s: float = Field(900.0, ge=0)
+    """A relayed WebSocket with no data frames in either direction this long is closed (1001).
+    0 disables it."""
+    ws_max_lifetime_s: float = Field(0.0, ge=0)
+    """Absolute cap on a relayed WebSocket's life (1001 at the end); 0 means no cap."""
+    ws_ping_interval_s: float = Field(20.0, gt=0)
+    """The gateway pings both peers this often; a peer that does not pong in time is closed."""
+    ws_max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    """Largest WebSocket message relayed; a larger one closes the socket with 1009."""
+    shutdown_grace_s: float = Field(10.0, ge=0)
+    """On SIGTERM, in-flight requests get this long to finish before the process exits."""
+
+    # ── logging ─────────────────────────────────────────────────────────────────────────────
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """Level of the `gateway.*` loggers."""
+    access_log: bool = True
+    """One JSON line per request on stdout (logger `gateway.access`)."""
+
+    @field_validator(
+        "api_keys", "reserved_ports", "allowed_targets", "trusted_proxies", mode="before"
+    )
+    @classmethod
+    def _csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("allowed_targets", "trusted_proxies", mode="before")
+    @classmethod
+    def _networks(cls, value: object) -> object:
+        if isinstance(value, list):
+            return [
+                ipaddress.ip_network(v, strict=False) if isinstance(v, str) else v for v in value
+            ]
+        return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _key_pairs(cls, value: list[str]) -> list[str]:
+        for pair in value:
+            workspace, sep, key = pair.partition(":")
+            if not sep or not workspace or len(key) < 16:
+                raise ValueError(
+                    "each API key must be `workspace:key` with a key of 16+ characters"
+                )
+        return value
+
+    @field_validator("preview_domain")
+    @classmethod
+    def _domain(cls, value: str) -> str:
+        value = value.strip().lower().rstrip(".")
+        if not value or " " in value:
+            raise ValueError("preview_domain must be a DNS name")
+        return value
+
+    @model_validator(mode="after")
+    def _ports_differ(self) -> Settings:
+        if self.edge_port and self.edge_port == self.api_port:
+            raise ValueError("edge_port and api_port must differ")
+        return self
+
+    @property
+    def effective_public_port(self) -> int:
+        return self.public_port if self.public_port is not None else self.edge_port
+
+    def blocked_ports(self) -> frozenset[int]:
+        return frozenset({80, *self.reserved_ports})
+
+
+def markdown_table() -> str:
+    """The README's settings table, generated from the field docstrings above."""
+    rows = ["| env | meaning | default |", "| --- | --- | --- |"]
+    for name, info in Settings.model_fields.items():
+        default = info.default_factory() if info.default_factory else info.default  # type: ignore[call-arg]
+        if isinstance(default, list):
+            shown = ",".join(map(str, default)) if default else "(empty)"
+        elif default is None:
+            shown = "unset"
+        else:
+            shown = str(default).lower() if isinstance(default, bool) else str(default)
+        meaning = " ".join((info.description or "").split())
+        rows.append(f"| `GATEWAY_{name.upper()}` | {meaning} | `{shown}` |")
+    return "\n".join(rows)
