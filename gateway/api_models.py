@@ -129,6 +129,16 @@ class PreviewIn(Wire):
     spec: PreviewSpec
 
 
+class TokenSpecIn(Wire):
+    expires_at: str = Field(min_length=1, max_length=64)
+    """When the token stops working, ISO 8601 (read leniently, as the SDKs send it)."""
+
+
+class TokenIn(Wire):
+    metadata: OptionalNameMetadata = OptionalNameMetadata()
+    spec: TokenSpecIn
+
+
 class ErrorBody(BaseModel):
     error: str
     code: int

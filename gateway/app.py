@@ -20,6 +20,7 @@ from datetime import datetime
 from aiohttp import web
 
 from gateway import log
+from gateway.admission import AdmissionPolicy
 from gateway.api_keys import KeyRing
 from gateway.control_api import ApiConfig, ControlApi
 from gateway.edge import Edge, EdgeConfig, EdgeServer
@@ -28,6 +29,7 @@ from gateway.route_lookup import RouteLookup
 from gateway.routes import utcnow
 from gateway.routing_table import MemoryStore, RedisStore, Store, connect_redis
 from gateway.settings import Settings
+from gateway.tokens import SigningKey, TokenSigner, generate_key, parse_keys
 from gateway.upstream import create_session
 from gateway.ws_relay import WebSocketHub, WsLimits
 
@@ -68,6 +70,15 @@ def key_ring(settings: Settings) -> tuple[KeyRing, str | None]:
         generated = "pgw_" + secrets.token_urlsafe(24)
         pairs = [("default", generated)]
     return KeyRing([(ws, key) for ws, key in pairs], settings.api_keys_file), generated
+
+
+async def signing_keys(settings: Settings, store: Store) -> list[SigningKey]:
+    """Configured keys, or one generated key shared by every replica through the store."""
+    if settings.token_keys:
+        return parse_keys([k.get_secret_value() for k in settings.token_keys])
+    generated = generate_key()
+    shared = await store.shared_secret("token-key", f"{generated.kid}:{generated.secret.decode()}")
+    return parse_keys([shared])
 
 
 async def sweep_expired(store: Store, now: Callable[[], datetime] = utcnow) -> int:
@@ -111,9 +122,11 @@ async def serve(
         ttl_s=settings.cache_ttl_s if settings.redis_url else 0.0,
         negative_ttl_s=settings.cache_negative_ttl_s if settings.redis_url else 0.0,
         stale_grace_s=settings.cache_stale_grace_s,
+        private_stale_grace_s=settings.private_stale_grace_s,
         max_entries=settings.cache_max_entries,
     )
     keys, generated_key = key_ring(settings)
+    signer = TokenSigner(await signing_keys(settings, store))
     session = create_session(
         allowed=allowed,
         max_connections=settings.upstream_max_connections,
@@ -144,6 +157,12 @@ async def serve(
                 upstream_idle_s=settings.upstream_idle_timeout_s,
                 max_body_bytes=settings.max_body_bytes,
             ),
+            admission=AdmissionPolicy(
+                signer=signer,
+                cookie_samesite=settings.cookie_samesite,
+                allowed_origins=settings.ws_allowed_origins,
+            ),
+            public_scheme=settings.public_scheme,
         ),
         lookup,
         session,
@@ -169,10 +188,12 @@ async def serve(
             public_port=settings.effective_public_port,
             blocked_ports=settings.blocked_ports(),
             allowed_targets=allowed,
+            token_max_lifetime_s=settings.token_max_lifetime_s,
         ),
         store,
         keys,
         ready,
+        signer,
     )
     edge_runner = web.ServerRunner(
         EdgeServer(

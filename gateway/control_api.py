@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -21,12 +24,15 @@ from gateway.api_keys import KeyRing
 from gateway.api_models import (
     PreviewIn,
     SandboxIn,
+    TokenIn,
     preview_json,
     sandbox_json,
 )
 from gateway.errors import GatewayError
-from gateway.routes import Preview, Sandbox, utcnow
+from gateway.routes import Preview, Sandbox, TokenRecord, utcnow
 from gateway.routing_table import PutResult, Store
+from gateway.timeparse import format_timestamp, parse_timestamp
+from gateway.tokens import TokenSigner, new_token_id
 from gateway.upstream import IPNetwork, address_allowed, is_ip_literal
 
 log = logging.getLogger("gateway.control")
@@ -58,11 +64,16 @@ class ApiConfig:
     public_port: int
     blocked_ports: frozenset[int]
     allowed_targets: list[IPNetwork]
+    token_max_lifetime_s: int = 30 * 86400
     max_body_bytes: int = 1024 * 1024
     extra: dict[str, Any] = field(default_factory=dict)
 
 
 WORKSPACE = web.RequestKey("workspace", str)
+TOKEN_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+MAX_TOKENS_PER_PREVIEW = 256
+TOKEN_RETENTION = timedelta(days=1)
+"""Expired tokens stay listed (with `expired: true`) this long, then are pruned on a write."""
 
 
 class ControlApi:
@@ -72,8 +83,10 @@ class ControlApi:
         store: Store,
         keys: KeyRing,
         ready: Callable[[], Awaitable[bool]],
+        signer: TokenSigner,
     ) -> None:
         self._c = config
+        self._signer = signer
         self._store = store
         self._keys = keys
         self._ready = ready
@@ -100,6 +113,9 @@ class ControlApi:
         r.add_get("/v0/sandboxes/{sb}/previews/{p}", self.get_preview)
         r.add_put("/v0/sandboxes/{sb}/previews/{p}", self.put_preview)
         r.add_delete("/v0/sandboxes/{sb}/previews/{p}", self.delete_preview)
+        r.add_get("/v0/sandboxes/{sb}/previews/{p}/tokens", self.list_tokens)
+        r.add_post("/v0/sandboxes/{sb}/previews/{p}/tokens", self.create_token)
+        r.add_delete("/v0/sandboxes/{sb}/previews/{p}/tokens/{t}", self.delete_token)
         return app
 
     @web.middleware
@@ -217,6 +233,92 @@ class ControlApi:
             raise ApiError(404, f"Preview {name} not found")
         # Deletion is synchronous, so DELETING is already over: the SDKs' poll gets 404 at once.
         return _ok(self._preview_json(deleted, status="DELETING"))
+
+    # ── tokens ────────────────────────────────────────────────────────────────────────────
+    async def list_tokens(self, request: web.Request) -> web.Response:
+        preview = await self._preview(request)
+        now = utcnow()
+        records = sorted(preview.tokens.values(), key=lambda t: t.created_at)
+        return _ok([self._token_json(preview, t, now) for t in records])
+
+    async def create_token(self, request: web.Request) -> web.Response:
+        body = await _body(request, TokenIn)
+        now = utcnow()
+        try:
+            expires_at = parse_timestamp(body.spec.expires_at)
+        except ValueError as exc:
+            raise ApiError(400, f"spec.expiresAt: {exc}") from exc
+        if expires_at <= now:
+            raise ApiError(400, "spec.expiresAt: the expiry is in the past")
+        expires_at = min(expires_at, now + timedelta(seconds=self._c.token_max_lifetime_s))
+        name = body.metadata.name or f"token-{secrets.token_hex(4)}"
+        if not TOKEN_NAME.match(name):
+            raise ApiError(400, "metadata.name: use lower-case letters, digits and '-'")
+        record = TokenRecord(name=name, jti=new_token_id(), expires_at=expires_at, created_at=now)
+
+        def add(preview: Preview) -> Preview:
+            if name in preview.tokens:
+                raise ApiError(409, f"Token {name} already exists")
+            live = {k: t for k, t in preview.tokens.items() if t.expires_at > now - TOKEN_RETENTION}
+            if len(live) >= MAX_TOKENS_PER_PREVIEW:
+                raise ApiError(400, f"A preview may have at most {MAX_TOKENS_PER_PREVIEW} tokens")
+            return preview.model_copy(update={"tokens": {**live, name: record}, "updated_at": now})
+
+        preview = await self._update_preview(request, add)
+        return _ok(self._token_json(preview, record, now))
+
+    async def delete_token(self, request: web.Request) -> web.Response:
+        name = request.match_info["t"]
+
+        def remove(preview: Preview) -> Preview:
+            if name not in preview.tokens:
+                raise ApiError(404, f"Token {name} not found")
+            tokens = {k: t for k, t in preview.tokens.items() if k != name}
+            return preview.model_copy(update={"tokens": tokens, "updated_at": utcnow()})
+
+        await self._update_preview(request, remove)
+        # Revocation is immediate: the route no longer lists the token, and every replica's
+        # cache entry for the hostname was invalidated by the same write.
+        return _ok({"message": "Preview token deleted successfully"})
+
+    async def _update_preview(
+        self, request: web.Request, change: Callable[[Preview], Preview]
+    ) -> Preview:
+        """Read, change and write a preview, retrying when another write got in between."""
+        for _ in range(8):
+            current = await self._preview(request)
+            updated = change(current)
+            result = await self._store.put_preview(
+                updated, create=False, force=False, expect_revision=current.revision
+            )
+            if result is PutResult.OK:
+                return updated
+            if result is not PutResult.CHANGED:
+                self._raise_for(result, updated)
+        raise ApiError(409, "The preview is being changed concurrently; try again")
+
+    def _token_json(self, preview: Preview, token: TokenRecord, now: datetime) -> dict[str, Any]:
+        value = self._signer.issue(
+            preview_uid=preview.uid,
+            jti=token.jti,
+            expires_at=token.expires_at,
+            issued_at=token.created_at,
+        )
+        return {
+            "metadata": {
+                "name": token.name,
+                "previewName": preview.name,
+                "resourceName": preview.sandbox,
+                "resourceType": "sandbox",
+                "workspace": preview.workspace,
+                "createdAt": format_timestamp(token.created_at),
+            },
+            "spec": {
+                "token": value,
+                "expiresAt": format_timestamp(token.expires_at),
+                "expired": token.expires_at <= now,
+            },
+        }
 
     # ── helpers ───────────────────────────────────────────────────────────────────────────
     async def _sandbox(self, request: web.Request) -> Sandbox:

@@ -21,21 +21,20 @@ from aiohttp.web_protocol import RequestHandler
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from gateway import admission, log
 from gateway import headers as policy
-from gateway import log
 from gateway.edge_pages import render
 from gateway.errors import (
     BadRequest,
     GatewayError,
     InvalidHost,
-    TokenRequired,
     UnknownPreview,
     error_code,
 )
 from gateway.hostnames import normalize_host
 from gateway.http_relay import Outcome, RelayTimeouts, StreamAborted, relay
 from gateway.route_lookup import RouteLookup
-from gateway.routes import Route
+from gateway.routes import Route, utcnow
 from gateway.upstream import IPNetwork, TargetNotAllowed, address_allowed, is_ip_literal, target_url
 
 WebSocketRelay = Callable[
@@ -49,6 +48,8 @@ class EdgeConfig:
     trusted_proxies: Sequence[IPNetwork]
     allowed_targets: Sequence[IPNetwork]
     timeouts: RelayTimeouts
+    admission: admission.AdmissionPolicy
+    public_scheme: str = "http"
 
 
 class Edge:
@@ -118,12 +119,38 @@ class Edge:
             route.sandbox,
             route.preview,
         )
-        if not route.public:
-            raise TokenRequired("This preview is private: open it with a preview token.")
+        websocket = policy.is_websocket_upgrade(request.method, request.headers)
+        decision = admission.decide(
+            admission.Inbound(
+                method=request.method,
+                headers=request.headers,
+                raw_path=request.rel_url.raw_path,
+                raw_query=request.rel_url.raw_query_string,
+                host_header=request.headers.get("Host", "").lower().rstrip("."),
+                scheme="https" if request.secure else self._c.public_scheme,
+                websocket=websocket,
+            ),
+            route,
+            self._c.admission,
+            utcnow(),
+        )
+        if isinstance(decision, admission.Preflight):
+            record.error_code = "preflight"
+            return web.Response(status=204, headers=decision.headers)
+        if isinstance(decision, admission.Redirect):
+            return web.Response(
+                status=303,
+                headers={
+                    "Location": decision.location,
+                    "Set-Cookie": decision.set_cookie,
+                    "Cache-Control": "no-store",
+                    "Referrer-Policy": "no-referrer",
+                    "X-Blaxel-Source": "gateway",
+                },
+            )
         self._check_target(route)
         record.upstream = f"{route.sandbox}:{route.port}"
         peer = request.remote or ""
-        websocket = policy.is_websocket_upgrade(request.method, request.headers)
         upstream_headers = policy.upstream_request_headers(
             request.headers,
             peer_ip=peer,
@@ -150,6 +177,7 @@ class Edge:
                 upstream,
                 preview_headers=route.response_headers,
                 protected_domains=(self._c.preview_domain,),
+                set_cookie=decision.set_cookie,
             )
 
         return await relay(

@@ -81,6 +81,23 @@ WEBSOCKET_HANDSHAKE: frozenset[str] = frozenset(
 TOKEN_COOKIE_NAMES: frozenset[str] = frozenset({"bl_preview_token", "__Host-bl_preview_token"})
 TOKEN_QUERY_PARAM = "bl_preview_token"  # noqa: S105 - a parameter name, not a secret
 
+# Blaxel's documented CORS defaults (shared/design/blaxel-api.md §5), added where neither the app
+# nor the preview's responseHeaders set a value. `*` is never turned into reflection of the
+# request's Origin, which with credentials would open the preview to every site.
+CORS_DEFAULTS: Mapping[str, str] = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "GET, POST, PUT, DELETE, OPTIONS, PATCH",
+    "Access-Control-Allow-Headers": "Content-Type, Authorization, X-Blaxel-Preview-Token",
+    "Access-Control-Allow-Credentials": "true",
+    "Access-Control-Max-Age": "86400",
+    "Access-Control-Expose-Headers": (
+        "X-Blaxel-Source, X-Blaxel-Error-Code, X-Blaxel-Dispatch-State, Retry-After"
+    ),
+}
+
+SERVER = "preview-gateway"
+"""Sent when the app names no server itself; aiohttp would otherwise announce its version."""
+
 REJECTED_METHODS: frozenset[str] = frozenset({"TRACE", "TRACK", "CONNECT"})
 
 _TOKEN_CHARS = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
@@ -205,6 +222,7 @@ def downstream_response_headers(
     *,
     preview_headers: Mapping[str, str],
     protected_domains: Iterable[str],
+    set_cookie: str | None = None,
 ) -> CIMultiDict[str]:
     """Headers for the response to the client. The sandbox is untrusted: hop-by-hop headers and
     cookies aimed at sibling previews are not passed on."""
@@ -219,10 +237,13 @@ def downstream_response_headers(
                 continue
             value = rewritten
         out.add(name, value)
-    # The app's own headers win; the preview's configured ones only fill gaps.
-    for name, value in preview_headers.items():
+    # The app's own headers win; the preview's configured ones, then the defaults, fill gaps.
+    for name, value in (*preview_headers.items(), *CORS_DEFAULTS.items()):
         if name not in out:
             out[name] = value
+    if set_cookie is not None:
+        out.add("Set-Cookie", set_cookie)
+    out.setdefault("Server", SERVER)
     return out
 
 

@@ -59,12 +59,18 @@ class RouteCache(Generic[V]):
             return entry
         return None
 
-    def stale(self, key: str) -> V | None:
-        """A positive entry past its TTL but within the grace period; for store outages only."""
+    def stale(self, key: str, grace_for: Callable[[V], float | None] | None = None) -> V | None:
+        """A positive entry within the grace period after it was fetched; for store outages
+        only. ``grace_for`` may shorten the grace for particular values."""
         entry = self._hits.get(key)
         if entry is None or entry.value is None:
             return None
-        if self._clock() - entry.fetched_at < self._ttl_s + self._stale_grace_s:
+        grace = self._stale_grace_s
+        if grace_for is not None:
+            shorter = grace_for(entry.value)
+            if shorter is not None:
+                grace = min(grace, shorter)
+        if self._clock() - entry.fetched_at < max(self._ttl_s, grace):
             return entry.value
         return None
 

@@ -35,12 +35,14 @@ class RouteLookup:
         negative_ttl_s: float,
         stale_grace_s: float,
         max_entries: int,
+        private_stale_grace_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self._store = store
         self._timeout_s = timeout_s
         self._wall_clock = wall_clock
+        self._private_grace_s = private_stale_grace_s
         self._cache: RouteCache[Route] = RouteCache(
             clock=clock,
             ttl_s=ttl_s,
@@ -93,13 +95,18 @@ class RouteLookup:
             async with asyncio.timeout(self._timeout_s):
                 route = await self._store.get_route(key)
         except (TimeoutError, RoutingUnavailable) as exc:
-            stale = self._cache.stale(key)
+            stale = self._cache.stale(key, self._grace_for)
             if stale is not None:
                 log.warning("routing table unavailable; serving a cached route")
                 return stale
             raise RoutingUnavailable("The routing table is unreachable.", retry_after_s=2) from exc
         self._cache.store(key, route, generation)
         return route
+
+    def _grace_for(self, route: Route) -> float | None:
+        # A private preview's cached copy carries its revocation state; serving it long after
+        # the store went away could honour a revoked token, so it fails closed sooner.
+        return None if route.public else self._private_grace_s
 
     def invalidate(self, hostname: str) -> None:
         if hostname == FLUSH_ALL:

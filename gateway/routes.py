@@ -7,6 +7,7 @@ transaction as they are, so the edge never sees one without the other.
 
 from __future__ import annotations
 
+import secrets
 from datetime import UTC, datetime
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -38,7 +39,26 @@ class Sandbox(_Record):
         return self.expires_at is not None and self.expires_at <= now
 
 
+class TokenRecord(_Record):
+    """A preview token as stored: its claims, never the signed value (which the gateway can
+    re-sign from them when the SDK lists tokens)."""
+
+    name: str
+    jti: str
+    expires_at: datetime
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+def new_uid() -> str:
+    return secrets.token_hex(12)
+
+
 class Preview(_Record):
+    uid: str = Field(default_factory=new_uid)
+    """Random per creation: tokens name it as their audience, so a token never opens a preview
+    created later under the same name, nor any other preview."""
+    revision: int = 0
+    """Bumped by every write; a write that read revision N succeeds only if it is still N."""
     workspace: str
     sandbox: str
     name: str
@@ -54,6 +74,7 @@ class Preview(_Record):
     expires_at: datetime | None = None
     ttl: str | None = None
     expires: str | None = None
+    tokens: dict[str, TokenRecord] = Field(default_factory=dict)
 
     def expired(self, now: datetime) -> bool:
         return self.expires_at is not None and self.expires_at <= now
@@ -69,6 +90,10 @@ class Route(_Record):
     public: bool
     request_headers: dict[str, str] = Field(default_factory=dict)
     response_headers: dict[str, str] = Field(default_factory=dict)
+    preview_uid: str = ""
+    tokens: dict[str, float] = Field(default_factory=dict)
+    """Live token ids (jti) and their expiry (epoch seconds). A signed token whose id is not here
+    has been revoked: revocation travels with the route, through the same invalidation."""
     expires_at: datetime | None = None
     """The earlier of the sandbox's and the preview's expiry: the edge stops routing then, even
     before a sweeper has deleted the records."""
@@ -86,6 +111,8 @@ class Route(_Record):
             public=preview.public,
             request_headers=preview.request_headers,
             response_headers=preview.response_headers,
+            preview_uid=preview.uid,
+            tokens={t.jti: t.expires_at.timestamp() for t in preview.tokens.values()},
             expires_at=min(expiries) if expiries else None,
         )
 

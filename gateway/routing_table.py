@@ -45,6 +45,8 @@ class PutResult(enum.Enum):
     NAME_EXISTS = "name_exists"
     HOST_TAKEN = "host_taken"
     NO_SANDBOX = "no_sandbox"
+    CHANGED = "changed"
+    """The preview changed since it was read (or vanished); read it again and retry."""
 
 
 class Store(Protocol):
@@ -57,10 +59,13 @@ class Store(Protocol):
     async def delete_sandbox(self, workspace: str, name: str) -> Sandbox | None: ...
     async def get_preview(self, workspace: str, sandbox: str, name: str) -> Preview | None: ...
     async def list_previews(self, workspace: str, sandbox: str) -> list[Preview]: ...
-    async def put_preview(self, preview: Preview, *, create: bool, force: bool) -> PutResult: ...
+    async def put_preview(
+        self, preview: Preview, *, create: bool, force: bool, expect_revision: int | None = None
+    ) -> PutResult: ...
     async def delete_preview(self, workspace: str, sandbox: str, name: str) -> Preview | None: ...
     async def expired(self, now: datetime) -> list[tuple[str, str, str | None]]: ...
     def invalidations(self) -> AsyncIterator[str]: ...
+    async def shared_secret(self, name: str, candidate: str) -> str: ...
 
 
 # ── embedded ────────────────────────────────────────────────────────────────────────────────
@@ -121,7 +126,9 @@ class MemoryStore:
     async def list_previews(self, workspace: str, sandbox: str) -> list[Preview]:
         return sorted(self._previews_of(workspace, sandbox), key=lambda p: p.name)
 
-    async def put_preview(self, preview: Preview, *, create: bool, force: bool) -> PutResult:
+    async def put_preview(
+        self, preview: Preview, *, create: bool, force: bool, expect_revision: int | None = None
+    ) -> PutResult:
         sandbox = self._sandboxes.get((preview.workspace, preview.sandbox))
         if sandbox is None:
             return PutResult.NO_SANDBOX
@@ -129,6 +136,9 @@ class MemoryStore:
         old = self._previews.get(key)
         if create and old is not None:
             return PutResult.NAME_EXISTS
+        if expect_revision is not None and (old is None or old.revision != expect_revision):
+            return PutResult.CHANGED
+        preview = preview.model_copy(update={"revision": old.revision + 1 if old else 0})
         holder = self._routes.get(preview.hostname)
         touched = [preview.hostname]
         if holder is not None and (holder.workspace, holder.sandbox, holder.preview) != key:
@@ -167,6 +177,9 @@ class MemoryStore:
                 yield await queue.get()
         finally:
             self._subscribers.discard(queue)
+
+    async def shared_secret(self, name: str, candidate: str) -> str:
+        return candidate
 
     def _previews_of(self, workspace: str, sandbox: str) -> list[Preview]:
         return [p for (ws, sb, _), p in self._previews.items() if (ws, sb) == (workspace, sandbox)]
@@ -276,7 +289,9 @@ class RedisStore:
         keys = [self._k.preview(workspace, sandbox, _text(n)) for n in sorted(names)]
         return await self._mget(Preview, keys)
 
-    async def put_preview(self, preview: Preview, *, create: bool, force: bool) -> PutResult:
+    async def put_preview(
+        self, preview: Preview, *, create: bool, force: bool, expect_revision: int | None = None
+    ) -> PutResult:
         ws, sb, name = preview.workspace, preview.sandbox, preview.name
         sb_key, pv_key = self._k.sandbox(ws, sb), self._k.preview(ws, sb, name)
         route_key = self._k.route(preview.hostname)
@@ -289,6 +304,9 @@ class RedisStore:
             old = _load(Preview, await pipe.get(pv_key))
             if create and old is not None:
                 return PutResult.NAME_EXISTS
+            if expect_revision is not None and (old is None or old.revision != expect_revision):
+                return PutResult.CHANGED
+            stored = preview.model_copy(update={"revision": old.revision + 1 if old else 0})
             holder = _load(Route, await pipe.get(route_key))
             evict: str | None = None
             if holder is not None and (holder.workspace, holder.sandbox, holder.preview) != (
@@ -309,9 +327,9 @@ class RedisStore:
             if old is not None and old.hostname != preview.hostname:
                 pipe.delete(self._k.route(old.hostname))
                 touched.append(old.hostname)
-            pipe.set(pv_key, preview.model_dump_json())
+            pipe.set(pv_key, stored.model_dump_json())
             pipe.sadd(self._k.previews(ws, sb), name)
-            pipe.set(route_key, Route.build(sandbox, preview).model_dump_json())
+            pipe.set(route_key, Route.build(sandbox, stored).model_dump_json())
             self._track_expiry(pipe, pv_key, preview.expires_at)
             self._publish(pipe, touched)
             await pipe.execute()
@@ -376,6 +394,12 @@ class RedisStore:
             finally:
                 with contextlib.suppress(RedisError, OSError):
                     await pubsub.aclose()
+
+    async def shared_secret(self, name: str, candidate: str) -> str:
+        """The first replica's candidate wins (SET NX); every replica then uses it."""
+        key = f"{self._k.prefix}secret:{name}"
+        await self._call(self._r.set(key, candidate, nx=True))
+        return _text(await self._call(self._r.get(key)))
 
     # ── helpers ────────────────────────────────────────────────────────────────────────────
     async def _call(self, awaitable: Awaitable[T]) -> T:

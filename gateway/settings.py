@@ -80,6 +80,23 @@ class Settings(BaseSettings):
     """Comma-separated CIDRs that sandbox targets may be in. The gateway dials nothing else, even
     when a hostname resolves elsewhere."""
 
+    # ── private previews ────────────────────────────────────────────────────────────────────
+    token_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    """Comma-separated `kid:secret` pairs (secret 32+ characters) that sign preview tokens. The
+    first signs; all verify, so a key is rotated by putting a new one first and removing the old
+    one later. Unset: a key is generated (and with Redis, shared through it by all replicas)."""
+    token_max_lifetime_s: int = Field(30 * 86400, ge=60)
+    """Longest life a preview token may have; a later `expiresAt` is capped to this."""
+    cookie_samesite: Literal["lax", "none"] = "lax"
+    """SameSite of the token cookie. `none` (sent with `Partitioned`) is for previews embedded
+    in another site's iframe, such as an IDE."""
+    ws_allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Extra origins (e.g. `https://ide.example.com`) allowed to open cookie-authenticated
+    WebSockets to private previews, besides the preview's own origin."""
+    private_stale_grace_s: float = Field(60.0, ge=0)
+    """While the store is unreachable, a private preview keeps serving on cached revocation state
+    for at most this long; after that it gets 503 (fail closed)."""
+
     # ── edge behaviour ──────────────────────────────────────────────────────────────────────
     trusted_proxies: Annotated[list[IPNetwork], NoDecode] = Field(default_factory=list)
     """Comma-separated CIDRs of load balancers whose `X-Forwarded-*`/`Forwarded` headers are

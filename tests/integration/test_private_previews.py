@@ -1,0 +1,187 @@
+"""Private previews end to end through the in-process gateway: every token transport and
+failure, the cookie exchange, CORS preflight, and credential hygiene (threat model T, L, CK, C)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.conftest import Gateway, host_of
+
+COOKIE = "bl_preview_token"
+
+
+async def private_preview(gw: Gateway, port: int, name: str = "web", sandbox: str = "sb") -> str:
+    status, _ = await gw.call("GET", f"/sandboxes/{sandbox}")
+    if status == 404:
+        await gw.sandbox(sandbox)
+    body = await gw.preview(port, sandbox=sandbox, name=name, public=False)
+    return host_of(body)
+
+
+async def mint(
+    gw: Gateway,
+    preview: str = "web",
+    sandbox: str = "sb",
+    *,
+    minutes: int = 60,
+    key: str | None = None,
+) -> dict[str, Any]:
+    expires = (datetime.now(UTC) + timedelta(minutes=minutes)).isoformat().replace("+00:00", "Z")
+    status, body = await gw.call(
+        "POST",
+        f"/sandboxes/{sandbox}/previews/{preview}/tokens",
+        key=key,
+        json={"metadata": {"name": ""}, "spec": {"expiresAt": expires}},
+    )
+    assert status == 200, body
+    return body  # type: ignore[no-any-return]
+
+
+async def get(
+    gw: Gateway, host: str, path: str = "/", **headers: str
+) -> tuple[int, dict[str, str], bytes, aiohttp.ClientResponse]:
+    async with gw.session.get(
+        gw.edge(path), headers={"Host": host, **headers}, allow_redirects=False
+    ) as r:
+        return r.status, dict(r.headers), await r.read(), r
+
+
+def echoed(body: bytes) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(body)
+    data["header_map"] = {k.lower(): v for k, v in data["headers"]}
+    return data
+
+
+async def test_missing_token_is_401_and_never_reaches_the_app(
+    gateway: Gateway, upstream: int
+) -> None:
+    host = await private_preview(gateway, upstream)
+    status, headers, body, _ = await get(gateway, host)
+    assert status == 401
+    assert headers["X-Blaxel-Error-Code"] == "token_required"
+    assert headers["X-Blaxel-Source"] == "gateway"
+    assert headers["Access-Control-Allow-Origin"] == "*"
+    assert b"127.0.0.1" not in body and str(upstream).encode() not in body
+    status, headers, body, _ = await get(gateway, host, Accept="text/html")
+    assert status == 401 and headers["Content-Type"].startswith("text/html")
+    assert b"private" in body
+
+
+async def test_header_token_is_forwarded_without_the_token(gateway: Gateway, upstream: int) -> None:
+    host = await private_preview(gateway, upstream)
+    token = (await mint(gateway))["spec"]["token"]
+    status, _, body, _ = await get(
+        gateway,
+        host,
+        "/x?keep=1",
+        **{"X-Blaxel-Preview-Token": token, "Authorization": "Bearer app"},
+    )
+    assert status == 200
+    seen = echoed(body)
+    assert "x-blaxel-preview-token" not in seen["header_map"]
+    assert seen["header_map"]["authorization"] == "Bearer app"
+    assert token not in json.dumps(seen)
+
+
+async def test_query_token_sets_cookie_and_is_stripped(gateway: Gateway, upstream: int) -> None:
+    host = await private_preview(gateway, upstream)
+    token = (await mint(gateway))["spec"]["token"]
+    status, _, body, response = await get(
+        gateway, host, f"/a?x=1&bl_preview_token={token}&y=2", Cookie="app=1; other=2"
+    )
+    assert status == 200
+    seen = echoed(body)
+    assert seen["query"] == "x=1&y=2"
+    assert seen["header_map"]["cookie"] == "app=1; other=2"
+    cookie = response.headers.getall("Set-Cookie")[-1]
+    assert cookie.startswith(f"{COOKIE}={token};")
+    for attribute in ("Path=/", "HttpOnly", "Secure", "SameSite=Lax"):
+        assert attribute in cookie
+    assert "Domain" not in cookie
+
+
+async def test_navigation_with_query_token_redirects_without_it(
+    gateway: Gateway, upstream: int
+) -> None:
+    host = await private_preview(gateway, upstream)
+    token = (await mint(gateway))["spec"]["token"]
+    status, headers, _, _ = await get(
+        gateway,
+        host,
+        f"//evil.test/p?bl_preview_token={token}&q=1",
+        **{"Sec-Fetch-Mode": "navigate"},
+    )
+    assert status == 303
+    assert headers["Location"] == "/evil.test/p?q=1"
+    assert headers["Cache-Control"] == "no-store"
+    assert token in headers["Set-Cookie"]
+
+
+async def test_cookie_admits_and_is_stripped(gateway: Gateway, upstream: int) -> None:
+    host = await private_preview(gateway, upstream)
+    token = (await mint(gateway))["spec"]["token"]
+    status, _, body, _ = await get(gateway, host, Cookie=f"a=1; {COOKIE}={token}; b=2")
+    assert status == 200
+    assert echoed(body)["header_map"]["cookie"] == "a=1; b=2"
+
+
+async def test_token_of_one_preview_never_opens_another(gateway: Gateway, upstream: int) -> None:
+    host_a = await private_preview(gateway, upstream, name="a")
+    host_b = await private_preview(gateway, upstream, name="b")
+    token_a = (await mint(gateway, "a"))["spec"]["token"]
+    assert (await get(gateway, host_a, **{"X-Blaxel-Preview-Token": token_a}))[0] == 200
+    status, headers, _, _ = await get(gateway, host_b, **{"X-Blaxel-Preview-Token": token_a})
+    assert status == 401 and headers["X-Blaxel-Error-Code"] == "token_wrong_preview"
+
+
+@pytest.mark.parametrize(
+    ("token", "code"),
+    [
+        ("garbage", "token_malformed"),
+        ("eyJhbGciOiJub25lIn0.eyJqdGkiOiJ4In0.", "token_invalid"),
+    ],
+)
+async def test_bad_tokens_are_told_apart(
+    gateway: Gateway, upstream: int, token: str, code: str
+) -> None:
+    host = await private_preview(gateway, upstream)
+    status, headers, _, _ = await get(gateway, host, **{"X-Blaxel-Preview-Token": token})
+    assert status == 401 and headers["X-Blaxel-Error-Code"] == code
+
+
+async def test_revoked_token_stops_working_at_once(gateway: Gateway, upstream: int) -> None:
+    host = await private_preview(gateway, upstream)
+    minted = await mint(gateway)
+    token = minted["spec"]["token"]
+    assert (await get(gateway, host, **{"X-Blaxel-Preview-Token": token}))[0] == 200
+    status, body = await gateway.call(
+        "DELETE", f"/sandboxes/sb/previews/web/tokens/{minted['metadata']['name']}"
+    )
+    assert status == 200 and body == {"message": "Preview token deleted successfully"}
+    status, headers, _, _ = await get(gateway, host, **{"X-Blaxel-Preview-Token": token})
+    assert status == 401 and headers["X-Blaxel-Error-Code"] == "token_revoked"
+
+
+async def test_preflight_is_answered_without_a_token(gateway: Gateway, upstream: int) -> None:
+    host = await private_preview(gateway, upstream)
+    async with gateway.session.options(
+        gateway.edge("/api"),
+        headers={
+            "Host": host,
+            "Origin": "https://app.example",
+            "Access-Control-Request-Method": "POST",
+        },
+    ) as r:
+        assert r.status == 204
+        assert r.headers["Access-Control-Allow-Origin"] == "*"
+        assert "PATCH" in r.headers["Access-Control-Allow-Methods"]
+    # Not a preflight (no Access-Control-Request-Method): no free pass.
+    async with gateway.session.options(
+        gateway.edge("/api"), headers={"Host": host, "Origin": "https://x"}
+    ) as r:
+        assert r.status == 401
