@@ -256,6 +256,7 @@ class GatewayProcess:
     api_port: int
     key: str
     log_path: Path
+    log_file: Any = None
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -263,7 +264,19 @@ class GatewayProcess:
     def terminate(self, timeout: float = 20) -> int:
         if self.proc.poll() is None:
             self.proc.terminate()
-        return self.proc.wait(timeout)
+        code = self.proc.wait(timeout)
+        self.close()
+        return code
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.close()
+
+    def close(self) -> None:
+        if self.log_file is not None and not self.log_file.closed:
+            self.log_file.close()
 
 
 def spawn_gateway(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> GatewayProcess:
@@ -288,10 +301,11 @@ def spawn_gateway(tmp_path: Path, *args: str, env: dict[str, str] | None = None)
         stderr=subprocess.STDOUT,
         text=True,
     )
-    gp = GatewayProcess(proc, edge_port, api_port, TEST_KEY, log_path)
+    gp = GatewayProcess(proc, edge_port, api_port, TEST_KEY, log_path, log_file)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if proc.poll() is not None:
+            gp.close()
             raise RuntimeError(f"gateway exited early:\n{gp.output()}")
         with (
             contextlib.suppress(OSError),
@@ -301,7 +315,7 @@ def spawn_gateway(tmp_path: Path, *args: str, env: dict[str, str] | None = None)
             if b" 200 " in s.recv(64):
                 return gp
         time.sleep(0.05)
-    proc.kill()
+    gp.kill()
     raise RuntimeError(f"gateway did not become ready:\n{gp.output()}")
 
 
@@ -317,6 +331,4 @@ def gateway_process(tmp_path: Path) -> Iterator[Any]:
 
     yield start
     for gp in started:
-        if gp.proc.poll() is None:
-            gp.proc.kill()
-            gp.proc.wait()
+        gp.kill()

@@ -185,3 +185,120 @@ async def test_preflight_is_answered_without_a_token(gateway: Gateway, upstream:
         gateway.edge("/api"), headers={"Host": host, "Origin": "https://x"}
     ) as r:
         assert r.status == 401
+
+
+async def test_websocket_upgrade_needs_a_token_before_the_upgrade(
+    gateway: Gateway, upstream: int
+) -> None:
+    host = await private_preview(gateway, upstream)
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await gateway.session.ws_connect(gateway.edge("/ws"), headers={"Host": host})
+    assert refused.value.status == 401
+    token = (await mint(gateway))["spec"]["token"]
+    async with gateway.session.ws_connect(
+        gateway.edge(f"/ws?hello=1&bl_preview_token={token}&v=1"), headers={"Host": host}
+    ) as ws:
+        hello = json.loads((await ws.receive()).data)
+        assert hello["query"] == "hello=1&v=1"
+        assert token not in json.dumps(hello)
+
+
+async def test_cookie_websocket_needs_the_preview_origin(gateway: Gateway, upstream: int) -> None:
+    host = await private_preview(gateway, upstream)
+    token = (await mint(gateway))["spec"]["token"]
+    cookie = f"{COOKIE}={token}"
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await gateway.session.ws_connect(
+            gateway.edge("/ws"),
+            headers={"Host": host, "Cookie": cookie, "Origin": "https://evil.test"},
+        )
+    assert refused.value.status == 403
+    own_origin = f"http://{host}:{gateway.edge_port}"
+    async with gateway.session.ws_connect(
+        gateway.edge("/ws"),
+        headers={"Host": f"{host}:{gateway.edge_port}", "Cookie": cookie, "Origin": own_origin},
+    ) as ws:
+        await ws.send_str("ok")
+        assert (await ws.receive()).data == "ok"
+    # A header token needs no Origin check (non-browser clients).
+    async with gateway.session.ws_connect(
+        gateway.edge("/ws"),
+        headers={"Host": host, "X-Blaxel-Preview-Token": token, "Origin": "https://evil.test"},
+    ) as ws:
+        await ws.send_str("ok")
+        assert (await ws.receive()).data == "ok"
+
+
+async def test_upstream_cookie_for_the_preview_domain_becomes_host_only(
+    gateway: Gateway, upstream: int
+) -> None:
+    host = await gateway.public_preview(upstream)
+    path = "/set-cookie?c=sid%3D1%3B%20Domain%3Dpreview.localhost%3B%20Path%3D%2F&c=own%3D2%3B%20Domain%3Dexample.org&c=bl_preview_token%3Dforged"
+    async with gateway.session.get(gateway.edge(path), headers={"Host": host}) as r:
+        cookies = r.headers.getall("Set-Cookie")
+    assert "sid=1; Path=/" in cookies
+    assert "own=2; Domain=example.org" in cookies
+    assert not any(c.startswith("bl_preview_token") for c in cookies)
+
+
+async def test_expired_token_is_told_apart(gateway: Gateway, upstream: int) -> None:
+    from gateway.routes import TokenRecord
+    from gateway.tokens import new_token_id
+
+    host = await private_preview(gateway, upstream)
+    assert gateway.running is not None
+    store = gateway.running.store
+    preview = await store.get_preview("default", "sb", "web")
+    assert preview is not None
+    past = datetime.now(UTC) - timedelta(minutes=5)
+    record = TokenRecord(
+        name="old", jti=new_token_id(), expires_at=past, created_at=past - timedelta(hours=1)
+    )
+    await store.put_preview(
+        preview.model_copy(update={"tokens": {"old": record}}), create=False, force=False
+    )
+    status, listed = await gateway.call("GET", "/sandboxes/sb/previews/web/tokens")
+    assert status == 200 and listed[0]["spec"]["expired"] is True
+    token = listed[0]["spec"]["token"]
+    status, headers, body, _ = await get(
+        gateway, host, Accept="text/html", **{"X-Blaxel-Preview-Token": token}
+    )
+    assert status == 401 and headers["X-Blaxel-Error-Code"] == "token_expired"
+    assert b"expired" in body
+
+
+async def test_token_api_refuses_a_past_expiry(gateway: Gateway, upstream: int) -> None:
+    await private_preview(gateway, upstream)
+    status, body = await gateway.call(
+        "POST",
+        "/sandboxes/sb/previews/web/tokens",
+        json={"metadata": {"name": ""}, "spec": {"expiresAt": "2001-01-01T00:00:00Z"}},
+    )
+    assert status == 400 and body["code"] == 400 and "expiresAt" in body["error"]
+
+
+async def test_public_preview_still_strips_credentials(gateway: Gateway, upstream: int) -> None:
+    host = await gateway.public_preview(upstream)
+    status, _, body, _ = await get(
+        gateway,
+        host,
+        "/?bl_preview_token=abc&z=1",
+        Cookie=f"{COOKIE}=abc; keep=1",
+        **{"X-Blaxel-Preview-Token": "abc"},
+    )
+    assert status == 200
+    seen = echoed(body)
+    assert seen["query"] == "z=1"
+    assert seen["header_map"]["cookie"] == "keep=1"
+    assert "x-blaxel-preview-token" not in seen["header_map"]
+
+
+async def test_sibling_token_cookie_does_not_block_the_right_one(
+    gateway: Gateway, upstream: int
+) -> None:
+    host_a = await private_preview(gateway, upstream, name="a")
+    await private_preview(gateway, upstream, name="b")
+    token_a = (await mint(gateway, "a"))["spec"]["token"]
+    token_b = (await mint(gateway, "b"))["spec"]["token"]
+    status, _, _, _ = await get(gateway, host_a, Cookie=f"{COOKIE}={token_b}; {COOKIE}={token_a}")
+    assert status == 200
