@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import pytest
@@ -233,7 +234,12 @@ async def test_upstream_cookie_for_the_preview_domain_becomes_host_only(
     gateway: Gateway, upstream: int
 ) -> None:
     host = await gateway.public_preview(upstream)
-    path = "/set-cookie?c=sid%3D1%3B%20Domain%3Dpreview.localhost%3B%20Path%3D%2F&c=own%3D2%3B%20Domain%3Dexample.org&c=bl_preview_token%3Dforged"
+    cookies_to_set = [
+        "sid=1; Domain=preview.localhost; Path=/",
+        "own=2; Domain=example.org",
+        "bl_preview_token=forged",
+    ]
+    path = "/set-cookie?" + "&".join("c=" + quote(c, safe="") for c in cookies_to_set)
     async with gateway.session.get(gateway.edge(path), headers={"Host": host}) as r:
         cookies = r.headers.getall("Set-Cookie")
     assert "sid=1; Path=/" in cookies
