@@ -184,9 +184,14 @@ def token_cookie(token: str, scheme: str, samesite: str, expires: float, now: da
     return "; ".join(parts)
 
 
+# Browsers drop tab, CR and LF anywhere in a URL before parsing it (WHATWG URL), so "/\t/evil"
+# would be read as "//evil": they go before the leading slashes are collapsed.
+_URL_IGNORED = str.maketrans("", "", "\t\r\n")
+
+
 def clean_location(raw_path: str, raw_query: str) -> str:
     """A relative redirect target with the token removed. It starts with exactly one ``/``:
     ``//evil.test`` or ``/\\evil.test`` would send the browser to another host."""
-    path = "/" + raw_path.lstrip("/\\")
+    path = "/" + raw_path.translate(_URL_IGNORED).lstrip("/\\")
     query = policy.strip_token_param(raw_query)
     return path + ("?" + query if query else "")

@@ -1,8 +1,9 @@
 """Control API keys: ``workspace:key`` pairs from settings and from an optional keys file.
 
 Keys are compared in constant time against a SHA-256 of each, so neither the length nor the
-prefix of a valid key leaks through timing. The file is re-read when its modification time
-changes (and on SIGHUP), so keys rotate without a restart.
+prefix of a valid key leaks through timing. The file is checked on every request (one stat) and
+re-read when its modification time changes, so keys rotate without a restart; a file that fails
+to parse leaves the last good keys in force. The file form is in docs/api.md.
 """
 
 from __future__ import annotations
@@ -41,25 +42,33 @@ class KeyRing:
     def __init__(self, pairs: Iterable[tuple[str, str]], file: str | None = None) -> None:
         self._static = [(_digest(key), ws) for ws, key in pairs]
         self._file = file
-        self._file_mtime: float | None = None
+        self._seen: tuple[int, int, int] | None = None
+        """(mtime_ns, size, inode) of the file version last read, good or not: each version is
+        read (and a bad one logged) once. The inode catches a rename over the file."""
         self._from_file: list[tuple[bytes, str]] = []
+        self._error: str | None = None
         self.reload()
 
     def reload(self) -> None:
         if self._file is None:
             return
         try:
-            mtime = os.stat(self._file).st_mtime
-            if mtime == self._file_mtime:
+            st = os.stat(self._file)
+            version = (st.st_mtime_ns, st.st_size, st.st_ino)
+            if version == self._seen:
                 return
+            self._seen = version
             with open(self._file, encoding="utf-8") as fh:
                 pairs = parse_pairs(fh)
         except (OSError, ValueError) as exc:
-            # Keep the last good set: a half-written file must not lock everyone out.
-            log.error("keys file not loaded (%s); keeping %d keys", exc, len(self._from_file))
+            # Keep the last good set: a half-written file must not lock everyone out. A missing
+            # file is retried on every request, but logged once until it changes.
+            if str(exc) != self._error:
+                self._error = str(exc)
+                log.error("keys file not loaded (%s); keeping %d keys", exc, len(self._from_file))
             return
+        self._error = None
         self._from_file = [(_digest(key), ws) for ws, key in pairs]
-        self._file_mtime = mtime
         log.info("loaded %d API keys from the keys file", len(self._from_file))
 
     def workspace_for(self, key: str) -> str | None:

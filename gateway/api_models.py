@@ -1,7 +1,9 @@
 """Wire models of the control API (Blaxel's JSON shapes, camelCase) and their conversions.
 
-The same models validate requests and generate the OpenAPI document. Unknown keys are ignored,
-as the Blaxel SDKs send extra ones (``events``); every known key is validated.
+The same models validate requests, serialise responses and generate the OpenAPI document
+(``gateway/openapi.py``), so the document cannot drift from what the server accepts and
+answers. Unknown request keys are ignored, as the Blaxel SDKs send extra ones (``events``);
+every known key is validated.
 """
 
 from __future__ import annotations
@@ -14,10 +16,13 @@ from pydantic.alias_generators import to_camel
 
 from gateway import headers as header_policy
 from gateway.hostnames import is_valid_dns_name
-from gateway.routes import NAME_PATTERN, Preview, Sandbox
+from gateway.routes import NAME_PATTERN, Preview, Sandbox, TokenRecord
 from gateway.timeparse import format_timestamp, parse_timestamp, parse_ttl
 
 Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=63)]
+TTL_PATTERN = r"^[1-9][0-9]{0,5}[smhdw]$"
+"""What ``timeparse.parse_ttl`` reads, so the schema tells clients the same rule."""
+TOKEN_NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"  # noqa: S105 - a name rule, not a secret
 
 
 class Wire(BaseModel):
@@ -26,25 +31,37 @@ class Wire(BaseModel):
     )
 
 
+# ── requests ────────────────────────────────────────────────────────────────────────────────
 class Metadata(Wire):
-    name: Name
+    name: Name = Field(examples=["sb"])
     labels: dict[str, str] | None = None
 
 
 class OptionalNameMetadata(Wire):
-    name: str = ""
+    name: str = Field("", max_length=63)
+    """Empty: the gateway makes up a name (the Python SDK always sends "")."""
 
 
 class Target(Wire):
-    host: str = Field(min_length=1, max_length=253)
+    host: str = Field(min_length=1, max_length=253, examples=["sandbox-1.internal"])
     """IP address or DNS name of the sandbox, as the gateway dials it."""
 
 
+def parse_expiry(value: str) -> datetime:
+    """``timeparse.parse_timestamp``, but a date that leaves the calendar once moved to UTC
+    (``0001-01-01T00:00:00+01:00``) is a ValueError, which pydantic and the API answer with a
+    400, rather than an OverflowError, which would be a 500."""
+    try:
+        return parse_timestamp(value)
+    except OverflowError:
+        raise ValueError("the timestamp is out of range") from None
+
+
 class Lifetime(Wire):
-    ttl: str | None = None
-    """Time to live from creation: `30m`, `2h`, `1d`, `1w`."""
-    expires: str | None = None
-    """Absolute expiry, ISO 8601."""
+    ttl: str | None = Field(None, pattern=TTL_PATTERN)
+    """Time to live from creation: `30m`, `2h`, `1d`, `1w` (and `s` for seconds)."""
+    expires: str | None = Field(None, max_length=64)
+    """Absolute expiry, ISO 8601. With both `ttl` and `expires`, the earlier wins."""
 
     @field_validator("ttl")
     @classmethod
@@ -57,7 +74,7 @@ class Lifetime(Wire):
     @classmethod
     def _expires(cls, value: str | None) -> str | None:
         if value is not None:
-            parse_timestamp(value)
+            parse_expiry(value)
         return value
 
     def expires_at(self, created: datetime) -> datetime | None:
@@ -65,7 +82,7 @@ class Lifetime(Wire):
         if self.ttl:
             candidates.append(created + parse_ttl(self.ttl))
         if self.expires:
-            candidates.append(parse_timestamp(self.expires))
+            candidates.append(parse_expiry(self.expires))
         return min(candidates) if candidates else None
 
 
@@ -79,35 +96,33 @@ class SandboxIn(Wire):
 
 
 def _check_headers(value: dict[str, str] | None, forbidden: frozenset[str], what: str) -> None:
+    lowered = {f.lower() for f in forbidden}
     for name, header_value in (value or {}).items():
         if not header_policy.valid_header_pair(name, header_value):
             raise ValueError(f"{what} has an invalid header: {name!r}")
-        if name.lower() in {f.lower() for f in forbidden}:
+        if name.lower() in lowered:
             raise ValueError(f"{what} may not set {name}")
 
 
+REQUEST_HEADERS_FORBIDDEN = frozenset(
+    header_policy.HOP_BY_HOP
+    | header_policy.GATEWAY_OWNED
+    | {"Host", "Content-Length", "Cookie", "Expect"}
+)
+
+
 class PreviewSpec(Lifetime):
-    port: StrictInt = Field(ge=1, le=65535)
+    port: StrictInt = Field(ge=1, le=65535, examples=[3000])
     public: StrictBool = False
     prefix_url: str | None = Field(None, pattern=NAME_PATTERN, max_length=40)
-    custom_domain: str | None = None
+    custom_domain: str | None = Field(None, max_length=253)
     request_headers: dict[str, str] | None = None
     response_headers: dict[str, str] | None = None
 
     @field_validator("request_headers")
     @classmethod
     def _request_headers(cls, value: dict[str, str] | None) -> dict[str, str] | None:
-        forbidden = (
-            header_policy.HOP_BY_HOP
-            | header_policy.GATEWAY_OWNED
-            | {
-                "Host",
-                "Content-Length",
-                "Cookie",
-                "Expect",
-            }
-        )
-        _check_headers(value, frozenset(forbidden), "requestHeaders")
+        _check_headers(value, REQUEST_HEADERS_FORBIDDEN, "requestHeaders")
         return value
 
     @field_validator("response_headers")
@@ -130,7 +145,7 @@ class PreviewIn(Wire):
 
 
 class TokenSpecIn(Wire):
-    expires_at: str = Field(min_length=1, max_length=64)
+    expires_at: str = Field(min_length=1, max_length=64, examples=["2030-01-01T00:00:00Z"])
     """When the token stops working, ISO 8601 (read leniently, as the SDKs send it)."""
 
 
@@ -139,78 +154,174 @@ class TokenIn(Wire):
     spec: TokenSpecIn
 
 
-class ErrorBody(BaseModel):
+# ── responses ───────────────────────────────────────────────────────────────────────────────
+Status = Literal["DEPLOYED", "DELETING", "TERMINATED"]
+"""Only values of Blaxel's `Status` enum: any other string makes the Python SDK raise."""
+
+
+class Out(BaseModel):
+    """Response models: camelCase on the wire; ``None`` fields are left out, never null."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, serialize_by_alias=True, frozen=True
+    )
+
+    def wire(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+class SandboxMetadataOut(Out):
+    name: str
+    workspace: str
+    labels: dict[str, str] = Field(default_factory=dict)
+    created_at: str
+    updated_at: str
+
+
+class SandboxSpecOut(Out):
+    """No `region`: from a sandbox's region, @blaxel/core derives a Blaxel edge host
+    (`any.<region>.bl.run`) and opens an HTTP/2 connection to it. The gateway's region label is
+    on previews only."""
+
+    target: Target
+    ttl: str | None = None
+    expires: str | None = None
+    """The effective expiry (the earlier of `ttl` and the `expires` sent), UTC."""
+
+
+class SandboxOut(Out):
+    metadata: SandboxMetadataOut
+    spec: SandboxSpecOut
+    status: Status
+    events: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class PreviewMetadataOut(Out):
+    name: str
+    resource_name: str
+    """The sandbox's name. The SDKs build token paths from it (blaxel-api.md §2)."""
+    resource_type: Literal["sandbox"] = "sandbox"
+    workspace: str
+    created_at: str
+    updated_at: str
+
+
+class PreviewSpecOut(Out):
+    port: int
+    public: bool
+    url: str
+    """The preview's public URL."""
+    region: str | None = None
+    prefix_url: str | None = None
+    custom_domain: str | None = None
+    request_headers: dict[str, str] = Field(default_factory=dict)
+    response_headers: dict[str, str] = Field(default_factory=dict)
+    ttl: str | None = None
+    expires: str | None = None
+
+
+class PreviewOut(Out):
+    metadata: PreviewMetadataOut
+    spec: PreviewSpecOut
+    status: Status
+    events: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class TokenMetadataOut(Out):
+    name: str
+    preview_name: str
+    resource_name: str
+    resource_type: Literal["sandbox"] = "sandbox"
+    workspace: str
+    created_at: str
+
+
+class TokenSpecOut(Out):
+    token: str
+    """The secret: send it as `X-Blaxel-Preview-Token` or `?bl_preview_token=`."""
+    expires_at: str
+    expired: bool
+
+
+class TokenOut(Out):
+    metadata: TokenMetadataOut
+    spec: TokenSpecOut
+
+
+class MessageOut(Out):
+    message: str
+
+
+class ErrorBody(Out):
+    """Every 4xx/5xx. `code` is the HTTP status: the TS SDK's createIfNotExists tests it."""
+
     error: str
     code: int
     message: str
 
 
-# ── responses ───────────────────────────────────────────────────────────────────────────────
+# ── conversions ─────────────────────────────────────────────────────────────────────────────
 def _ts(value: datetime | None) -> str | None:
     return format_timestamp(value) if value is not None else None
 
 
-def _drop_none(data: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in data.items() if v is not None}
-
-
-Status = Literal["DEPLOYED", "DELETING", "TERMINATED"]
-
-
-def sandbox_json(sandbox: Sandbox, *, region: str, status: Status = "DEPLOYED") -> dict[str, Any]:
-    return {
-        "metadata": _drop_none(
-            {
-                "name": sandbox.name,
-                "workspace": sandbox.workspace,
-                "labels": sandbox.labels,
-                "createdAt": _ts(sandbox.created_at),
-                "updatedAt": _ts(sandbox.updated_at),
-            }
+def sandbox_out(sandbox: Sandbox, *, status: Status = "DEPLOYED") -> SandboxOut:
+    return SandboxOut(
+        metadata=SandboxMetadataOut(
+            name=sandbox.name,
+            workspace=sandbox.workspace,
+            labels=sandbox.labels,
+            created_at=format_timestamp(sandbox.created_at),
+            updated_at=format_timestamp(sandbox.updated_at),
         ),
-        "spec": _drop_none(
-            {
-                "target": {"host": sandbox.target_host},
-                "region": region or None,
-                "ttl": sandbox.ttl,
-                "expires": _ts(sandbox.expires_at),
-            }
+        spec=SandboxSpecOut(
+            target=Target(host=sandbox.target_host),
+            ttl=sandbox.ttl,
+            expires=_ts(sandbox.expires_at),
         ),
-        "status": status,
-        "events": [],
-    }
+        status=status,
+    )
 
 
-def preview_json(
+def preview_out(
     preview: Preview, *, url: str, region: str, status: Status = "DEPLOYED"
-) -> dict[str, Any]:
-    return {
-        "metadata": _drop_none(
-            {
-                "name": preview.name,
-                # The SDKs build token paths from resourceName; without it they request
-                # /sandboxes/<Unset object>/... (shared/design/blaxel-api.md §2).
-                "resourceName": preview.sandbox,
-                "resourceType": "sandbox",
-                "workspace": preview.workspace,
-                "createdAt": _ts(preview.created_at),
-                "updatedAt": _ts(preview.updated_at),
-            }
+) -> PreviewOut:
+    return PreviewOut(
+        metadata=PreviewMetadataOut(
+            name=preview.name,
+            resource_name=preview.sandbox,
+            workspace=preview.workspace,
+            created_at=format_timestamp(preview.created_at),
+            updated_at=format_timestamp(preview.updated_at),
         ),
-        "spec": _drop_none(
-            {
-                "port": preview.port,
-                "public": preview.public,
-                "url": url,
-                "region": region or None,
-                "prefixUrl": preview.prefix_url,
-                "customDomain": preview.custom_domain,
-                "requestHeaders": preview.request_headers,
-                "responseHeaders": preview.response_headers,
-                "ttl": preview.ttl,
-                "expires": preview.expires,
-            }
+        spec=PreviewSpecOut(
+            port=preview.port,
+            public=preview.public,
+            url=url,
+            region=region or None,
+            prefix_url=preview.prefix_url,
+            custom_domain=preview.custom_domain,
+            request_headers=preview.request_headers,
+            response_headers=preview.response_headers,
+            ttl=preview.ttl,
+            expires=preview.expires,
         ),
-        "status": status,
-        "events": [],
-    }
+        status=status,
+    )
+
+
+def token_out(preview: Preview, token: TokenRecord, *, value: str, now: datetime) -> TokenOut:
+    return TokenOut(
+        metadata=TokenMetadataOut(
+            name=token.name,
+            preview_name=preview.name,
+            resource_name=preview.sandbox,
+            workspace=preview.workspace,
+            created_at=format_timestamp(token.created_at),
+        ),
+        spec=TokenSpecOut(
+            token=value,
+            expires_at=format_timestamp(token.expires_at),
+            expired=token.expires_at <= now,
+        ),
+    )

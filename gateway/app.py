@@ -13,9 +13,10 @@ import contextlib
 import ipaddress
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TypeVar
 
 from aiohttp import web
 
@@ -24,7 +25,9 @@ from gateway.admission import AdmissionPolicy
 from gateway.api_keys import KeyRing
 from gateway.control_api import ApiConfig, ControlApi
 from gateway.edge import Edge, EdgeConfig, EdgeServer
+from gateway.errors import RoutingUnavailable
 from gateway.http_relay import RelayTimeouts
+from gateway.metrics import CONTENT_TYPE, Metrics, StatsCollector
 from gateway.route_lookup import RouteLookup
 from gateway.routes import utcnow
 from gateway.routing_table import MemoryStore, RedisStore, Store, connect_redis
@@ -34,10 +37,7 @@ from gateway.upstream import create_session
 from gateway.ws_relay import WebSocketHub, WsLimits
 
 logger = logging.getLogger("gateway.app")
-
-SWEEP_INTERVAL_S = 15.0
-"""How often expired sandboxes and previews are deleted. Reads never serve expired objects in
-between: the expiry is checked on every read."""
+T = TypeVar("T")
 
 
 @dataclass
@@ -50,6 +50,7 @@ class Running:
     store: Store
     lookup: RouteLookup
     hub: WebSocketHub
+    sweeper: Sweeper
     draining: bool = False
     extra: dict[str, object] = field(default_factory=dict)
 
@@ -81,28 +82,78 @@ async def signing_keys(settings: Settings, store: Store) -> list[SigningKey]:
     return parse_keys([shared])
 
 
-async def sweep_expired(store: Store, now: Callable[[], datetime] = utcnow) -> int:
-    """Delete what has expired. Deletes are transactions, so when several replicas sweep at
-    once each object is deleted by exactly one of them; the others find nothing to do."""
-    deleted = 0
-    for workspace, sandbox, preview in await store.expired(now()):
+STARTUP_RETRY_S = 30.0
+"""How long a starting replica waits for its store (Redis still starting, a failover)."""
+
+
+class StartupFailed(Exception):
+    """The gateway cannot start; the message says why, in one line."""
+
+
+async def _with_startup_retries(attempt: Callable[[], Awaitable[T]]) -> T:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + STARTUP_RETRY_S
+    delay = 0.2
+    while True:
+        try:
+            return await attempt()
+        except RoutingUnavailable as exc:
+            if loop.time() + delay > deadline:
+                raise StartupFailed(
+                    f"the store (Redis) did not answer for {STARTUP_RETRY_S:.0f} s"
+                ) from exc
+            logger.warning("waiting for the store (Redis) to answer")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+Expired = tuple[str, str, str | None]
+"""(workspace, sandbox, preview or None for the sandbox itself)."""
+
+
+async def sweep_expired(store: Store, now: Callable[[], datetime] = utcnow) -> list[Expired]:
+    """Delete what has expired; return what this call deleted.
+
+    Deletes are transactions, so when several replicas sweep at once each object is deleted by
+    exactly one of them; the others find nothing to do. Each object is read again just before
+    its delete, so one whose expiry was pushed back (a PUT) since the listing is left alone.
+    """
+    moment = now()
+    deleted: list[Expired] = []
+    for workspace, sandbox, preview in await store.expired(moment):
         if preview is None:
-            deleted += await store.delete_sandbox(workspace, sandbox) is not None
+            sb = await store.get_sandbox(workspace, sandbox)
+            gone = sb is not None and sb.expired(moment)
+            gone = gone and await store.delete_sandbox(workspace, sandbox) is not None
         else:
-            deleted += await store.delete_preview(workspace, sandbox, preview) is not None
+            pv = await store.get_preview(workspace, sandbox, preview)
+            gone = pv is not None and pv.expired(moment)
+            gone = gone and await store.delete_preview(workspace, sandbox, preview) is not None
+        if gone:
+            deleted.append((workspace, sandbox, preview))
     return deleted
 
 
-async def _sweeper(store: Store) -> None:
-    while True:
-        await asyncio.sleep(SWEEP_INTERVAL_S)
-        try:
-            count = await sweep_expired(store)
-        except Exception as exc:  # the store may be down; try again next round
-            logger.warning("expiry sweep failed: %s", type(exc).__name__)
-            continue
-        if count:
-            logger.info("deleted %d expired sandboxes/previews", count)
+@dataclass
+class Sweeper:
+    """Runs ``sweep_expired`` every ``interval_s`` on one replica."""
+
+    store: Store
+    interval_s: float
+    deleted: int = 0
+    """Objects this replica deleted (a metric; the multi-replica test adds them up)."""
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            try:
+                swept = await sweep_expired(self.store)
+            except Exception as exc:  # the store may be down; try again next round
+                logger.warning("expiry sweep failed: %s", type(exc).__name__)
+                continue
+            self.deleted += len(swept)
+            if swept:
+                logger.info("deleted %d expired sandboxes/previews", len(swept))
 
 
 async def serve(
@@ -126,15 +177,30 @@ async def serve(
         max_entries=settings.cache_max_entries,
     )
     keys, generated_key = key_ring(settings)
-    signer = TokenSigner(await signing_keys(settings, store))
+    signer = TokenSigner(await _with_startup_retries(lambda: signing_keys(settings, store)))
     session = create_session(
         allowed=allowed,
         max_connections=settings.upstream_max_connections,
         max_per_target=settings.upstream_max_connections_per_target,
         connect_timeout_s=settings.upstream_connect_timeout_s,
     )
+    admission_policy = AdmissionPolicy(
+        signer=signer,
+        cookie_samesite=settings.cookie_samesite,
+        allowed_origins=settings.ws_allowed_origins,
+    )
+    # WebSockets hold their upstream connection for their whole life, so they get a pool of
+    # their own: in the HTTP pool they would take the per-sandbox slots that keep one busy
+    # sandbox from starving requests to the same port.
+    ws_session = create_session(
+        allowed=allowed,
+        max_connections=settings.upstream_max_connections,
+        max_per_target=settings.upstream_max_connections,
+        connect_timeout_s=settings.upstream_connect_timeout_s,
+        websocket=True,
+    )
     hub = WebSocketHub(
-        session,
+        ws_session,
         WsLimits(
             idle_timeout_s=settings.ws_idle_timeout_s,
             max_lifetime_s=settings.ws_max_lifetime_s,
@@ -144,8 +210,16 @@ async def serve(
             handshake_timeout_s=settings.upstream_response_timeout_s,
         ),
         route_check=lookup.find,
+        admission_policy=admission_policy,
     )
     lookup.add_listener(hub.on_invalidation)
+    metrics = Metrics()
+    metrics.add_collector(
+        StatsCollector(
+            counters=lambda: {"gateway_route_cache": lookup.stats},
+            gauges=lambda: {"gateway_websockets_open": hub.open_count},
+        )
+    )
     edge = Edge(
         EdgeConfig(
             preview_domain=settings.preview_domain,
@@ -157,27 +231,32 @@ async def serve(
                 upstream_idle_s=settings.upstream_idle_timeout_s,
                 max_body_bytes=settings.max_body_bytes,
             ),
-            admission=AdmissionPolicy(
-                signer=signer,
-                cookie_samesite=settings.cookie_samesite,
-                allowed_origins=settings.ws_allowed_origins,
-            ),
+            admission=admission_policy,
             public_scheme=settings.public_scheme,
         ),
         lookup,
         session,
         websocket_relay=hub.relay,
+        observe=metrics.observe,
     )
     running: Running | None = None
 
+    last_store_ok = asyncio.get_running_loop().time()
+
     async def ready() -> bool:
+        """Not ready while draining. A store outage makes a replica unready only once its
+        cache has gone stale: otherwise every replica would drop out of the load balancer at the
+        same moment, although their caches could keep previews working."""
+        nonlocal last_store_ok
         if running is None or running.draining:
             return False
+        now = asyncio.get_running_loop().time()
         try:
             async with asyncio.timeout(max(settings.redis_timeout_s, 1.0)):
                 await store.ping()
         except Exception:
-            return False
+            return now - last_store_ok < settings.cache_stale_grace_s
+        last_store_ok = now
         return True
 
     api = ControlApi(
@@ -204,14 +283,23 @@ async def serve(
         ),
         shutdown_timeout=settings.shutdown_grace_s,
     )
-    api_runner = web.AppRunner(api.app(), access_log=None, shutdown_timeout=2.0)
+    api_app = api.app()
+
+    async def serve_metrics(request: web.Request) -> web.Response:
+        return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+    api_app.router.add_get("/metrics", serve_metrics)
+    api_runner = web.AppRunner(api_app, access_log=None, shutdown_timeout=2.0)
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(store.close)
         stack.push_async_callback(session.close)
-        await edge_runner.setup()
-        stack.push_async_callback(edge_runner.cleanup)
+        stack.push_async_callback(ws_session.close)
+        # Cleanups run last-in first-out: the edge drains its in-flight requests first, while
+        # the API listener still answers /readyz with 503; only then does the API close.
         await api_runner.setup()
         stack.push_async_callback(api_runner.cleanup)
+        await edge_runner.setup()
+        stack.push_async_callback(edge_runner.cleanup)
         edge_site = web.TCPSite(edge_runner, settings.bind, settings.edge_port, reuse_address=True)
         api_site = web.TCPSite(api_runner, settings.bind, settings.api_port, reuse_address=True)
         await edge_site.start()
@@ -220,11 +308,12 @@ async def serve(
         api_port = _bound_port(api_runner)
         if settings.public_port is None and settings.edge_port == 0:
             api.set_public_port(edge_port)  # an ephemeral edge port is only known now
-        running = Running(edge_port, api_port, generated_key, store, lookup, hub)
+        sweeper = Sweeper(store, settings.sweep_interval_s)
+        running = Running(edge_port, api_port, generated_key, store, lookup, hub, sweeper)
         async with asyncio.TaskGroup() as tasks:
             background = [
                 tasks.create_task(lookup.follow_invalidations(), name="invalidations"),
-                tasks.create_task(_sweeper(store), name="sweeper"),
+                tasks.create_task(sweeper.run(), name="sweeper"),
             ]
             if on_ready is not None:
                 on_ready(running)

@@ -1,4 +1,6 @@
-"""Command line: ``python -m gateway [--demo]``. Reads settings, picks the loop, handles signals."""
+"""Command line: ``python -m gateway [--demo]`` runs the gateway: reads settings, picks the loop,
+handles signals. ``python -m gateway api ...`` is the operators' client of a running gateway's
+control API (``gateway/api_cli.py``)."""
 
 from __future__ import annotations
 
@@ -8,12 +10,13 @@ import contextlib
 import signal
 import sys
 from collections.abc import Sequence
-
-from pydantic import ValidationError
+from typing import TYPE_CHECKING
 
 from gateway import __version__
-from gateway.app import Running, configure_logging, serve
-from gateway.settings import Settings, markdown_table
+
+if TYPE_CHECKING:
+    from gateway.app import Running
+    from gateway.settings import Settings
 
 
 def _loop_factory() -> type[asyncio.AbstractEventLoop] | None:
@@ -25,6 +28,19 @@ def _loop_factory() -> type[asyncio.AbstractEventLoop] | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["api"]:
+        # A client, not the server: it reads no Settings and starts no loop.
+        from gateway.api_cli import main as api_main
+
+        return api_main(args_list[1:])
+    # Imported here, not at the top, so that `api` (a short-lived client, run from scripts)
+    # does not pay for importing the server.
+    from pydantic import ValidationError
+
+    from gateway.app import configure_logging
+    from gateway.settings import Settings, markdown_table
+
     parser = argparse.ArgumentParser(prog="python -m gateway", description=__doc__)
     parser.add_argument(
         "--demo", action="store_true", help="start a demo sandbox with a public preview"
@@ -33,7 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--settings-table", action="store_true", help="print the settings as a Markdown table"
     )
-    args = parser.parse_args(argv)
+    parser.epilog = "python -m gateway api --help: manage sandboxes, previews and tokens"
+    args = parser.parse_args(args_list)
     if args.settings_table:
         print(markdown_table())
         return 0
@@ -48,6 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def _run(settings: Settings, *, demo: bool) -> int:
+    from gateway.app import serve
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     # SIGTERM: `kill`, docker stop, Kubernetes. SIGINT: Ctrl+C.

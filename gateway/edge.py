@@ -59,11 +59,13 @@ class Edge:
         lookup: RouteLookup,
         session: aiohttp.ClientSession,
         websocket_relay: WebSocketRelay | None = None,
+        observe: Callable[[log.AccessRecord], None] | None = None,
     ) -> None:
         self._c = config
         self._lookup = lookup
         self._session = session
         self._ws = websocket_relay
+        self._observe = observe
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         record = log.AccessRecord(
@@ -76,7 +78,7 @@ class Edge:
         started = asyncio.get_running_loop().time()
         outcome = Outcome()
         try:
-            response = await self._handle(request, record, outcome)
+            response = await self._handle(request, record, outcome, started)
             record.status = response.status
             return response
         except GatewayError as exc:
@@ -87,7 +89,10 @@ class Edge:
             log.edge.warning("upstream aborted mid-response (preview %s)", record.preview)
             raise
         except asyncio.CancelledError:
-            record.status = 499  # the client went away; nobody is left to answer
+            # The client went away; nobody is left to answer (Caddy's 499). A WebSocket whose
+            # 101 was sent keeps that status: aiohttp cancels its handler when the socket ends.
+            if record.status != 101:
+                record.status = 499
             raise
         except Exception:
             log.edge.exception("unexpected error while handling a preview request")
@@ -99,9 +104,15 @@ class Edge:
                 record.upstream_ms = round(outcome.upstream_s * 1000, 2)
             record.duration_ms = round((asyncio.get_running_loop().time() - started) * 1000, 2)
             log.write_access(record)
+            if self._observe is not None:
+                self._observe(record)
 
     async def _handle(
-        self, request: web.BaseRequest, record: log.AccessRecord, outcome: Outcome
+        self,
+        request: web.BaseRequest,
+        record: log.AccessRecord,
+        outcome: Outcome,
+        started: float,
     ) -> web.StreamResponse:
         host = self._canonical_host(request)
         record.host = host
@@ -134,9 +145,11 @@ class Edge:
             self._c.admission,
             utcnow(),
         )
+        # Answers the gateway writes itself name it as their server (as error pages do), or
+        # aiohttp would announce "Python/3.x aiohttp/3.y".
         if isinstance(decision, admission.Preflight):
             record.error_code = "preflight"
-            return web.Response(status=204, headers=decision.headers)
+            return web.Response(status=204, headers={**decision.headers, "Server": policy.SERVER})
         if isinstance(decision, admission.Redirect):
             return web.Response(
                 status=303,
@@ -146,6 +159,7 @@ class Edge:
                     "Cache-Control": "no-store",
                     "Referrer-Policy": "no-referrer",
                     "X-Blaxel-Source": "gateway",
+                    "Server": policy.SERVER,
                 },
             )
         self._check_target(route)
@@ -167,6 +181,7 @@ class Edge:
             policy.strip_token_param(request.rel_url.raw_query_string),
             websocket=websocket,
         )
+        record.overhead_ms = round((asyncio.get_running_loop().time() - started) * 1000, 3)
         if websocket and self._ws is not None:
             record.kind = "websocket"
             return await self._ws(request, route, url, upstream_headers, record)
@@ -243,30 +258,74 @@ class EdgeRequestHandler(RequestHandler):
         self._head_timer: asyncio.TimerHandle | None = None
 
     def data_received(self, data: bytes) -> None:
+        if self._close and not self._force_close and self._request_in_progress:
+            # Graceful shutdown marks every connection closing, and aiohttp then drops each byte
+            # that arrives, which would cut an upload in flight. Keep feeding the current
+            # request; the connection still closes once its response is done.
+            self._close = False
+            try:
+                super().data_received(data)
+            finally:
+                self._close = True
+            return
         before = self._request_count
         super().data_received(data)
+        if self._upgraded or self._payload_parser is not None:
+            self._head_started = None  # a WebSocket now: no more request heads on it
+            return
+        if not data:
+            return
         if self._request_count != before:
-            self._head_started = None
-        elif (
-            self._head_started is None
-            and not self._request_in_progress
-            and self._payload_parser is None
-            and not self._upgraded
-            and data
-        ):
+            # Heads completed. Bytes after the last one, in the same packet, would be the start
+            # of a pipelined head that the parser keeps out of sight; a packet that does not end
+            # where a head ends may hold one, so its deadline starts now. (When those bytes were
+            # the end of a body instead, the cost is an idle keep-alive connection closed after
+            # header_timeout_s rather than keepalive_timeout_s.)
+            partial = not data.endswith(b"\r\n\r\n")
+            self._head_started = self._loop.time() if partial else None
+        elif self._head_started is None:
             # The first bytes of a request head: it must be complete within the deadline
-            # (nginx client_header_timeout, HAProxy timeout http-request).
+            # (nginx client_header_timeout, HAProxy timeout http-request). Bytes that arrive
+            # while a request is in progress are body or a pipelined head; either way the
+            # deadline runs only once the connection is idle again (see _check_head).
             self._head_started = self._loop.time()
-            self._head_timer = self._loop.call_later(self.header_timeout_s, self._check_head)
+        if self._head_started is not None and self._head_timer is None:
+            self._head_timer = self._loop.call_at(
+                self._head_started + self.header_timeout_s, self._check_head
+            )
 
     def _check_head(self) -> None:
         self._head_timer = None
         started = self._head_started
-        if started is None or self._request_in_progress or self.transport is None:
+        if started is None or self.transport is None:
             return
-        if self._loop.time() - started >= self.header_timeout_s - 0.001:
+        now = self._loop.time()
+        if self._request_in_progress or self._messages:
+            # Busy with earlier requests: a head pipelined behind them gets its full deadline
+            # once they are answered.
+            started = self._head_started = now
+        elif now - started >= self.header_timeout_s - 0.001:
             log.edge.info("closing a connection that did not finish its request headers in time")
             self.force_close()
+            return
+        self._head_timer = self._loop.call_at(started + self.header_timeout_s, self._check_head)
+
+    async def shutdown(self, timeout: float | None = 15.0) -> None:  # noqa: ASYNC109 - aiohttp API
+        # aiohttp's shutdown marks the connection force-closed before it waits for the handler,
+        # and a force-closed connection drops every byte that arrives: an upload in flight
+        # could never finish. So wait for the handler first, within the same grace period.
+        if self._request_in_progress and timeout:
+            started = self._loop.time()
+            self._handler_waiter = self._loop.create_future()
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._handler_waiter
+            except TimeoutError:
+                pass
+            finally:
+                self._handler_waiter = None
+            timeout = max(0.01, timeout - (self._loop.time() - started))
+        await super().shutdown(timeout)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if self._head_timer is not None:
@@ -302,7 +361,11 @@ class EdgeServer(web.Server):
         header_timeout_s: float,
         **kwargs: Any,
     ) -> None:
-        super().__init__(handler, handler_cancellation=True, **kwargs)
+        # auto_decompress=False: the body is relayed as the client framed it. aiohttp would
+        # otherwise inflate a gzip/deflate/br request body while the forwarded Content-Length
+        # still counts the compressed bytes, so the sandbox would read the rest of the inflated
+        # body as further requests (smuggling), and the gateway would inflate zip bombs.
+        super().__init__(handler, handler_cancellation=True, auto_decompress=False, **kwargs)
         self._header_timeout_s = header_timeout_s
 
     def __call__(self) -> RequestHandler:

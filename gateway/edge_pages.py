@@ -14,6 +14,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from gateway.errors import GatewayError, error_code
+from gateway.headers import SERVER
 
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{status} {title}</title>
@@ -38,6 +39,8 @@ def error_headers(exc: GatewayError) -> CIMultiDict[str]:
     headers["X-Content-Type-Options"] = "nosniff"
     headers["Content-Security-Policy"] = "default-src 'none'; style-src 'unsafe-inline'"
     headers["Referrer-Policy"] = "no-referrer"
+    # Set here, or aiohttp announces "Python/3.x aiohttp/3.y" on every page the gateway writes.
+    headers["Server"] = SERVER
     if exc.status == 401:
         # Blaxel answers failed auth with this, so a cross-origin fetch can read the reason.
         headers["Access-Control-Allow-Origin"] = "*"

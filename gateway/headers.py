@@ -11,71 +11,69 @@ import ipaddress
 import re
 from collections.abc import Iterable, Mapping, Sequence
 
-from multidict import CIMultiDict, CIMultiDictProxy, istr
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.errors import BadRequest, MethodNotAllowed, PayloadTooLarge
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Headers = CIMultiDict[str] | CIMultiDictProxy[str]
 
+
+def _names(*names: str) -> frozenset[str]:
+    """Lower-cased header names. Every membership test below lower-cases the name it checks:
+    names are case-insensitive, clients such as fetch/undici and Go send them in lower case, and
+    neither ``str`` nor ``istr`` hashing is case-insensitive (``"upgrade" in {istr("Upgrade")}``
+    is False), so a mixed-case set would let ``transfer-encoding`` or ``x-blaxel-preview-token``
+    through."""
+    return frozenset(name.lower() for name in names)
+
+
 # RFC 9110 §7.6.1 connection-specific fields, plus the non-standard ones proxies have always
 # treated the same way. TE is dropped too: the gateway writes its own framing on each hop.
-HOP_BY_HOP: frozenset[str] = frozenset(
-    istr(h)
-    for h in (
-        "Connection",
-        "Proxy-Connection",
-        "Keep-Alive",
-        "TE",
-        "Trailer",
-        "Transfer-Encoding",
-        "Upgrade",
-        "Proxy-Authenticate",
-        "Proxy-Authorization",
-    )
+HOP_BY_HOP: frozenset[str] = _names(
+    "Connection",
+    "Proxy-Connection",
+    "Keep-Alive",
+    "TE",
+    "Trailer",
+    "Transfer-Encoding",
+    "Upgrade",
+    "Proxy-Authenticate",
+    "Proxy-Authorization",
 )
 
 # Client-supplied identity headers are believed only from a trusted proxy (Caddy 2.5,
 # CVE-2024-21499): anyone else could claim any address or scheme.
-FORWARDING: frozenset[str] = frozenset(
-    istr(h)
-    for h in (
-        "X-Forwarded-For",
-        "X-Forwarded-Proto",
-        "X-Forwarded-Host",
-        "X-Forwarded-Port",
-        "X-Forwarded-Prefix",
-        "X-Real-IP",
-        "Forwarded",
-        "X-Original-URL",
-        "X-Rewrite-URL",
-    )
+FORWARDING: frozenset[str] = _names(
+    "X-Forwarded-For",
+    "X-Forwarded-Proto",
+    "X-Forwarded-Host",
+    "X-Forwarded-Port",
+    "X-Forwarded-Prefix",
+    "X-Real-IP",
+    "Forwarded",
+    "X-Original-URL",
+    "X-Rewrite-URL",
 )
 
 # Names the gateway owns. A client never gets to set them on the upstream request
 # (Blaxel strips X-Blaxel-Fallback-*; our own credentials must never reach a sandbox).
-GATEWAY_OWNED: frozenset[str] = frozenset(
-    istr(h)
-    for h in (
-        "X-Blaxel-Preview-Token",
-        "X-Blaxel-Fallback",
-        "X-Blaxel-Fallback-Preview",
-        "X-Blaxel-Fallback-Domain",
-        "X-Blaxel-Authorization",
-    )
+GATEWAY_OWNED: frozenset[str] = _names(
+    "X-Blaxel-Preview-Token",
+    "X-Blaxel-Fallback",
+    "X-Blaxel-Fallback-Preview",
+    "X-Blaxel-Fallback-Domain",
+    "X-Blaxel-Authorization",
 )
 
 # Sent by aiohttp's client on the handshake it builds itself; the client's values are for the
 # client's own hop only.
-WEBSOCKET_HANDSHAKE: frozenset[str] = frozenset(
-    istr(h)
-    for h in (
-        "Sec-WebSocket-Key",
-        "Sec-WebSocket-Version",
-        "Sec-WebSocket-Extensions",
-        "Sec-WebSocket-Accept",
-        "Sec-WebSocket-Protocol",
-    )
+WEBSOCKET_HANDSHAKE: frozenset[str] = _names(
+    "Sec-WebSocket-Key",
+    "Sec-WebSocket-Version",
+    "Sec-WebSocket-Extensions",
+    "Sec-WebSocket-Accept",
+    "Sec-WebSocket-Protocol",
 )
 
 TOKEN_COOKIE_NAMES: frozenset[str] = frozenset({"bl_preview_token", "__Host-bl_preview_token"})
@@ -178,20 +176,21 @@ def upstream_request_headers(
 
     ``Host`` is kept exactly as the client sent it, so apps build correct absolute URLs. Headers
     named in ``Connection`` go before the gateway adds its own, so ``Connection: X-Forwarded-For``
-    can never remove the gateway's value (Traefik CVE-2021-32813).
+    can never remove the gateway's value (Traefik CVE-2021-32813), and ``Connection: Host`` cannot
+    remove the Host the app routes on.
     """
-    listed = connection_tokens(incoming)
+    listed = connection_tokens(incoming) - {"host"}
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in incoming.items():
         lower = name.lower()
-        if name in HOP_BY_HOP or lower in listed or name in GATEWAY_OWNED:
+        if lower in HOP_BY_HOP or lower in listed or lower in GATEWAY_OWNED:
             continue
-        if name in FORWARDING and not trusted_peer:
+        if lower in FORWARDING and not trusted_peer:
             continue
-        if websocket and name in WEBSOCKET_HANDSHAKE:
+        if websocket and lower in WEBSOCKET_HANDSHAKE:
             continue
         if lower == "expect":
-            continue  # aiohttp answered the 100-continue itself
+            continue  # the gateway answers 100-continue itself (http_relay)
         if lower == "cookie":
             value = strip_token_cookies(value)
             if not value:
@@ -200,17 +199,18 @@ def upstream_request_headers(
             value = strip_token_param_from_url(value)
         out.add(name, value)
 
+    # Prior values are read from ``out``, not ``incoming``: they are there only when the peer is
+    # trusted and did not name them in Connection. Reading ``incoming`` would let a trusted
+    # peer's ``Connection: X-Forwarded-Proto`` leave the upstream with no X-Forwarded-Proto.
     host = incoming.get("Host", "")
-    prior_for = incoming.getall("X-Forwarded-For", ()) if trusted_peer else ()
-    out.popall("X-Forwarded-For", None)
-    out["X-Forwarded-For"] = ", ".join([*prior_for, peer_ip]) if prior_for else peer_ip
-    if not (trusted_peer and "X-Forwarded-Proto" in incoming):
+    prior_for = out.popall("X-Forwarded-For", [])
+    out["X-Forwarded-For"] = ", ".join([*prior_for, peer_ip])
+    if "X-Forwarded-Proto" not in out:
         out["X-Forwarded-Proto"] = proto
-    if not (trusted_peer and "X-Forwarded-Host" in incoming):
+    if "X-Forwarded-Host" not in out:
         out["X-Forwarded-Host"] = host
     element = f"for={forwarded_for_value(peer_ip)};host={_quote(host)};proto={proto}"
-    prior = incoming.getall("Forwarded", ()) if trusted_peer else ()
-    out.popall("Forwarded", None)
+    prior = out.popall("Forwarded", [])
     out["Forwarded"] = ", ".join([*prior, element])
     for name, value in preview_headers.items():
         out[name] = value
@@ -229,7 +229,7 @@ def downstream_response_headers(
     listed = connection_tokens(upstream)
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in upstream.items():
-        if name in HOP_BY_HOP or name.lower() in listed:
+        if name.lower() in HOP_BY_HOP or name.lower() in listed:
             continue
         if name.lower() == "set-cookie":
             rewritten = scope_set_cookie(value, protected_domains)
@@ -312,10 +312,7 @@ def valid_header_pair(name: str, value: str) -> bool:
 
 
 UNSETTABLE_RESPONSE_HEADERS: frozenset[str] = (
-    frozenset(
-        istr(h)
-        for h in ("Set-Cookie", "Content-Length", "Content-Encoding", "Content-Type", "Location")
-    )
+    _names("Set-Cookie", "Content-Length", "Content-Encoding", "Content-Type", "Location")
     | HOP_BY_HOP
 )
 

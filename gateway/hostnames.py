@@ -16,7 +16,9 @@ MAX_HOST_LENGTH = 253
 """RFC 1035: a name is at most 255 octets on the wire, 253 characters in text form."""
 MAX_LABEL_LENGTH = 63
 
-_LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+# Used with fullmatch: ``$`` would also match before a trailing newline, so ``"abc\n"`` would pass
+# as a label and become a second routing key for the same name.
+_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 RANDOM_ID_LENGTH = 22
 """22 characters of [a-z0-9] carry about 113 bits, so ids cannot be guessed or enumerated."""
@@ -49,7 +51,7 @@ def normalize_host(raw: str) -> str:
         raise InvalidHost("The Host header is missing or too long.")
     labels = host.split(".")
     for label in labels:
-        if not _LABEL.match(label):
+        if not _LABEL.fullmatch(label):
             raise InvalidHost("The Host header is not a valid DNS name.")
     if labels[-1].isdigit():
         raise InvalidHost("Previews are not served on IP addresses.")

@@ -60,9 +60,10 @@ class _Upload:
     """
 
     def __init__(
-        self, content: aiohttp.StreamReader, timeouts: RelayTimeouts, deadline: asyncio.Timeout
+        self, request: web.BaseRequest, timeouts: RelayTimeouts, deadline: asyncio.Timeout
     ) -> None:
-        self._content = content
+        self._request = request
+        self._content = request.content
         self._t = timeouts
         self._deadline = deadline
         self.failure: GatewayError | None = None
@@ -70,6 +71,14 @@ class _Upload:
 
     async def chunks(self) -> AsyncIterator[bytes]:
         loop = asyncio.get_running_loop()
+        if _expects_continue(self._request):
+            # aiohttp's low-level server (unlike web.Application's router) never answers
+            # ``Expect: 100-continue``, and the Expect header is not forwarded, so without this
+            # the client waits for a 100 that never comes (curl for a second, others until the
+            # body deadline). It is sent when the body is first wanted: the request has been
+            # routed, admitted and connected to the sandbox by then.
+            await self._request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self._request.writer.output_size = 0  # the response proper has not started
         while True:
             try:
                 async with asyncio.timeout(self._t.body_idle_s):
@@ -95,6 +104,13 @@ def _has_body(request: web.BaseRequest) -> bool:
     return request.body_exists or "Transfer-Encoding" in request.headers
 
 
+def _expects_continue(request: web.BaseRequest) -> bool:
+    return (
+        request.version >= aiohttp.HttpVersion11
+        and request.headers.get("Expect", "").strip().lower() == "100-continue"
+    )
+
+
 async def relay(
     request: web.BaseRequest,
     session: aiohttp.ClientSession,
@@ -112,7 +128,7 @@ async def relay(
     try:
         async with asyncio.timeout(timeouts.response_s) as deadline:
             if _has_body(request):
-                upload = _Upload(request.content, timeouts, deadline)
+                upload = _Upload(request, timeouts, deadline)
             with translate_errors(port):
                 upstream = await session.request(
                     request.method,

@@ -36,6 +36,8 @@ class AccessRecord:
     bytes_out: int = 0
     duration_ms: float = 0.0
     upstream_ms: float | None = None
+    overhead_ms: float | None = None
+    """Time in the gateway before the request went upstream: parse, route lookup, admission."""
     extra: dict[str, object] = field(default_factory=dict)
 
 

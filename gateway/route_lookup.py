@@ -54,6 +54,8 @@ class RouteLookup:
         self._listeners: list[InvalidationListener] = []
         self.store_reads = 0
         """Store reads made so far (a metric, and what the coalescing test counts)."""
+        self.stats = {"hit": 0, "miss": 0, "stale": 0, "error": 0}
+        """Lookups by result, for the ``gateway_route_cache`` metric."""
 
     def add_listener(self, listener: InvalidationListener) -> None:
         """``listener(hostname)`` runs for every invalidated hostname (``"*"`` for all)."""
@@ -72,6 +74,7 @@ class RouteLookup:
     async def _get(self, key: str) -> Route | None:
         entry = self._cache.fresh(key)
         if entry is not None:
+            self.stats["hit"] += 1
             return entry.value
         task = self._inflight.get(key)
         if task is None:
@@ -91,11 +94,13 @@ class RouteLookup:
     async def _fetch(self, key: str) -> Route | None:
         generation = self._cache.generation
         self.store_reads += 1
+        self.stats["miss"] += 1
         try:
             async with asyncio.timeout(self._timeout_s):
                 route = await self._store.get_route(key)
         except (TimeoutError, RoutingUnavailable) as exc:
             stale = self._cache.stale(key, self._grace_for)
+            self.stats["stale" if stale is not None else "error"] += 1
             if stale is not None:
                 log.warning("routing table unavailable; serving a cached route")
                 return stale

@@ -208,12 +208,21 @@ def connect_redis(url: str, timeout_s: float) -> aioredis.Redis:
 
 
 class RedisStore:
-    def __init__(self, client: aioredis.Redis, subscriber: aioredis.Redis, prefix: str) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        subscriber: aioredis.Redis,
+        prefix: str,
+        *,
+        ping_interval_s: float = 5.0,
+    ) -> None:
         self._r = client
         # Pub/sub blocks on reads for as long as nothing is published, so it needs a client
         # without the short socket timeout of the request path.
         self._sub = subscriber
         self._k = Keys(prefix)
+        self._ping_interval_s = ping_interval_s
+        """How long the subscription may be quiet before it is pinged (a dead link shows up)."""
 
     async def ping(self) -> None:
         await self._call(self._r.ping())
@@ -379,9 +388,13 @@ class RedisStore:
                 await pubsub.subscribe(self._k.invalidations)
                 yield FLUSH_ALL
                 while True:
-                    message = await pubsub.get_message(timeout=5.0)
+                    message = await pubsub.get_message(timeout=self._ping_interval_s)
                     if message is None:
                         await pubsub.ping()
+                        continue
+                    # Only published messages are invalidations. The PONG answering the ping
+                    # above comes back on the subscription too (type "pong", data b"").
+                    if message.get("type") != "message":
                         continue
                     data = message.get("data")
                     if isinstance(data, bytes):
@@ -424,10 +437,20 @@ class RedisStore:
     async def _previews_in(
         self, pipe: aioredis.client.Pipeline, workspace: str, sandbox: str
     ) -> list[Preview]:
+        """A sandbox's previews, read inside a transaction that is about to write their routes.
+
+        Each preview key is WATCHed before it is read, as the set of names is: a preview that
+        changes between this read and EXEC (a new port, a new hostname) makes the transaction
+        retry. Otherwise a sandbox update would write a route from the stale copy, and a sandbox
+        delete would remove the old hostname's route and leave the new one behind.
+        """
         names = await pipe.smembers(self._k.previews(workspace, sandbox))
+        keys = [self._k.preview(workspace, sandbox, _text(n)) for n in sorted(names)]
+        if keys:
+            await pipe.watch(*keys)
         previews = []
-        for n in sorted(names):
-            preview = _load(Preview, await pipe.get(self._k.preview(workspace, sandbox, _text(n))))
+        for key in keys:
+            preview = _load(Preview, await pipe.get(key))
             if preview is not None:
                 previews.append(preview)
         return previews

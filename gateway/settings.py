@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     api_keys_file: str | None = None
     """File of `workspace:key` lines (one a line, `#` comments), re-read when it changes, so keys
     rotate without a restart. Used together with `api_keys`."""
+    sweep_interval_s: float = Field(15.0, gt=0)
+    """How often each replica deletes expired sandboxes and previews (`spec.ttl`/`spec.expires`).
+    Expired objects are never served or listed in between: reads check the expiry."""
     reserved_ports: Annotated[list[int], NoDecode] = Field(default_factory=list)
     """Comma-separated ports that previews may not use, in addition to 80."""
     allowed_targets: Annotated[list[IPNetwork], NoDecode] = Field(
@@ -151,7 +154,13 @@ class Settings(BaseSettings):
     """One JSON line per request on stdout (logger `gateway.access`)."""
 
     @field_validator(
-        "api_keys", "reserved_ports", "allowed_targets", "trusted_proxies", mode="before"
+        "api_keys",
+        "reserved_ports",
+        "allowed_targets",
+        "trusted_proxies",
+        "token_keys",
+        "ws_allowed_origins",
+        mode="before",
     )
     @classmethod
     def _csv(cls, value: object) -> object:
@@ -160,6 +169,9 @@ class Settings(BaseSettings):
     @field_validator("allowed_targets", "trusted_proxies", mode="before")
     @classmethod
     def _networks(cls, value: object) -> object:
+        # "before" validators run last-declared first, so this one sees the raw env string
+        # before _csv has split it: split it here, or strict=False below never applies.
+        value = _split_csv(value)
         if isinstance(value, list):
             return [
                 ipaddress.ip_network(v, strict=False) if isinstance(v, str) else v for v in value

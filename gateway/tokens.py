@@ -98,7 +98,9 @@ class TokenSigner:
                 algorithms=ALGORITHMS,
                 audience=audience(preview_uid),
                 leeway=LEEWAY_S,
-                options={"require": ["exp", "aud", "jti"], "verify_iat": False},
+                # strict_aud: ``aud`` must be exactly our string. Without it pyjwt also accepts
+                # a list that merely contains it (threat model T16, CVE-2024-53861 class).
+                options={"require": ["exp", "aud", "jti"], "verify_iat": False, "strict_aud": True},
             )
         except jwt.ExpiredSignatureError:
             raise TokenRejected("token_expired", "The preview token has expired.") from None
@@ -106,6 +108,9 @@ class TokenSigner:
             raise TokenRejected(
                 "token_wrong_preview", "The preview token is for another preview."
             ) from None
+        except jwt.InvalidSignatureError:
+            # Before DecodeError, its base class: a forged or tampered token is not malformed.
+            raise TokenRejected("token_invalid", "The preview token is not valid.") from None
         except jwt.DecodeError:
             raise TokenRejected("token_malformed", "The preview token is malformed.") from None
         except jwt.PyJWTError:

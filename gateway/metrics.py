@@ -1,0 +1,137 @@
+"""Prometheus metrics on a private registry (one per gateway, so tests never collide).
+
+Request metrics are observed from the access record the edge writes anyway; counters that other
+components keep as plain integers (cache hits, open sockets) are read at scrape time by a
+collector, so those components stay free of prometheus. Label values come from closed sets only:
+never a hostname, a preview name or a path (bounded cardinality).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from gateway.log import AccessRecord
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# Upstream failures by kind: the codes of gateway.errors' upstream leaves.
+CONNECT_FAILURES = {
+    "upstream_refused": "refused",
+    "upstream_timeout": "timeout",
+    "upstream_unreachable": "unreachable",
+    "upstream_bad_response": "bad_response",
+    "target_not_allowed": "not_allowed",
+}
+TOKEN_REASONS = frozenset(
+    {
+        "token_required",
+        "token_malformed",
+        "token_invalid",
+        "token_expired",
+        "token_revoked",
+        "token_wrong_preview",
+        "origin_not_allowed",
+    }
+)
+_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+def status_class(status: int) -> str:
+    if status == 499:
+        return "client_closed"
+    return f"{status // 100}xx" if 100 <= status < 600 else "other"
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "gateway_requests",
+            "Requests and WebSocket sessions on the edge, by outcome.",
+            ["kind", "status_class", "code"],
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "gateway_request_duration_seconds",
+            "Whole request (or WebSocket session) time as the client sees it.",
+            ["kind"],
+            buckets=_BUCKETS,
+            registry=self.registry,
+        )
+        self.overhead = Histogram(
+            "gateway_overhead_seconds",
+            "Time spent in the gateway before the request went upstream (parse, route, admit).",
+            buckets=_BUCKETS,
+            registry=self.registry,
+        )
+        self.upstream = Histogram(
+            "gateway_upstream_response_seconds",
+            "Time from sending a request upstream to receiving the response headers.",
+            buckets=_BUCKETS,
+            registry=self.registry,
+        )
+        self.upstream_failures = Counter(
+            "gateway_upstream_failures",
+            "Requests the gateway could not complete upstream, by kind.",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.token_rejections = Counter(
+            "gateway_token_rejections",
+            "Requests to private previews refused, by reason.",
+            ["reason"],
+            registry=self.registry,
+        )
+
+    def observe(self, record: AccessRecord) -> None:
+        code = record.error_code or "ok"
+        kind = record.kind
+        self.requests.labels(kind, status_class(record.status), code).inc()
+        self.duration.labels(kind).observe(record.duration_ms / 1000)
+        if record.overhead_ms is not None:
+            self.overhead.observe(record.overhead_ms / 1000)
+        if record.upstream_ms is not None:
+            self.upstream.observe(record.upstream_ms / 1000)
+        if code in CONNECT_FAILURES:
+            self.upstream_failures.labels(CONNECT_FAILURES[code]).inc()
+        elif code in TOKEN_REASONS:
+            self.token_rejections.labels(code).inc()
+
+    def add_collector(self, collector: Collector) -> None:
+        self.registry.register(collector)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class StatsCollector(Collector):
+    """Reads counters kept as plain numbers elsewhere, at scrape time."""
+
+    def __init__(
+        self,
+        counters: Callable[[], Mapping[str, Mapping[str, int]]],
+        gauges: Callable[[], Mapping[str, float]],
+    ) -> None:
+        self._counters = counters
+        self._gauges = gauges
+
+    def collect(self) -> Iterator[Metric]:
+        for name, values in self._counters().items():
+            family = CounterMetricFamily(name, _HELP.get(name, name), labels=["result"])
+            for label, value in values.items():
+                family.add_metric([label], value)
+            yield family
+        for name, gauge in self._gauges().items():
+            yield GaugeMetricFamily(name, _HELP.get(name, name), value=gauge)
+
+
+_HELP = {
+    "gateway_route_cache": "Route lookups by result: hit, miss (read from the store), stale "
+    "(served from cache while the store failed), error (store failed, nothing cached).",
+    "gateway_store_errors": "Store (Redis) operations that failed or timed out, by result.",
+    "gateway_websockets_open": "WebSockets being relayed now.",
+}

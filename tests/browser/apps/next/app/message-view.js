@@ -1,0 +1,7 @@
+"use client";
+
+import { message } from "./message.js";
+
+export default function MessageView() {
+  return <p id="message">{message}</p>;
+}

@@ -1,0 +1,5 @@
+import MessageView from "./message-view.js";
+
+export default function Page() {
+  return <MessageView />;
+}
