@@ -49,9 +49,14 @@ class KeyRing:
         self._error: str | None = None
         self.reload()
 
-    def reload(self) -> None:
+    def reload(self, *, force: bool = False) -> None:
+        """Re-read the keys file if it changed (every request calls this) or, with ``force``
+        (SIGHUP), whatever its stat says: a file rewritten within one mtime tick on a coarse
+        filesystem looks unchanged."""
         if self._file is None:
             return
+        if force:
+            self._seen = None
         try:
             st = os.stat(self._file)
             version = (st.st_mtime_ns, st.st_size, st.st_ino)

@@ -51,6 +51,7 @@ class Running:
     lookup: RouteLookup
     hub: WebSocketHub
     sweeper: Sweeper
+    keys: KeyRing
     draining: bool = False
     extra: dict[str, object] = field(default_factory=dict)
 
@@ -309,7 +310,7 @@ async def serve(
         if settings.public_port is None and settings.edge_port == 0:
             api.set_public_port(edge_port)  # an ephemeral edge port is only known now
         sweeper = Sweeper(store, settings.sweep_interval_s)
-        running = Running(edge_port, api_port, generated_key, store, lookup, hub, sweeper)
+        running = Running(edge_port, api_port, generated_key, store, lookup, hub, sweeper, keys)
         async with asyncio.TaskGroup() as tasks:
             background = [
                 tasks.create_task(lookup.follow_invalidations(), name="invalidations"),

@@ -54,14 +54,48 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.settings_table:
         print(markdown_table())
         return 0
+    import aiohttp.http_parser
+
+    if aiohttp.http_parser.HttpRequestParser is not aiohttp.http_parser.HttpRequestParserC:
+        # Threat model VER-2: the pure-Python parser accepts framing the C parser refuses (S06);
+        # AIOHTTP_NO_EXTENSIONS or a platform without the compiled wheel would switch it on.
+        print(
+            "preview-gateway: aiohttp's C HTTP parser is not in use; refusing to start",
+            file=sys.stderr,
+        )
+        return 2
     try:
         settings = Settings()
     except ValidationError as exc:
         print(f"invalid settings:\n{exc}", file=sys.stderr)
         return 2
     configure_logging(settings)
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        return runner.run(_run(settings, demo=args.demo))
+    _raise_nofile_limit()
+    from gateway.app import StartupFailed
+
+    try:
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            return runner.run(_run(settings, demo=args.demo))
+    except* StartupFailed as group:
+        print(f"preview-gateway: cannot start: {group.exceptions[0]}", file=sys.stderr)
+    except* OSError as group:  # a port in use, an address not on this host
+        print(f"preview-gateway: cannot listen: {group.exceptions[0]}", file=sys.stderr)
+    return 1
+
+
+def _raise_nofile_limit(want: int = 1_048_576) -> None:
+    """Each relayed WebSocket holds two file descriptors, and containers often start with a
+    soft limit of 1024 (about 500 sockets). Raising the soft limit up to the hard one needs no
+    privilege, and Kubernetes has no per-pod setting for it."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
 async def _run(settings: Settings, *, demo: bool) -> int:
@@ -92,6 +126,8 @@ async def _run(settings: Settings, *, demo: bool) -> int:
             waiter.cancel()
         else:
             running = holder[0]
+            # SIGHUP re-reads the API keys file at once (it is also re-read when it changes).
+            loop.add_signal_handler(signal.SIGHUP, lambda: running.keys.reload(force=True))
             _announce(settings, running)
             if demo:
                 from gateway.demo import start_demo

@@ -389,8 +389,12 @@ class RedisStore:
                 yield FLUSH_ALL
                 while True:
                     message = await pubsub.get_message(timeout=self._ping_interval_s)
+                    # redis-py can swallow a CancelledError that lands while it handles a
+                    # message; without this check the loop, and so shutdown, never ends.
+                    _raise_if_cancelling()
                     if message is None:
                         await pubsub.ping()
+                        _raise_if_cancelling()
                         continue
                     # Only published messages are invalidations. The PONG answering the ping
                     # above comes back on the subscription too (type "pong", data b"").
@@ -484,6 +488,12 @@ def _load(model: type[M], raw: bytes | str | None) -> M | None:
     except ValidationError:
         log.error("ignoring invalid %s record in the routing table", model.__name__)
         return None
+
+
+def _raise_if_cancelling() -> None:
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _text(value: object) -> str:

@@ -41,7 +41,10 @@ def parse_timestamp(value: str) -> datetime:
         raise ValueError("not an ISO 8601 timestamp") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:  # year 1 with a positive offset, year 9999 with a negative one
+        raise ValueError("the timestamp is out of range") from None
 
 
 def format_timestamp(value: datetime) -> str:
