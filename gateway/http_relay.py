@@ -168,6 +168,11 @@ async def _stream_response(
         raise UpstreamBadResponse("The app switched protocols on a plain HTTP request.")
     # The upstream reason phrase is not copied: it is attacker-controlled text (CVE-2026-34519).
     response = web.StreamResponse(status=upstream.status, headers=shape_headers(upstream.headers))
+    if "Upgrade" in request.headers:
+        # An Upgrade we do not relay (h2c, ...) was dropped as hop-by-hop, but aiohttp's C parser
+        # also drops a request pipelined behind it in the same packet: end the connection after
+        # this response rather than leave the client waiting for an answer that never comes.
+        response.force_close()
     outcome.status = upstream.status
     bodyless = request.method == "HEAD" or upstream.status in _BODYLESS
     if bodyless:

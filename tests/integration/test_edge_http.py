@@ -1031,3 +1031,23 @@ NETS = [ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("fd00::/8")]
 )
 def test_address_allowed(address: str, allowed: bool) -> None:
     assert address_allowed(address, NETS) is allowed
+
+
+async def test_an_unrelayed_upgrade_ends_the_connection_after_its_response(
+    gateway: Gateway, upstream: int
+) -> None:
+    host = await gateway.public_preview(upstream)
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.edge_port)
+    try:
+        writer.write(
+            f"GET /a HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+            "Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"
+            f"GET /b HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+        )
+        await writer.drain()
+        async with asyncio.timeout(10):
+            data = await reader.read()  # returns at EOF: the gateway closed the connection
+        assert data.startswith(b"HTTP/1.1 200")
+        assert b"Connection: close" in data
+    finally:
+        writer.close()

@@ -1,0 +1,35 @@
+"""/readyz: a Redis outage does not pull every replica out of the load balancer at once; a
+replica turns unready once its cache would have gone stale."""
+
+from __future__ import annotations
+
+import asyncio
+
+from tests.conftest import Gateway, RedisServer, run_gateway
+
+
+async def readyz(gw: Gateway) -> int:
+    async with gw.session.get(f"http://127.0.0.1:{gw.api_port}/readyz") as r:
+        return r.status
+
+
+async def test_a_redis_outage_keeps_replicas_ready_within_the_cache_grace(
+    redis_server: RedisServer, redis_prefix: str
+) -> None:
+    async with (
+        run_gateway(redis_url=redis_server.url, redis_prefix=redis_prefix) as patient,
+        run_gateway(
+            redis_url=redis_server.url, redis_prefix=redis_prefix, cache_stale_grace_s=0
+        ) as strict,
+    ):
+        assert await readyz(patient) == 200
+        assert await readyz(strict) == 200
+        redis_server.stop()
+        try:
+            assert await readyz(patient) == 200
+            assert await readyz(strict) == 503
+        finally:
+            redis_server.start()
+        async with asyncio.timeout(10):
+            while await readyz(strict) != 200:
+                await asyncio.sleep(0.05)
