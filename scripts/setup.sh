@@ -19,11 +19,15 @@ ensure_venv() {
             python3 -m venv .venv
         fi
     fi
-    local stamp=".venv/.installed-$extras-$(sha256sum pyproject.toml | cut -c1-16)"
+    local stamp=".venv/.installed-${extras:-runtime}-$(sha256sum pyproject.toml | cut -c1-16)"
     if [ ! -f "$stamp" ]; then
         echo "installing Python dependencies into .venv" >&2
         .venv/bin/pip install -q --upgrade pip >/dev/null
-        .venv/bin/pip install -q -e ".[$extras]"
+        if [ -n "$extras" ]; then
+            .venv/bin/pip install -q -e ".[$extras]"
+        else
+            .venv/bin/pip install -q -e .
+        fi
         rm -f .venv/.installed-*
         touch "$stamp"
     fi
