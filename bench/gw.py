@@ -89,15 +89,20 @@ def start(
             "/v0/sandboxes",
             {"metadata": {"name": "sb"}, "spec": {"target": {"host": "127.0.0.1"}}},
         )
-        preview = _api(
-            api_port,
-            "/v0/sandboxes/sb/previews",
-            {"metadata": {"name": "web"}, "spec": {"port": upstream_port, "public": True}},
-        )
+        netloc = add_preview(api_port, "web", upstream_port)
     except BaseException:
         child.stop()
         raise
+    return Gateway(child, edge_port, api_port, netloc)
+
+
+def add_preview(api_port: int, name: str, port: int) -> str:
+    """Register a public preview of 127.0.0.1:``port`` in sandbox ``sb``; returns its Host."""
+    preview = _api(
+        api_port,
+        "/v0/sandboxes/sb/previews",
+        {"metadata": {"name": name}, "spec": {"port": port, "public": True}},
+    )
     spec = preview["spec"]
     assert isinstance(spec, dict)
-    netloc = urlsplit(str(spec["url"])).netloc
-    return Gateway(child, edge_port, api_port, netloc)
+    return urlsplit(str(spec["url"])).netloc
