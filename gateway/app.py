@@ -171,11 +171,12 @@ async def serve(
     lookup = RouteLookup(
         store,
         timeout_s=settings.redis_timeout_s,
-        ttl_s=settings.cache_ttl_s if settings.redis_url else 0.0,
-        negative_ttl_s=settings.cache_negative_ttl_s if settings.redis_url else 0.0,
+        ttl_s=settings.cache_ttl_s,
+        negative_ttl_s=settings.cache_negative_ttl_s,
         stale_grace_s=settings.cache_stale_grace_s,
         private_stale_grace_s=settings.private_stale_grace_s,
         max_entries=settings.cache_max_entries,
+        local=settings.redis_url is None,
     )
     keys, generated_key = key_ring(settings)
     signer = TokenSigner(await _with_startup_retries(lambda: signing_keys(settings, store)))
