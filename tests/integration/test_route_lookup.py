@@ -334,7 +334,11 @@ async def test_cancelled_reads_never_answer_another_host(
                 nonlocal answered
                 hostname = hosts[i % len(hosts)]
                 try:
-                    if i % 2:
+                    if i % 10 == 0:
+                        # No deadline: these always answer, so the check below is never vacuous
+                        # however slow the machine, and they share the pool with the cut-off ones.
+                        route = await store.get_route(hostname)
+                    elif i % 2:
                         route = await asyncio.wait_for(routes.find(hostname), rng.random() / 200)
                     else:
                         route = await asyncio.wait_for(
