@@ -3,6 +3,7 @@ failure, the cookie exchange, CORS preflight, and credential hygiene (threat mod
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -308,3 +309,32 @@ async def test_sibling_token_cookie_does_not_block_the_right_one(
     token_b = (await mint(gateway, "b"))["spec"]["token"]
     status, _, _, _ = await get(gateway, host_a, Cookie=f"{COOKIE}={token_b}; {COOKIE}={token_a}")
     assert status == 200
+
+
+async def test_revocation_reaches_every_replica(
+    redis_server: Any, redis_prefix: str, upstream: int
+) -> None:
+    from tests.conftest import run_gateway
+
+    async with (
+        run_gateway(redis_url=redis_server.url, redis_prefix=redis_prefix) as a,
+        run_gateway(redis_url=redis_server.url, redis_prefix=redis_prefix) as b,
+    ):
+        host = await private_preview(a, upstream)
+        minted = await mint(a)
+        token = minted["spec"]["token"]
+        assert (await get(b, host, **{"X-Blaxel-Preview-Token": token}))[
+            0
+        ] == 200  # now cached on B
+        status, _ = await a.call(
+            "DELETE", f"/sandboxes/sb/previews/web/tokens/{minted['metadata']['name']}"
+        )
+        assert status == 200
+        # B learns of it through the invalidation, not its cache TTL (30 s): bounded wait, no sleep.
+        async with asyncio.timeout(10):
+            while True:
+                status, headers, _, _ = await get(b, host, **{"X-Blaxel-Preview-Token": token})
+                if status == 401:
+                    break
+                await asyncio.sleep(0.02)
+        assert headers["X-Blaxel-Error-Code"] == "token_revoked"
