@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -34,9 +35,10 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from gateway import admission, log
-from gateway.errors import GatewayError, UpstreamBadResponse
+from gateway.errors import GatewayError, TokenRejected, UpstreamBadResponse
 from gateway.routes import Route, utcnow
 from gateway.routing_table import FLUSH_ALL
+from gateway.tokens import LEEWAY_S
 from gateway.upstream import RedirectRefused, translate_errors
 
 logger = logging.getLogger("gateway.websocket")
@@ -46,6 +48,7 @@ AnyWebSocket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
 
 NORMAL = 1000
 GOING_AWAY = 1001
+READMIT = "re-admit: a token ran out"
 POLICY_VIOLATION = 1008
 MESSAGE_TOO_BIG = 1009
 INTERNAL_ERROR = 1011
@@ -129,6 +132,8 @@ class _Session:
     messages: int = 0
     bytes_up: int = 0
     bytes_down: int = 0
+    expiries_checked_to: float = 0.0
+    """Wall-clock time up to which token expiries have triggered a re-admission."""
 
     def end(self, code: int, reason: str, by: str) -> None:
         # The first reason to end wins: later ones are consequences of our own closing.
@@ -402,14 +407,23 @@ class WebSocketHub:
         """Idle timeout, lifetime cap and route re-checks for one socket."""
         limits = self._limits
         loop = asyncio.get_running_loop()
+        s.expiries_checked_to = time.time()
         while not s.ending.is_set():
             deadlines = []
             if limits.idle_timeout_s:
                 deadlines.append((s.last_data + limits.idle_timeout_s, "idle timeout"))
             if limits.max_lifetime_s:
                 deadlines.append((s.started + limits.max_lifetime_s, "maximum lifetime reached"))
+            expiry = self._next_token_expiry(s)
+            if expiry is not None:
+                # A token of this preview runs out: admit the socket again then, so one that
+                # came in on that token closes (1008) instead of outliving it.
+                deadlines.append((loop.time() + expiry - time.time(), READMIT))
             wake, reason = min(deadlines) if deadlines else (loop.time() + 3600, "")
-            if reason and loop.time() >= wake:
+            if reason == READMIT and loop.time() >= wake:
+                s.expiries_checked_to = time.time()
+                s.recheck.set()
+            elif reason and loop.time() >= wake:
                 s.end(GOING_AWAY, reason, "gateway")
                 return
             with contextlib.suppress(TimeoutError):
@@ -421,6 +435,19 @@ class WebSocketHub:
                 if why:
                     s.end(POLICY_VIOLATION, why, "gateway")
                     return
+
+    @staticmethod
+    def _next_token_expiry(s: _Session) -> float | None:
+        """The next wall-clock moment (past the verifier's leeway) at which one of the route's
+        tokens expires, after those already handled; None for public previews."""
+        if s.route.public:
+            return None
+        upcoming = [
+            exp + LEEWAY_S
+            for exp in s.route.tokens.values()
+            if exp + LEEWAY_S > s.expiries_checked_to
+        ]
+        return min(upcoming) if upcoming else None
 
     async def _why_unrouted(self, s: _Session) -> str | None:
         """Why this socket may no longer stay open after its route changed, or None."""
@@ -453,9 +480,12 @@ class WebSocketHub:
         ):
             # The preview now leads elsewhere: this tunnel goes to the old target.
             return "preview changed"
-        return None if self._still_admitted(s, current) else "access revoked"
+        refusal = self._refusal(s, current)
+        if refusal is None:
+            s.route = current  # its token list is the one later expiries are read from
+        return refusal
 
-    def _still_admitted(self, s: _Session, current: Route) -> bool:
+    def _refusal(self, s: _Session, current: Route) -> str | None:
         """Would the upgrade that opened this socket be let in now? Creating another token
         re-checks every socket of the preview; only a revoked one, or the preview turning
         private, closes some."""
@@ -463,7 +493,7 @@ class WebSocketHub:
         if policy is None:
             # Tokens cannot be checked here: a socket admitted as public fails closed when its
             # preview turns private; one admitted by token lives on.
-            return current.public or not s.route.public
+            return None if current.public or not s.route.public else "access revoked"
         request = s.request
         inbound = admission.Inbound(
             method=request.method,
@@ -476,13 +506,15 @@ class WebSocketHub:
         )
         try:
             admission.decide(inbound, current, policy, utcnow())
+        except TokenRejected as exc:
+            return "token expired" if exc.reason == "token_expired" else "access revoked"
         except GatewayError:
-            return False
+            return "access revoked"
         except Exception:
             # A new upgrade would get a 500 here, so this socket is not let in either.
             logger.exception("re-admitting a WebSocket failed")
-            return False
-        return True
+            return "access revoked"
+        return None
 
     def on_invalidation(self, hostname: str) -> None:
         # A flush after a resubscribe says nothing about any one route; re-check them all.

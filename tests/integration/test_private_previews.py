@@ -338,3 +338,31 @@ async def test_revocation_reaches_every_replica(
                     break
                 await asyncio.sleep(0.02)
         assert headers["X-Blaxel-Error-Code"] == "token_revoked"
+
+
+async def test_a_websocket_closes_when_its_token_runs_out(gateway: Gateway, upstream: int) -> None:
+    host = await private_preview(gateway, upstream)
+    soon = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
+    status, short = await gateway.call(
+        "POST",
+        "/sandboxes/sb/previews/web/tokens",
+        json={"metadata": {"name": "short"}, "spec": {"expiresAt": soon}},
+    )
+    assert status == 200
+    long_lived = (await mint(gateway))["spec"]["token"]
+    async with (
+        gateway.session.ws_connect(
+            gateway.edge("/ws"),
+            headers={"Host": host, "X-Blaxel-Preview-Token": short["spec"]["token"]},
+        ) as expiring,
+        gateway.session.ws_connect(
+            gateway.edge("/ws"), headers={"Host": host, "X-Blaxel-Preview-Token": long_lived}
+        ) as lasting,
+    ):
+        # Past the expiry plus the verifier's 5 s leeway, the socket is admitted again and closed.
+        async with asyncio.timeout(20):
+            closed = await expiring.receive()
+        assert closed.type is aiohttp.WSMsgType.CLOSE
+        assert (closed.data, closed.extra) == (1008, "token expired")
+        await lasting.send_str("still here")
+        assert (await lasting.receive()).data == "still here"
