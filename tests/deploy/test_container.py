@@ -14,8 +14,22 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.container
-def test_image_builds_serves_a_preview_and_stops_cleanly() -> None:
-    command = ["bash", str(ROOT / "ci" / "container-smoke.sh")]
+@pytest.mark.parametrize(
+    "suite",
+    [
+        pytest.param("bookworm", id="debian12-python3.11"),
+        pytest.param("trixie", id="debian13-python3.13"),
+    ],
+)
+def test_image_builds_serves_a_preview_and_stops_cleanly(suite: str) -> None:
+    """Both ends of the supported Python range (3.11 and 3.13), each on its Debian base."""
+    command = [
+        "env",
+        f"SUITE={suite}",
+        f"IMAGE=localhost/preview-gateway:ci-{suite}",
+        "bash",
+        str(ROOT / "ci" / "container-smoke.sh"),
+    ]
     if os.geteuid() != 0:
         if shutil.which("sudo") is None:
             pytest.fail("the container test needs root (or sudo) for buildah and podman")
