@@ -76,8 +76,21 @@ WEBSOCKET_HANDSHAKE: frozenset[str] = _names(
     "Sec-WebSocket-Protocol",
 )
 
+# What upstream_request_headers drops by name, by (trusted_peer, websocket): one set lookup per
+# header instead of five. Expect: the gateway answers 100-continue itself (http_relay).
+_UPSTREAM_DROP: dict[tuple[bool, bool], frozenset[str]] = {
+    (trusted, websocket): HOP_BY_HOP
+    | GATEWAY_OWNED
+    | {"expect"}
+    | (frozenset() if trusted else FORWARDING)
+    | (WEBSOCKET_HANDSHAKE if websocket else frozenset())
+    for trusted in (False, True)
+    for websocket in (False, True)
+}
+
 TOKEN_COOKIE_NAMES: frozenset[str] = frozenset({"bl_preview_token", "__Host-bl_preview_token"})
 TOKEN_QUERY_PARAM = "bl_preview_token"  # noqa: S105 - a parameter name, not a secret
+_TOKEN_COOKIE_MARK = "bl_preview_token"  # noqa: S105 - in each of TOKEN_COOKIE_NAMES (case kept)
 
 # Blaxel's documented CORS defaults (shared/design/blaxel-api.md §5), added where neither the app
 # nor the preview's responseHeaders set a value. `*` is never turned into reflection of the
@@ -134,7 +147,10 @@ def connection_tokens(headers: Headers) -> set[str]:
     """Lower-cased header names listed in every ``Connection`` header."""
     tokens: set[str] = set()
     for value in headers.getall("Connection", ()):
-        tokens.update(t.strip().lower() for t in value.split(",") if t.strip())
+        for token in value.split(","):
+            token = token.strip()
+            if token:
+                tokens.add(token.lower())
     return tokens
 
 
@@ -180,22 +196,17 @@ def upstream_request_headers(
     remove the Host the app routes on.
     """
     listed = connection_tokens(incoming) - {"host"}
+    drop = _UPSTREAM_DROP[trusted_peer, websocket]
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in incoming.items():
         lower = name.lower()
-        if lower in HOP_BY_HOP or lower in listed or lower in GATEWAY_OWNED:
+        if lower in drop or lower in listed:
             continue
-        if lower in FORWARDING and not trusted_peer:
-            continue
-        if websocket and lower in WEBSOCKET_HANDSHAKE:
-            continue
-        if lower == "expect":
-            continue  # the gateway answers 100-continue itself (http_relay)
         if lower == "cookie":
             value = strip_token_cookies(value)
             if not value:
                 continue
-        if lower == "referer":
+        elif lower == "referer":
             value = strip_token_param_from_url(value)
         out.add(name, value)
 
@@ -203,15 +214,27 @@ def upstream_request_headers(
     # trusted and did not name them in Connection. Reading ``incoming`` would let a trusted
     # peer's ``Connection: X-Forwarded-Proto`` leave the upstream with no X-Forwarded-Proto.
     host = incoming.get("Host", "")
-    prior_for = out.popall("X-Forwarded-For", [])
-    out["X-Forwarded-For"] = ", ".join([*prior_for, peer_ip])
-    if "X-Forwarded-Proto" not in out:
-        out["X-Forwarded-Proto"] = proto
-    if "X-Forwarded-Host" not in out:
-        out["X-Forwarded-Host"] = host
     element = f"for={forwarded_for_value(peer_ip)};host={_quote(host)};proto={proto}"
-    prior = out.popall("Forwarded", [])
-    out["Forwarded"] = ", ".join([*prior, element])
+    if not trusted_peer:
+        # The loop dropped every FORWARDING name, so there is no prior value to read or replace:
+        # the four headers are appended, in the order the branch below would append them.
+        out.extend(
+            (
+                ("X-Forwarded-For", peer_ip),
+                ("X-Forwarded-Proto", proto),
+                ("X-Forwarded-Host", host),
+                ("Forwarded", element),
+            )
+        )
+    else:
+        prior_for = out.popall("X-Forwarded-For", [])
+        out["X-Forwarded-For"] = ", ".join([*prior_for, peer_ip])
+        if "X-Forwarded-Proto" not in out:
+            out["X-Forwarded-Proto"] = proto
+        if "X-Forwarded-Host" not in out:
+            out["X-Forwarded-Host"] = host
+        prior = out.popall("Forwarded", [])
+        out["Forwarded"] = ", ".join([*prior, element])
     for name, value in preview_headers.items():
         out[name] = value
     return out
@@ -229,9 +252,10 @@ def downstream_response_headers(
     listed = connection_tokens(upstream)
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in upstream.items():
-        if name.lower() in HOP_BY_HOP or name.lower() in listed:
+        lower = name.lower()
+        if lower in HOP_BY_HOP or lower in listed:
             continue
-        if name.lower() == "set-cookie":
+        if lower == "set-cookie":
             rewritten = scope_set_cookie(value, protected_domains)
             if rewritten is None:
                 continue
@@ -281,6 +305,10 @@ def _covers(cookie_domain: str, protected: str) -> bool:
 
 def strip_token_cookies(cookie_header: str) -> str:
     """Remove the gateway's cookie and keep every other cookie byte for byte, in order."""
+    if _TOKEN_COOKIE_MARK not in cookie_header:
+        # No token cookie can be in it: splitting on ";" and joining again would give back the
+        # same string.
+        return cookie_header.strip()
     pairs = [p for p in cookie_header.split(";")]
     kept = [p for p in pairs if p.split("=", 1)[0].strip() not in TOKEN_COOKIE_NAMES]
     return ";".join(kept).strip()

@@ -31,6 +31,23 @@ def normalize_host(raw: str) -> str:
     (userinfo, spaces, paths, raw non-ASCII, IP literals, over-long labels) raises ``InvalidHost``
     so that it never reaches the routing table.
     """
+    host = _normalized.get(raw)
+    if host is not None:
+        return host
+    host = _normalize_host(raw)
+    if len(_normalized) >= _NORMALIZED_MAX:
+        _normalized.clear()  # bounded; the hosts in use come back with their next requests
+    _normalized[raw] = host
+    return host
+
+
+# Host header value → its canonical name, for values that were valid. Every request normalises
+# its Host, nearly always one of a few names; the checks (a regex per label) cost ~1 µs.
+_normalized: dict[str, str] = {}
+_NORMALIZED_MAX = 4096
+
+
+def _normalize_host(raw: str) -> str:
     if not raw or len(raw) > MAX_HOST_LENGTH + 7:
         raise InvalidHost("The Host header is missing or too long.")
     if not raw.isascii():

@@ -30,6 +30,11 @@ ShapeHeaders = Callable[[CIMultiDictProxy[str]], CIMultiDict[str]]
 # Statuses whose responses have no body whatever their headers say (RFC 9110 §6.4.1).
 _BODYLESS = frozenset({204, 304})
 
+# A body up to this size that is complete when the response headers arrive is sent with them in
+# one write. It is already in memory then (aiohttp read it with the headers); the bound keeps the
+# single write no larger than aiohttp's own drain threshold.
+_WHOLE_BODY_MAX = 0x10000
+
 
 class StreamAborted(Exception):
     """The upstream failed after the response started; the client connection must be cut so
@@ -79,10 +84,15 @@ class _Upload:
             # routed, admitted and connected to the sandbox by then.
             await self._request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             self._request.writer.output_size = 0  # the response proper has not started
+        content = self._content
         while True:
             try:
-                async with asyncio.timeout(self._t.body_idle_s):
-                    chunk = await self._content.readany()
+                # Bytes already buffered are taken without arming the idle timer (see
+                # _stream_response); readany() would return the same bytes.
+                chunk = content.read_nowait()
+                if not chunk and not content.is_eof():
+                    async with asyncio.timeout(self._t.body_idle_s):
+                        chunk = await content.readany()
             except TimeoutError:
                 self.failure = RequestTimedOut("The request body stopped arriving.")
                 raise self.failure from None
@@ -177,6 +187,19 @@ async def _stream_response(
     bodyless = request.method == "HEAD" or upstream.status in _BODYLESS
     if bodyless:
         response.headers.pop("Transfer-Encoding", None)
+    content = upstream.content
+    if (
+        not bodyless
+        and content.is_eof()
+        and content.exception() is None
+        and content.total_bytes <= _WHOLE_BODY_MAX
+    ):
+        # The app's whole (small) body arrived with its headers, as most small responses do:
+        # send headers and body in one write instead of one write each (about a tenth of the CPU
+        # of a small proxied GET). Only a body that is already complete: waiting for one would
+        # delay the headers of a slow or streamed (SSE) response.
+        response._send_headers_immediately = False
+        return await _send_whole(request, response, content.read_nowait(), outcome)
     await response.prepare(request)
     if bodyless:
         await response.write_eof()
@@ -184,8 +207,16 @@ async def _stream_response(
     idle = timeouts.upstream_idle_s or None
     try:
         while True:
-            async with asyncio.timeout(idle):
-                chunk = await upstream.content.readany()
+            # What is already buffered is taken without arming a timer (an asyncio.timeout is a
+            # context object, a timer handle and a task lookup): only an actual wait needs the
+            # idle deadline. readany() would return the same bytes.
+            chunk = content.read_nowait()
+            if not chunk and not content.is_eof():
+                if idle is None:
+                    chunk = await content.readany()
+                else:
+                    async with asyncio.timeout(idle):
+                        chunk = await content.readany()
             if not chunk:
                 break
             outcome.bytes_out += len(chunk)
@@ -193,6 +224,28 @@ async def _stream_response(
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         # Headers are out, so no error page is possible. Cutting the connection is the only
         # way to tell the client the body is incomplete.
+        raise StreamAborted("upstream failed mid-response") from exc
+    await response.write_eof()
+    return response
+
+
+async def _send_whole(
+    request: web.BaseRequest, response: web.StreamResponse, body: bytes, outcome: Outcome
+) -> web.StreamResponse:
+    """Send a response whose body is already complete: the headers, held back by prepare(), go
+    out in the same transport write as the body (and, when chunked, the last chunk)."""
+    writer = await response.prepare(request)
+    assert writer is not None
+    outcome.bytes_out += len(body)
+    try:
+        if writer.length is None:
+            # No Content-Length to hold the body to (chunked, or HTTP/1.0 close-delimited).
+            await response.write_eof(body)
+            return response
+        # write() clips the body at the Content-Length the client was told, as it always did.
+        if body:
+            await response.write(body)
+    except (aiohttp.ClientError, OSError) as exc:
         raise StreamAborted("upstream failed mid-response") from exc
     await response.write_eof()
     return response

@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 access = logging.getLogger("gateway.access")
 edge = logging.getLogger("gateway.edge")
@@ -41,15 +41,35 @@ class AccessRecord:
     extra: dict[str, object] = field(default_factory=dict)
 
 
+_FIELDS = tuple(f.name for f in fields(AccessRecord) if f.name != "extra")
+# The same encoder json.dumps(..., separators=(",", ":")) builds on every call.
+_encode = json.JSONEncoder(separators=(",", ":")).encode
+_stamp: list[tuple[int, str]] = [(-1, "")]
+"""The last second's ``time`` value: formatting it once per second, not per line."""
+
+
 def write_access(record: AccessRecord) -> None:
     if not access.isEnabledFor(logging.INFO):
         return
-    data = asdict(record)
-    extra = data.pop("extra")
-    data.update(extra)
+    if record.extra:
+        data = asdict(record)
+        data.update(data.pop("extra"))
+    else:
+        # The record's fields are plain values: the same dict as asdict() (which deep-copies,
+        # ~12 µs a line), in the same order.
+        data = {name: getattr(record, name) for name in _FIELDS}
     data = {k: v for k, v in data.items() if v is not None}
-    data["time"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    access.info(json.dumps(data, separators=(",", ":")))
+    data["time"] = _utc_time()
+    access.info(_encode(data))
+
+
+def _utc_time() -> str:
+    second = int(time.time())  # what time.gmtime() reads: the current second, floored
+    last, text = _stamp[0]
+    if second != last:
+        text = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second))
+        _stamp[0] = (second, text)
+    return text
 
 
 def configure(level: str, access_enabled: bool) -> None:

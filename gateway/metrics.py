@@ -37,6 +37,7 @@ TOKEN_REASONS = frozenset(
         "origin_not_allowed",
     }
 )
+_Children = tuple[Counter, Histogram, Counter | None]
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
@@ -86,20 +87,39 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+        self._children: dict[tuple[str, int, str | None], _Children] = {}
+        """The labelled series one outcome updates. ``labels()`` validates and looks its
+        arguments up under a lock on every call (about half of ``observe``); a labelled child is
+        never removed here, so it can be kept. The key is bounded: kind, status and error code
+        each come from small closed sets."""
 
     def observe(self, record: AccessRecord) -> None:
-        code = record.error_code or "ok"
-        kind = record.kind
-        self.requests.labels(kind, status_class(record.status), code).inc()
-        self.duration.labels(kind).observe(record.duration_ms / 1000)
+        key = (record.kind, record.status, record.error_code)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = self._label(*key)
+        requests, duration, failure = children
+        requests.inc()
+        duration.observe(record.duration_ms / 1000)
         if record.overhead_ms is not None:
             self.overhead.observe(record.overhead_ms / 1000)
         if record.upstream_ms is not None:
             self.upstream.observe(record.upstream_ms / 1000)
+        if failure is not None:
+            failure.inc()
+
+    def _label(self, kind: str, status: int, error_code: str | None) -> _Children:
+        code = error_code or "ok"
+        failure: Counter | None = None
         if code in CONNECT_FAILURES:
-            self.upstream_failures.labels(CONNECT_FAILURES[code]).inc()
+            failure = self.upstream_failures.labels(CONNECT_FAILURES[code])
         elif code in TOKEN_REASONS:
-            self.token_rejections.labels(code).inc()
+            failure = self.token_rejections.labels(code)
+        return (
+            self.requests.labels(kind, status_class(status), code),
+            self.duration.labels(kind),
+            failure,
+        )
 
     def add_collector(self, collector: Collector) -> None:
         self.registry.register(collector)
