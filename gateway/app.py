@@ -218,7 +218,16 @@ async def serve(
     metrics = Metrics()
     metrics.add_collector(
         StatsCollector(
-            counters=lambda: {"gateway_route_cache": lookup.stats},
+            counters=lambda: {
+                "gateway_route_cache": ("result", lookup.stats),
+                "gateway_store_errors": (
+                    "operation",
+                    {
+                        "route_lookup": lookup.stats["stale"] + lookup.stats["error"],
+                        **store.errors,
+                    },
+                ),
+            },
             gauges=lambda: {"gateway_websockets_open": hub.open_count},
         )
     )

@@ -133,17 +133,18 @@ class StatsCollector(Collector):
 
     def __init__(
         self,
-        counters: Callable[[], Mapping[str, Mapping[str, int]]],
+        counters: Callable[[], Mapping[str, tuple[str, Mapping[str, int]]]],
         gauges: Callable[[], Mapping[str, float]],
     ) -> None:
+        """``counters`` gives, per metric name, its one label's name and the values by label."""
         self._counters = counters
         self._gauges = gauges
 
     def collect(self) -> Iterator[Metric]:
-        for name, values in self._counters().items():
-            family = CounterMetricFamily(name, _HELP.get(name, name), labels=["result"])
-            for label, value in values.items():
-                family.add_metric([label], value)
+        for name, (label, values) in self._counters().items():
+            family = CounterMetricFamily(name, _HELP.get(name, name), labels=[label])
+            for label_value, value in values.items():
+                family.add_metric([label_value], value)
             yield family
         for name, gauge in self._gauges().items():
             yield GaugeMetricFamily(name, _HELP.get(name, name), value=gauge)
@@ -152,6 +153,8 @@ class StatsCollector(Collector):
 _HELP = {
     "gateway_route_cache": "Route lookups by result: hit, miss (read from the store), stale "
     "(served from cache while the store failed), error (store failed, nothing cached).",
-    "gateway_store_errors": "Store (Redis) operations that failed or timed out, by result.",
+    "gateway_store_errors": "Store (Redis) operations that failed or timed out: route lookups "
+    "(by the edge, bounded by GATEWAY_REDIS_TIMEOUT_S), other commands, write transactions, and "
+    "losses of the invalidation subscription.",
     "gateway_websockets_open": "WebSockets being relayed now.",
 }

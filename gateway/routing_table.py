@@ -66,6 +66,8 @@ class Store(Protocol):
     async def expired(self, now: datetime) -> list[tuple[str, str, str | None]]: ...
     def invalidations(self) -> AsyncIterator[str]: ...
     async def shared_secret(self, name: str, candidate: str) -> str: ...
+    @property
+    def errors(self) -> dict[str, int]: ...
 
 
 # ── embedded ────────────────────────────────────────────────────────────────────────────────
@@ -78,6 +80,8 @@ class MemoryStore:
         self._previews: dict[tuple[str, str, str], Preview] = {}
         self._routes: dict[str, Route] = {}
         self._subscribers: set[asyncio.Queue[str]] = set()
+        self.errors: dict[str, int] = {}
+        """Always empty: nothing here can fail the way Redis can (same shape as RedisStore's)."""
 
     async def ping(self) -> None:
         return None
@@ -220,6 +224,8 @@ class RedisStore:
         # Pub/sub blocks on reads for as long as nothing is published, so it needs a client
         # without the short socket timeout of the request path.
         self._sub = subscriber
+        self.errors = {"command": 0, "transaction": 0, "subscriber": 0}
+        """Redis failures by kind of operation, for the ``gateway_store_errors`` metric."""
         self._k = Keys(prefix)
         self._ping_interval_s = ping_interval_s
         """How long the subscription may be quiet before it is pinged (a dead link shows up)."""
@@ -404,6 +410,7 @@ class RedisStore:
                     if isinstance(data, bytes):
                         yield data.decode()
             except (RedisError, OSError) as exc:
+                self.errors["subscriber"] += 1
                 log.warning(
                     "invalidation subscriber lost Redis (%s); resubscribing", type(exc).__name__
                 )
@@ -423,6 +430,7 @@ class RedisStore:
         try:
             return await awaitable
         except (RedisError, OSError) as exc:
+            self.errors["command"] += 1
             raise RoutingUnavailable("The routing table is unreachable.", retry_after_s=2) from exc
 
     async def _transaction(self, attempt: Callable[[aioredis.client.Pipeline], Awaitable[T]]) -> T:
@@ -433,6 +441,7 @@ class RedisStore:
             except WatchError:
                 continue
             except (RedisError, OSError) as exc:
+                self.errors["transaction"] += 1
                 raise RoutingUnavailable(
                     "The routing table is unreachable.", retry_after_s=2
                 ) from exc

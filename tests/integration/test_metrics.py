@@ -7,7 +7,7 @@ import asyncio
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Gateway, unused_port
+from tests.conftest import Gateway, RedisServer, run_gateway, unused_port
 
 
 async def scrape(gw: Gateway) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -88,3 +88,30 @@ async def test_a_websocket_session_is_counted_as_101(gateway: Gateway, upstream:
         (("code", "ok"), ("kind", "websocket"), ("status_class", "1xx")),
     )
     assert m.get(key) == 1, {k: v for k, v in m.items() if k[0] == "gateway_requests_total"}
+
+
+async def test_redis_errors_are_counted(
+    redis_server: RedisServer, redis_prefix: str, upstream: int
+) -> None:
+    async with run_gateway(
+        redis_url=redis_server.url, redis_prefix=redis_prefix, cache_ttl_s=0
+    ) as gw:
+        host = await gw.public_preview(upstream)
+        async with gw.session.get(gw.edge("/"), headers={"Host": host}) as r:
+            assert r.status == 200
+        before = await scrape(gw)
+        assert before[("gateway_store_errors_total", (("operation", "route_lookup"),))] == 0
+        redis_server.stop()
+        try:
+            async with gw.session.get(
+                gw.edge("/"), headers={"Host": "gone.local.preview.localhost"}
+            ) as r:
+                assert r.status == 503
+            async with gw.session.get(f"{gw.api}/sandboxes", headers=gw.auth()) as r:
+                assert r.status == 503
+            m = await scrape(gw)
+        finally:
+            redis_server.start()
+    assert m[("gateway_store_errors_total", (("operation", "route_lookup"),))] >= 1
+    assert m[("gateway_store_errors_total", (("operation", "command"),))] >= 1
+    assert m[("gateway_route_cache_total", (("result", "error"),))] >= 1
