@@ -207,16 +207,10 @@ async def _stream_response(
     idle = timeouts.upstream_idle_s or None
     try:
         while True:
-            # What is already buffered is taken without arming a timer (an asyncio.timeout is a
-            # context object, a timer handle and a task lookup): only an actual wait needs the
-            # idle deadline. readany() would return the same bytes.
-            chunk = content.read_nowait()
-            if not chunk and not content.is_eof():
-                if idle is None:
-                    chunk = await content.readany()
-                else:
-                    async with asyncio.timeout(idle):
-                        chunk = await content.readany()
+            # Always through readany(): a loop that took buffered bytes with read_nowait() first
+            # relayed a 1 GiB download at a third of the speed (bench/, 1,831 → 602 MiB/s).
+            async with asyncio.timeout(idle):
+                chunk = await content.readany()
             if not chunk:
                 break
             outcome.bytes_out += len(chunk)
