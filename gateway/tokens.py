@@ -12,8 +12,6 @@ reason clients can tell apart.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -126,8 +124,3 @@ class TokenSigner:
 
 def new_token_id() -> str:
     return secrets.token_hex(12)
-
-
-def fingerprint(token: str) -> str:
-    """A short, non-reversible id for logs (never log the token itself)."""
-    return hmac.new(b"pgw-log", token.encode(), hashlib.sha256).hexdigest()[:12]

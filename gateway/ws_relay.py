@@ -160,14 +160,6 @@ class WebSocketHub:
         self._emptied = asyncio.Event()
         self._draining = False
 
-    def set_route_check(self, check: RouteCheck) -> None:
-        self._route_check = check
-
-    def set_admission(self, policy: admission.AdmissionPolicy) -> None:
-        """The edge's admission policy, so that a socket is re-admitted when its route changes
-        (a revoked token, a preview turned private) instead of living on until it closes."""
-        self._admission = policy
-
     @property
     def admission_policy(self) -> admission.AdmissionPolicy | None:
         return self._admission

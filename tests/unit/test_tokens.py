@@ -23,7 +23,6 @@ from gateway.tokens import (
     SigningKey,
     TokenSigner,
     audience,
-    fingerprint,
     generate_key,
     parse_keys,
 )
@@ -248,9 +247,3 @@ def test_signer_needs_a_key() -> None:
 def test_generated_keys_are_distinct_and_long() -> None:
     a, b = generate_key(), generate_key()
     assert a.kid != b.kid and a.secret != b.secret and len(a.secret) >= 32
-
-
-def test_fingerprint_does_not_contain_the_token() -> None:
-    token = forge(HEADER, CLAIMS)
-    assert fingerprint(token) == fingerprint(token)
-    assert fingerprint(token) not in token and len(fingerprint(token)) == 12
