@@ -14,7 +14,7 @@ import ipaddress
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeVar
 
@@ -53,7 +53,6 @@ class Running:
     sweeper: Sweeper
     keys: KeyRing
     draining: bool = False
-    extra: dict[str, object] = field(default_factory=dict)
 
 
 def build_store(settings: Settings) -> Store:

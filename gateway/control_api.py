@@ -18,7 +18,7 @@ import logging
 import re
 import secrets
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -76,7 +76,6 @@ class ApiConfig:
     allowed_targets: list[IPNetwork]
     token_max_lifetime_s: int = 30 * 86400
     max_body_bytes: int = 1024 * 1024
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 WORKSPACE = web.RequestKey("workspace", str)
