@@ -139,7 +139,8 @@ class Settings(BaseSettings):
     """A relayed WebSocket with no data frames in either direction this long is closed (1001).
     0 disables it."""
     ws_max_lifetime_s: float = Field(0.0, ge=0)
-    """Absolute cap on a relayed WebSocket's life (1001 at the end); 0 means no cap."""
+    """Absolute cap on a relayed WebSocket's life (1001 at the end; each socket up to 10 % early,
+    so sockets opened together do not all reconnect at once); 0 means no cap."""
     ws_ping_interval_s: float = Field(20.0, gt=0)
     """The gateway pings both peers this often; a peer that does not pong in time is closed."""
     ws_max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 import weakref
 from collections.abc import Awaitable, Callable
@@ -400,12 +401,15 @@ class WebSocketHub:
         limits = self._limits
         loop = asyncio.get_running_loop()
         s.expiries_checked_to = time.time()
+        # Up to 10 % early, so the sockets a deploy or a burst opened together do not all hit
+        # the cap, and reconnect, at the same moment (threat model W05). Never later than the cap.
+        lifetime = limits.max_lifetime_s * random.uniform(0.9, 1.0)  # noqa: S311 - not a secret
         while not s.ending.is_set():
             deadlines = []
             if limits.idle_timeout_s:
                 deadlines.append((s.last_data + limits.idle_timeout_s, "idle timeout"))
             if limits.max_lifetime_s:
-                deadlines.append((s.started + limits.max_lifetime_s, "maximum lifetime reached"))
+                deadlines.append((s.started + lifetime, "maximum lifetime reached"))
             expiry = self._next_token_expiry(s)
             if expiry is not None:
                 # A token of this preview runs out: admit the socket again then, so one that
