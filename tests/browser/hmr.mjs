@@ -131,8 +131,13 @@ class Session {
     const page = (this.page = await this.context.newPage());
     this.t0 = now();
     page.on("websocket", (ws) => this.#onSocket(ws));
-    page.on("framenavigated", (frame) => {
-      if (frame === page.mainFrame()) this.navigations.push({ url: frame.url(), at: now() - this.t0 });
+    // A navigation is a new document for the main frame, seen as its document request.
+    // framenavigated would also count same-document history changes: Next's router calls
+    // history.replaceState after hydration, at a moment that may fall inside an edit.
+    page.on("request", (req) => {
+      if (req.isNavigationRequest() && req.frame() === page.mainFrame()) {
+        this.navigations.push({ url: req.url(), at: now() - this.t0 });
+      }
     });
     page.on("request", (req) => this.#onRequest(req.url()));
     page.on("console", (msg) => {
