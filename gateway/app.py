@@ -115,20 +115,22 @@ async def sweep_expired(store: Store, now: Callable[[], datetime] = utcnow) -> l
     """Delete what has expired; return what this call deleted.
 
     Deletes are transactions, so when several replicas sweep at once each object is deleted by
-    exactly one of them; the others find nothing to do. Each object is read again just before
-    its delete, so one whose expiry was pushed back (a PUT) since the listing is left alone.
+    exactly one of them; the others find nothing to do. The expiry is checked again inside the
+    delete's transaction, so an object recreated or renewed (a PUT) since the listing is left
+    alone.
     """
     moment = now()
     deleted: list[Expired] = []
     for workspace, sandbox, preview in await store.expired(moment):
         if preview is None:
-            sb = await store.get_sandbox(workspace, sandbox)
-            gone = sb is not None and sb.expired(moment)
-            gone = gone and await store.delete_sandbox(workspace, sandbox) is not None
+            gone = (
+                await store.delete_sandbox(workspace, sandbox, only_expired_at=moment) is not None
+            )
         else:
-            pv = await store.get_preview(workspace, sandbox, preview)
-            gone = pv is not None and pv.expired(moment)
-            gone = gone and await store.delete_preview(workspace, sandbox, preview) is not None
+            gone = (
+                await store.delete_preview(workspace, sandbox, preview, only_expired_at=moment)
+                is not None
+            )
         if gone:
             deleted.append((workspace, sandbox, preview))
     return deleted

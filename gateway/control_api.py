@@ -198,7 +198,12 @@ class ControlApi:
         if body.metadata.name != existing.name:
             raise ApiError(400, "metadata.name: must match the sandbox name in the path")
         sandbox = self._sandbox_from(body, existing.workspace, existing=existing)
-        await self._store.put_sandbox(sandbox, create=False)
+        # must_exist: a sandbox deleted while this PUT was on its way stays deleted.
+        if (
+            await self._store.put_sandbox(sandbox, create=False, must_exist=True)
+            is not PutResult.OK
+        ):
+            raise ApiError(404, f"Sandbox {sandbox.name} not found")
         return _ok(self._sandbox_out(sandbox))
 
     async def delete_sandbox(self, request: web.Request) -> web.Response:
@@ -349,13 +354,15 @@ class ControlApi:
         now = utcnow()
         sb = await self._store.get_sandbox(workspace, sandbox)
         if sb is not None and sb.expired(now):
-            await self._store.delete_sandbox(workspace, sandbox)
+            # Deleted only if still expired inside the store's transaction: never a sandbox
+            # that someone recreated under this name in between.
+            await self._store.delete_sandbox(workspace, sandbox, only_expired_at=now)
             return True
         if preview is None:
             return False
         pv = await self._store.get_preview(workspace, sandbox, preview)
         if pv is not None and pv.expired(now):
-            await self._store.delete_preview(workspace, sandbox, preview)
+            await self._store.delete_preview(workspace, sandbox, preview, only_expired_at=now)
             return True
         return False
 

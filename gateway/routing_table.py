@@ -55,14 +55,20 @@ class Store(Protocol):
     async def get_route(self, hostname: str) -> Route | None: ...
     async def get_sandbox(self, workspace: str, name: str) -> Sandbox | None: ...
     async def list_sandboxes(self, workspace: str) -> list[Sandbox]: ...
-    async def put_sandbox(self, sandbox: Sandbox, *, create: bool) -> PutResult: ...
-    async def delete_sandbox(self, workspace: str, name: str) -> Sandbox | None: ...
+    async def put_sandbox(
+        self, sandbox: Sandbox, *, create: bool, must_exist: bool = False
+    ) -> PutResult: ...
+    async def delete_sandbox(
+        self, workspace: str, name: str, *, only_expired_at: datetime | None = None
+    ) -> Sandbox | None: ...
     async def get_preview(self, workspace: str, sandbox: str, name: str) -> Preview | None: ...
     async def list_previews(self, workspace: str, sandbox: str) -> list[Preview]: ...
     async def put_preview(
         self, preview: Preview, *, create: bool, force: bool, expect_revision: int | None = None
     ) -> PutResult: ...
-    async def delete_preview(self, workspace: str, sandbox: str, name: str) -> Preview | None: ...
+    async def delete_preview(
+        self, workspace: str, sandbox: str, name: str, *, only_expired_at: datetime | None = None
+    ) -> Preview | None: ...
     async def expired(self, now: datetime) -> list[tuple[str, str, str | None]]: ...
     def invalidations(self) -> AsyncIterator[str]: ...
     async def shared_secret(self, name: str, candidate: str) -> str: ...
@@ -100,10 +106,14 @@ class MemoryStore:
             (s for (ws, _), s in self._sandboxes.items() if ws == workspace), key=lambda s: s.name
         )
 
-    async def put_sandbox(self, sandbox: Sandbox, *, create: bool) -> PutResult:
+    async def put_sandbox(
+        self, sandbox: Sandbox, *, create: bool, must_exist: bool = False
+    ) -> PutResult:
         key = (sandbox.workspace, sandbox.name)
         if create and key in self._sandboxes:
             return PutResult.NAME_EXISTS
+        if must_exist and key not in self._sandboxes:
+            return PutResult.NO_SANDBOX
         self._sandboxes[key] = sandbox
         touched = []
         for preview in self._previews_of(sandbox.workspace, sandbox.name):
@@ -112,10 +122,15 @@ class MemoryStore:
         self._publish(touched)
         return PutResult.OK
 
-    async def delete_sandbox(self, workspace: str, name: str) -> Sandbox | None:
-        sandbox = self._sandboxes.pop((workspace, name), None)
-        if sandbox is None:
+    async def delete_sandbox(
+        self, workspace: str, name: str, *, only_expired_at: datetime | None = None
+    ) -> Sandbox | None:
+        current = self._sandboxes.get((workspace, name))
+        if current is None or (
+            only_expired_at is not None and not current.expired(only_expired_at)
+        ):
             return None
+        sandbox = self._sandboxes.pop((workspace, name))
         touched = []
         for preview in self._previews_of(workspace, name):
             del self._previews[(workspace, name, preview.name)]
@@ -157,7 +172,14 @@ class MemoryStore:
         self._publish(touched)
         return PutResult.OK
 
-    async def delete_preview(self, workspace: str, sandbox: str, name: str) -> Preview | None:
+    async def delete_preview(
+        self, workspace: str, sandbox: str, name: str, *, only_expired_at: datetime | None = None
+    ) -> Preview | None:
+        current = self._previews.get((workspace, sandbox, name))
+        if current is None or (
+            only_expired_at is not None and not current.expired(only_expired_at)
+        ):
+            return None
         preview = self._previews.pop((workspace, sandbox, name), None)
         if preview is not None:
             self._routes.pop(preview.hostname, None)
@@ -248,14 +270,20 @@ class RedisStore:
         keys = [self._k.sandbox(workspace, _text(n)) for n in sorted(names)]
         return await self._mget(Sandbox, keys)
 
-    async def put_sandbox(self, sandbox: Sandbox, *, create: bool) -> PutResult:
+    async def put_sandbox(
+        self, sandbox: Sandbox, *, create: bool, must_exist: bool = False
+    ) -> PutResult:
         ws, name = sandbox.workspace, sandbox.name
         sb_key, pvs_key = self._k.sandbox(ws, name), self._k.previews(ws, name)
 
         async def attempt(pipe: aioredis.client.Pipeline) -> PutResult:
             await pipe.watch(sb_key, pvs_key)
-            if create and await pipe.exists(sb_key):
-                return PutResult.NAME_EXISTS
+            if create or must_exist:
+                exists = bool(await pipe.exists(sb_key))
+                if create and exists:
+                    return PutResult.NAME_EXISTS
+                if must_exist and not exists:
+                    return PutResult.NO_SANDBOX
             previews = await self._previews_in(pipe, ws, name)
             pipe.multi()
             pipe.set(sb_key, sandbox.model_dump_json())
@@ -271,7 +299,9 @@ class RedisStore:
 
         return await self._transaction(attempt)
 
-    async def delete_sandbox(self, workspace: str, name: str) -> Sandbox | None:
+    async def delete_sandbox(
+        self, workspace: str, name: str, *, only_expired_at: datetime | None = None
+    ) -> Sandbox | None:
         sb_key, pvs_key = self._k.sandbox(workspace, name), self._k.previews(workspace, name)
 
         async def attempt(pipe: aioredis.client.Pipeline) -> Sandbox | None:
@@ -279,6 +309,8 @@ class RedisStore:
             sandbox = _load(Sandbox, await pipe.get(sb_key))
             if sandbox is None:
                 return None
+            if only_expired_at is not None and not sandbox.expired(only_expired_at):
+                return None  # recreated or renewed since it was found expired
             previews = await self._previews_in(pipe, workspace, name)
             pipe.multi()
             pipe.delete(sb_key, pvs_key)
@@ -352,7 +384,9 @@ class RedisStore:
 
         return await self._transaction(attempt)
 
-    async def delete_preview(self, workspace: str, sandbox: str, name: str) -> Preview | None:
+    async def delete_preview(
+        self, workspace: str, sandbox: str, name: str, *, only_expired_at: datetime | None = None
+    ) -> Preview | None:
         pv_key = self._k.preview(workspace, sandbox, name)
 
         async def attempt(pipe: aioredis.client.Pipeline) -> Preview | None:
@@ -360,6 +394,8 @@ class RedisStore:
             preview = _load(Preview, await pipe.get(pv_key))
             if preview is None:
                 return None
+            if only_expired_at is not None and not preview.expired(only_expired_at):
+                return None  # recreated or renewed since it was found expired
             pipe.multi()
             pipe.delete(pv_key, self._k.route(preview.hostname))
             pipe.srem(self._k.previews(workspace, sandbox), name)

@@ -358,6 +358,47 @@ async def test_expiry_listing_and_route_expiry(store: Store) -> None:
     assert await store.expired(now) == []
 
 
+async def test_conditional_deletes_spare_what_is_no_longer_expired(store: Store) -> None:
+    """The sweeper deletes by name: a name recreated (or renewed) after it was found expired
+    must survive, so the expiry is checked again inside the delete's transaction."""
+    now = utcnow()
+    past = now - timedelta(minutes=1)
+    await store.put_sandbox(sandbox(), create=True)
+    await store.put_preview(preview("web", expires_at=past), create=True, force=False)
+    assert (WS, "sb", "web") in await store.expired(now)
+    # Recreated without an expiry between the listing and the delete:
+    await store.delete_preview(WS, "sb", "web")
+    await store.put_preview(preview("web"), create=True, force=False)
+    assert await store.delete_preview(WS, "sb", "web", only_expired_at=now) is None
+    assert await store.get_preview(WS, "sb", "web") is not None
+    assert await store.get_route(preview("web").hostname) is not None
+    # Still expired: deleted.
+    await store.put_preview(preview("old", expires_at=past), create=True, force=False)
+    assert await store.delete_preview(WS, "sb", "old", only_expired_at=now) is not None
+    assert await store.get_preview(WS, "sb", "old") is None
+
+    await store.put_sandbox(sandbox("renewed", expires_at=past), create=True)
+    await store.put_sandbox(sandbox("renewed"), create=False)  # a PUT cleared the expiry
+    assert await store.delete_sandbox(WS, "renewed", only_expired_at=now) is None
+    assert await store.get_sandbox(WS, "renewed") is not None
+    await store.put_sandbox(sandbox("stale", expires_at=past), create=True)
+    assert await store.delete_sandbox(WS, "stale", only_expired_at=now) is not None
+
+
+async def test_a_replace_never_brings_a_deleted_sandbox_back(store: Store) -> None:
+    assert await store.put_sandbox(sandbox("gone"), create=False, must_exist=True) is (
+        PutResult.NO_SANDBOX
+    )
+    assert await store.get_sandbox(WS, "gone") is None
+    await store.put_sandbox(sandbox("here"), create=True)
+    result = await store.put_sandbox(
+        sandbox("here", target="10.0.0.8"), create=False, must_exist=True
+    )
+    assert result is PutResult.OK
+    found = await store.get_sandbox(WS, "here")
+    assert found is not None and found.target_host == "10.0.0.8"
+
+
 # ── concurrency: one MULTI per write ────────────────────────────────────────────────────────
 async def test_concurrent_writes_keep_previews_and_routes_consistent(store: Store) -> None:
     """50 creates of different previews and 50 updates of one preview (each moving its route to
