@@ -6,6 +6,7 @@ module reads the Host header for a decision, so there is exactly one canonical h
 
 from __future__ import annotations
 
+import functools
 import re
 import secrets
 import string
@@ -24,6 +25,9 @@ RANDOM_ID_LENGTH = 22
 """22 characters of [a-z0-9] carry about 113 bits, so ids cannot be guessed or enumerated."""
 
 
+# Every request normalises its Host, nearly always one of a few names, and the checks (a regex
+# per label) cost ~1 µs. Only valid names are remembered: an exception is never cached.
+@functools.lru_cache(maxsize=4096)
 def normalize_host(raw: str) -> str:
     """Return the canonical routing name for a Host header value.
 
@@ -31,23 +35,6 @@ def normalize_host(raw: str) -> str:
     (userinfo, spaces, paths, raw non-ASCII, IP literals, over-long labels) raises ``InvalidHost``
     so that it never reaches the routing table.
     """
-    host = _normalized.get(raw)
-    if host is not None:
-        return host
-    host = _normalize_host(raw)
-    if len(_normalized) >= _NORMALIZED_MAX:
-        _normalized.clear()  # bounded; the hosts in use come back with their next requests
-    _normalized[raw] = host
-    return host
-
-
-# Host header value → its canonical name, for values that were valid. Every request normalises
-# its Host, nearly always one of a few names; the checks (a regex per label) cost ~1 µs.
-_normalized: dict[str, str] = {}
-_NORMALIZED_MAX = 4096
-
-
-def _normalize_host(raw: str) -> str:
     if not raw or len(raw) > MAX_HOST_LENGTH + 7:
         raise InvalidHost("The Host header is missing or too long.")
     if not raw.isascii():

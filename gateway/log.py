@@ -7,6 +7,7 @@ logged at all except the User-Agent.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sys
@@ -44,8 +45,6 @@ class AccessRecord:
 _FIELDS = tuple(f.name for f in fields(AccessRecord) if f.name != "extra")
 # The same encoder json.dumps(..., separators=(",", ":")) builds on every call.
 _encode = json.JSONEncoder(separators=(",", ":")).encode
-_stamp: list[tuple[int, str]] = [(-1, "")]
-"""The last second's ``time`` value: formatting it once per second, not per line."""
 
 
 def write_access(record: AccessRecord) -> None:
@@ -64,12 +63,13 @@ def write_access(record: AccessRecord) -> None:
 
 
 def _utc_time() -> str:
-    second = int(time.time())  # what time.gmtime() reads: the current second, floored
-    last, text = _stamp[0]
-    if second != last:
-        text = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second))
-        _stamp[0] = (second, text)
-    return text
+    # time.gmtime() reads the current second, floored: format each second once, not per line.
+    return _format_second(int(time.time()))
+
+
+@functools.lru_cache(maxsize=1)
+def _format_second(second: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second))
 
 
 def configure(level: str, access_enabled: bool) -> None:
