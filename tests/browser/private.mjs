@@ -14,6 +14,7 @@
 //              opens url (with ?bl_preview_token=token when a token is given) in a new context,
 //              waits for the load event and then, when given, for the JS expression `ready`
 //   reload   {session, ready?, probe?, timeoutMs}      reloads the page, waits the same way
+//   goto     {session, url, ready?, probe?, timeoutMs} another URL in the same page and cookies
 //   evaluate {session, expression, timeoutMs}          the (awaited) value of a JS expression
 //   snapshot {session, probe?}   close {session}   quit {}
 //
@@ -96,6 +97,13 @@ class Session {
     page.on("pageerror", (err) => this.pageErrors.push(clip(err, 400)));
     const response = await page.goto(withToken(url, this.token), { waitUntil: "load", timeout: timeoutMs });
     await this.#settle("open", response, ready, timeoutMs);
+    return this.snapshot({ probe });
+  }
+
+  // Another URL in the same page (and so the same cookie jar), e.g. a sibling preview.
+  async goto({ url, ready, probe, timeoutMs = 30000 }) {
+    const response = await this.page.goto(url, { waitUntil: "load", timeout: timeoutMs });
+    await this.#settle("goto", response, ready, timeoutMs);
     return this.snapshot({ probe });
   }
 
@@ -272,6 +280,7 @@ async function serve() {
         s = sessions.get(name);
         if (!s) throw new Error(`no session ${name}`);
         if (op === "reload") result = await s.reload(cmd);
+        else if (op === "goto") result = await s.goto(cmd);
         else if (op === "evaluate") result = await s.evaluate(cmd);
         else if (op === "snapshot") result = await s.snapshot(cmd);
         else if (op === "close") {

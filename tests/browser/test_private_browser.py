@@ -434,3 +434,36 @@ def test_revoking_the_token_closes_an_open_session_at_once(
         assert not problems, f"after revoking: {problems}\n\n{evidence(reloaded, gp, private_app)}"
     finally:
         private_driver.close_session(session)
+
+
+def test_a_sibling_preview_never_gets_the_cookie(
+    preview: tuple[GatewayProcess, Api, str], private_app: PrivateApp, private_driver: Driver
+) -> None:
+    """CK02: the cookie set on one preview is host-only, so the browser never sends it to a
+    sibling preview under the same parent domain. Had it been sent, the sibling would answer
+    ``token_wrong_preview``; it answers ``token_required``: no token came at all."""
+    gp, api, url = preview
+    sibling = api.preview("sibling", private_app.port, public=False)
+    assert urlsplit(sibling).hostname != urlsplit(url).hostname
+    _, token = mint(api, seconds=3600)
+    session = "sibling"
+    try:
+        opened = drive(
+            private_driver,
+            gp,
+            private_app,
+            "open",
+            session=session,
+            url=url,
+            token=token,
+            ready=APP_READY,
+            probe=APP_PROBE,
+        )
+        problems = check_app_opened(opened, url, private_app, token)
+        assert not problems, f"{problems}\n\n{evidence(opened, gp, private_app)}"
+        seen = len(private_app.paths())
+        page = drive(private_driver, gp, private_app, "goto", session=session, url=sibling)
+        problems = check_401_page(page, "token_required", ("private",), private_app, since=seen)
+        assert not problems, f"{problems}\n\n{evidence(page, gp, private_app)}"
+    finally:
+        private_driver.close_session(session)
