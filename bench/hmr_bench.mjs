@@ -27,64 +27,20 @@
 // read the host's CLOCK_REALTIME at 1 ms resolution; every result carries `clockSkewMs`, the
 // page's Date.now() minus the midpoint of this process's readings around it (0 ± 1 expected).
 
-import { closeSync, ftruncateSync, openSync, readFileSync, writeSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import { randomBytes } from "node:crypto";
-import { createRequire } from "node:module";
 import { dirname, join, resolve } from "node:path";
 import { createInterface } from "node:readline";
-import { fileURLToPath } from "node:url";
+import { fileURLToPath, pathToFileURL } from "node:url";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const BROWSER_DIR = process.env.HMR_BROWSER_DIR || resolve(here, "..", "tests", "browser");
-const require = createRequire(join(BROWSER_DIR, "package.json"));
-const { chromium } = require("playwright-core");
+// The browser suite's helpers, which also resolve playwright-core from its node_modules.
+const { clip, hostPort, launch, rewrite, waitUntil } = await import(
+  pathToFileURL(join(BROWSER_DIR, "chromium.mjs")).href
+);
 
-const CHROMIUM = process.env.CHROMIUM_PATH || "/usr/bin/chromium";
-const CHROMIUM_ARGS = [
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-background-networking",
-  "--disable-quic",
-  "--no-first-run",
-  "--disable-component-update",
-  "--disable-sync",
-];
 const SELECTOR_ID = "message";
-
-function hostPort(raw) {
-  const u = new URL(raw);
-  const port = u.port || { "http:": "80", "https:": "443", "ws:": "80", "wss:": "443" }[u.protocol];
-  return `${u.hostname.toLowerCase()}:${port}`;
-}
-
-function clip(value, n = 160) {
-  const s = typeof value === "string" ? value : `<binary ${value?.length ?? 0} bytes>`;
-  return s.length > n ? `${s.slice(0, n)}…` : s;
-}
-
-// As tests/browser/hmr.mjs: rewrite in place, never truncate first (a watcher firing between
-// truncate and write makes Vite serve an empty module). v1 and v2 have the same length, so a
-// reader sees the old or the new text, never a torn one.
-function rewrite(file, text) {
-  const fd = openSync(file, "r+");
-  try {
-    const bytes = Buffer.from(text, "utf8");
-    writeSync(fd, bytes, 0, bytes.length, 0);
-    ftruncateSync(fd, bytes.length);
-  } finally {
-    closeSync(fd);
-  }
-}
-
-async function waitUntil(predicate, timeoutMs, what, everyMs = 10) {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await predicate();
-    if (value) return value;
-    if (Date.now() >= deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, everyMs));
-  }
-}
 
 // Runs in the page before any of its scripts: stamps every change of #message's text and the
 // load event with the page's Date.now().
@@ -293,18 +249,14 @@ class Session {
       () => this.sockets.find((s) => s.viaTarget && !s.closed && s.readyAt !== null),
       timeoutMs,
       `an HMR WebSocket to ${this.target} to deliver a frame${this.readyFrame ? ` matching ${this.readyFrame}` : ""}`,
+      10,
     );
     return s.readyAt;
   }
 }
 
 async function main() {
-  const browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    args: CHROMIUM_ARGS,
-    timeout: 60000,
-  });
+  const browser = await launch();
   const sessions = new Map();
   const write = (obj) => process.stdout.write(`${JSON.stringify(obj)}\n`);
   write({ ready: true, version: browser.version() });

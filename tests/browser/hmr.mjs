@@ -34,61 +34,13 @@
 // a WebSocket or request that bypassed the gateway, a token still in the address bar or sent on.
 // Sockets and requests of workers (Vite's vite-ping SharedWorker) are not seen.
 
-import { closeSync, ftruncateSync, openSync, readFileSync, writeFileSync, writeSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import { randomBytes } from "node:crypto";
 import { createInterface } from "node:readline";
-import { chromium } from "playwright-core";
-
-const CHROMIUM = process.env.CHROMIUM_PATH || "/usr/bin/chromium";
-const CHROMIUM_ARGS = [
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-background-networking",
-  "--disable-quic",
-  "--no-first-run",
-  "--disable-component-update",
-  "--disable-sync",
-];
-const TOKEN_PARAM = "bl_preview_token";
-
-function hostPort(raw) {
-  const u = new URL(raw);
-  const port = u.port || { "http:": "80", "https:": "443", "ws:": "80", "wss:": "443" }[u.protocol];
-  return `${u.hostname.toLowerCase()}:${port}`;
-}
+import { clip, hostPort, launch, rewrite, TOKEN_PARAM, waitUntil } from "./chromium.mjs";
 
 function now() {
   return Date.now();
-}
-
-function clip(value, n = 300) {
-  const s = typeof value === "string" ? value : `<binary ${value?.length ?? 0} bytes>`;
-  return s.length > n ? `${s.slice(0, n)}…` : s;
-}
-
-// Rewrites a file in place without truncating it first: writeFileSync truncates, and a dev
-// server whose watcher fires in between reads an empty module (seen with Vite: the hot update
-// rendered ""). For a same-length edit the file's size never changes, so a reader sees the old
-// or the new text, never a torn one.
-function rewrite(file, text) {
-  const fd = openSync(file, "r+");
-  try {
-    const bytes = Buffer.from(text, "utf8");
-    writeSync(fd, bytes, 0, bytes.length, 0);
-    ftruncateSync(fd, bytes.length);
-  } finally {
-    closeSync(fd);
-  }
-}
-
-async function waitUntil(predicate, timeoutMs, what) {
-  const deadline = now() + timeoutMs;
-  for (;;) {
-    const value = await predicate();
-    if (value) return value;
-    if (now() >= deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
 }
 
 class Session {
@@ -358,10 +310,6 @@ class Session {
       `an HMR WebSocket through the gateway to deliver a frame${this.readyFrame ? ` matching ${this.readyFrame}` : ""}`,
     );
   }
-}
-
-async function launch() {
-  return chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS, timeout: 60000 });
 }
 
 // ── one shot ────────────────────────────────────────────────────────────────────────────────

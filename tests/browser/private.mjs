@@ -26,31 +26,9 @@
 // header carried the token cookie. A failed command carries the same snapshot as evidence.
 
 import { createInterface } from "node:readline";
-import { chromium } from "playwright-core";
+import { clip, hostPort, launch, TOKEN_PARAM } from "./chromium.mjs";
 
-const CHROMIUM = process.env.CHROMIUM_PATH || "/usr/bin/chromium";
-const CHROMIUM_ARGS = [
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-background-networking",
-  "--disable-quic",
-  "--no-first-run",
-  "--disable-component-update",
-  "--disable-sync",
-];
-const TOKEN_PARAM = "bl_preview_token";
 const TOKEN_COOKIES = new Set([TOKEN_PARAM, `__Host-${TOKEN_PARAM}`]);
-
-function hostPort(raw) {
-  const u = new URL(raw);
-  const port = u.port || { "http:": "80", "https:": "443", "ws:": "80", "wss:": "443" }[u.protocol];
-  return `${u.hostname.toLowerCase()}:${port}`;
-}
-
-function clip(value, n = 300) {
-  const s = String(value);
-  return s.length > n ? `${s.slice(0, n)}…` : s;
-}
 
 function cookiePairs(header) {
   if (!header) return [];
@@ -244,12 +222,7 @@ class Session {
 }
 
 async function serve() {
-  const browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    args: CHROMIUM_ARGS,
-    timeout: 60000,
-  });
+  const browser = await launch();
   const sessions = new Map();
   const write = (obj) => process.stdout.write(`${JSON.stringify(obj)}\n`);
   write({ ready: true, version: browser.version() });
