@@ -312,6 +312,34 @@ def wait_until_expired(token: str) -> None:
         time.sleep(min(0.2, max(due - time.time(), 0.01)))
 
 
+def open_token_link(
+    driver: Driver,
+    gp: GatewayProcess,
+    app: PrivateApp,
+    session: str,
+    url: str,
+    token: str,
+    when: str = "",
+) -> dict[str, Any]:
+    """Opens ``url?bl_preview_token=`` in a fresh context and asserts the app came up through
+    the cookie, with the token nowhere it should not be (``check_app_opened``)."""
+    opened = drive(
+        driver,
+        gp,
+        app,
+        "open",
+        session=session,
+        url=url,
+        token=token,
+        ready=APP_READY,
+        probe=APP_PROBE,
+    )
+    problems = check_app_opened(opened, url, app, token)
+    prefix = f"{when}: " if when else ""
+    assert not problems, f"{prefix}{problems}\n\n{evidence(opened, gp, app)}"
+    return opened
+
+
 # ── tests ───────────────────────────────────────────────────────────────────────────────────
 def test_token_link_opens_the_app_through_the_cookie(
     preview: tuple[GatewayProcess, Api, str], private_app: PrivateApp, private_driver: Driver
@@ -320,19 +348,7 @@ def test_token_link_opens_the_app_through_the_cookie(
     _, token = mint(api, seconds=3600)
     session = "cookie-session"
     try:
-        opened = drive(
-            private_driver,
-            gp,
-            private_app,
-            "open",
-            session=session,
-            url=url,
-            token=token,
-            ready=APP_READY,
-            probe=APP_PROBE,
-        )
-        problems = check_app_opened(opened, url, private_app, token)
-        assert not problems, f"{problems}\n\n{evidence(opened, gp, private_app)}"
+        open_token_link(private_driver, gp, private_app, session, url, token)
     finally:
         private_driver.close_session(session)
 
@@ -399,19 +415,9 @@ def test_revoking_the_token_closes_an_open_session_at_once(
     name, token = mint(api, seconds=3600)
     session = "revoked-live"
     try:
-        opened = drive(
-            private_driver,
-            gp,
-            private_app,
-            "open",
-            session=session,
-            url=url,
-            token=token,
-            ready=APP_READY,
-            probe=APP_PROBE,
+        open_token_link(
+            private_driver, gp, private_app, session, url, token, when="before revoking"
         )
-        problems = check_app_opened(opened, url, private_app, token)
-        assert not problems, f"before revoking: {problems}\n\n{evidence(opened, gp, private_app)}"
         received = len(private_app.records())
 
         revoke(api, name)
@@ -448,19 +454,7 @@ def test_a_sibling_preview_never_gets_the_cookie(
     _, token = mint(api, seconds=3600)
     session = "sibling"
     try:
-        opened = drive(
-            private_driver,
-            gp,
-            private_app,
-            "open",
-            session=session,
-            url=url,
-            token=token,
-            ready=APP_READY,
-            probe=APP_PROBE,
-        )
-        problems = check_app_opened(opened, url, private_app, token)
-        assert not problems, f"{problems}\n\n{evidence(opened, gp, private_app)}"
+        open_token_link(private_driver, gp, private_app, session, url, token)
         seen = len(private_app.paths())
         page = drive(private_driver, gp, private_app, "goto", session=session, url=sibling)
         problems = check_401_page(page, "token_required", ("private",), private_app, since=seen)
