@@ -33,9 +33,19 @@ TEST_KEYS = f"default:{TEST_KEY},other:{OTHER_KEY}"
 
 
 def unused_port() -> int:
-    with contextlib.closing(socket.socket()) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return unused_ports(1)[0]
+
+
+def unused_ports(count: int) -> list[int]:
+    """Distinct free ports: all are held open while they are chosen, so two calls in a row can
+    never hand out the same port (which made a gateway refuse to start: edge = api port)."""
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for _ in range(count):
+            sock = stack.enter_context(contextlib.closing(socket.socket()))
+            sock.bind(("127.0.0.1", 0))
+            ports.append(int(sock.getsockname()[1]))
+        return ports
 
 
 # ── redis ───────────────────────────────────────────────────────────────────────────────────
@@ -280,7 +290,7 @@ class GatewayProcess:
 
 
 def spawn_gateway(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> GatewayProcess:
-    edge_port, api_port = unused_port(), unused_port()
+    edge_port, api_port = unused_ports(2)
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
     full_env.update(
         GATEWAY_BIND="127.0.0.1",
