@@ -147,13 +147,14 @@ class DriverError(AssertionError):
 
 
 class Driver:
-    """``node hmr.mjs --serve``: one Chromium, one JSON command and reply per line."""
+    """``node <script> --serve`` (hmr.mjs, private.mjs): one Chromium, one JSON command and
+    reply per line."""
 
-    def __init__(self, log_path: Path) -> None:
+    def __init__(self, log_path: Path, script: str = "hmr.mjs") -> None:
         self.log_path = log_path
         self._log = open(log_path, "w")  # noqa: SIM115 - lives as long as the process
         self.proc = subprocess.Popen(
-            ["node", str(BROWSER_DIR / "hmr.mjs"), "--serve"],
+            ["node", str(BROWSER_DIR / script), "--serve"],
             cwd=BROWSER_DIR,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -164,8 +165,12 @@ class Driver:
         self._lines: queue.Queue[str | None] = queue.Queue()
         self._ids = itertools.count(1)
         threading.Thread(target=self._read, daemon=True).start()
-        hello = self._next_line(90, "Chromium to start")
-        self.version = json.loads(hello).get("version", "?")
+        try:
+            hello = self._next_line(90, "Chromium to start")
+            self.version = json.loads(hello).get("version", "?")
+        except BaseException:
+            self.stop()
+            raise
 
     def _read(self) -> None:
         assert self.proc.stdout is not None

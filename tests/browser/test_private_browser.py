@@ -12,22 +12,17 @@ from __future__ import annotations
 
 import base64
 import http.client
-import itertools
 import json
-import queue
-import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
 from gateway.tokens import LEEWAY_S
-from tests.browser.conftest import BROWSER_DIR, Api, Driver, DriverError, save_result
+from tests.browser.conftest import Api, Driver, DriverError, save_result
 from tests.browser.private_app import LOGO_SIZE, PrivateApp
 from tests.conftest import GatewayProcess
 
@@ -59,37 +54,11 @@ FETCH_DATA = """fetch("/api/data", { headers: { Accept: "application/json" } }).
 
 
 # ── fixtures ────────────────────────────────────────────────────────────────────────────────
-class PrivateDriver(Driver):
-    """``node private.mjs --serve``: conftest's Driver (same protocol) on the other script."""
-
-    def __init__(self, log_path: Path) -> None:
-        self.log_path = log_path
-        self._log = open(log_path, "w")  # noqa: SIM115 - lives as long as the process
-        self.proc = subprocess.Popen(
-            ["node", str(BROWSER_DIR / "private.mjs"), "--serve"],
-            cwd=BROWSER_DIR,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-            text=True,
-            start_new_session=True,
-        )
-        self._lines: queue.Queue[str | None] = queue.Queue()
-        self._ids = itertools.count(1)
-        threading.Thread(target=self._read, daemon=True).start()
-        try:
-            hello = self._next_line(90, "Chromium to start")
-            self.version = json.loads(hello).get("version", "?")
-        except BaseException:
-            self.stop()
-            raise
-
-
 @pytest.fixture(scope="module")
 def private_driver(
     browser_prerequisites: None, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Driver]:
-    driver = PrivateDriver(tmp_path_factory.mktemp("private-browser") / "driver.log")
+    driver = Driver(tmp_path_factory.mktemp("private-browser") / "driver.log", "private.mjs")
     try:
         yield driver
     finally:
