@@ -15,26 +15,27 @@ import logging
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import TypeVar
 
 from aiohttp import web
 
-from gateway import log
-from gateway.admission import AdmissionPolicy
-from gateway.api_keys import KeyRing
-from gateway.control_api import ApiConfig, ControlApi
-from gateway.edge import Edge, EdgeConfig, EdgeServer
-from gateway.errors import RoutingUnavailable
-from gateway.http_relay import RelayTimeouts
-from gateway.metrics import CONTENT_TYPE, Metrics, StatsCollector
-from gateway.route_lookup import RouteLookup
-from gateway.routes import utcnow
-from gateway.routing_table import MemoryStore, RedisStore, Store, connect_redis
-from gateway.settings import Settings
-from gateway.tokens import SigningKey, TokenSigner, generate_key, parse_keys
-from gateway.upstream import create_session
-from gateway.ws_relay import WebSocketHub, WsLimits
+from gateway.control.api_keys import KeyRing
+from gateway.control.handlers import ApiConfig, ControlApi
+from gateway.core.admission import AdmissionPolicy
+from gateway.core.errors import RoutingUnavailable
+from gateway.core.tokens import SigningKey, TokenSigner, generate_key, parse_keys
+from gateway.edge.http_relay import RelayTimeouts
+from gateway.edge.server import Edge, EdgeConfig, EdgeServer
+from gateway.edge.upstream import create_session
+from gateway.edge.ws_relay import WebSocketHub, WsLimits
+from gateway.ops import log
+from gateway.ops.metrics import CONTENT_TYPE, Metrics, StatsCollector
+from gateway.ops.settings import Settings
+from gateway.ops.sweeper import Sweeper
+from gateway.store.base import Store
+from gateway.store.lookup import RouteLookup
+from gateway.store.memory import MemoryStore
+from gateway.store.redis import RedisStore, connect_redis
 
 logger = logging.getLogger("gateway.app")
 T = TypeVar("T")
@@ -105,57 +106,6 @@ async def _with_startup_retries(attempt: Callable[[], Awaitable[T]]) -> T:
             logger.warning("waiting for the store (Redis) to answer")
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
-
-
-Expired = tuple[str, str, str | None]
-"""(workspace, sandbox, preview or None for the sandbox itself)."""
-
-
-async def sweep_expired(store: Store, now: Callable[[], datetime] = utcnow) -> list[Expired]:
-    """Delete what has expired; return what this call deleted.
-
-    Deletes are transactions, so when several replicas sweep at once each object is deleted by
-    exactly one of them; the others find nothing to do. The expiry is checked again inside the
-    delete's transaction, so an object recreated or renewed (a PUT) since the listing is left
-    alone.
-    """
-    moment = now()
-    deleted: list[Expired] = []
-    for workspace, sandbox, preview in await store.expired(moment):
-        if preview is None:
-            gone = (
-                await store.delete_sandbox(workspace, sandbox, only_expired_at=moment) is not None
-            )
-        else:
-            gone = (
-                await store.delete_preview(workspace, sandbox, preview, only_expired_at=moment)
-                is not None
-            )
-        if gone:
-            deleted.append((workspace, sandbox, preview))
-    return deleted
-
-
-@dataclass
-class Sweeper:
-    """Runs ``sweep_expired`` every ``interval_s`` on one replica."""
-
-    store: Store
-    interval_s: float
-    deleted: int = 0
-    """Objects this replica deleted (a metric; the multi-replica test adds them up)."""
-
-    async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval_s)
-            try:
-                swept = await sweep_expired(self.store)
-            except Exception as exc:  # the store may be down; try again next round
-                logger.warning("expiry sweep failed: %s", type(exc).__name__)
-                continue
-            self.deleted += len(swept)
-            if swept:
-                logger.info("deleted %d expired sandboxes/previews", len(swept))
 
 
 async def serve(

@@ -9,7 +9,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gateway.settings import markdown_table  # noqa: E402
+from gateway.ops.settings import markdown_table  # noqa: E402
 
 START, END = "<!-- settings:start -->", "<!-- settings:end -->"
 

@@ -23,7 +23,7 @@ import pytest
 from aiohttp import web
 
 from gateway.app import Running, serve
-from gateway.settings import Settings
+from gateway.ops.settings import Settings
 from tests.helpers.upstreams import echo_app
 
 ROOT = Path(__file__).resolve().parent.parent

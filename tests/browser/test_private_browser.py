@@ -21,7 +21,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
-from gateway.tokens import LEEWAY_S
+from gateway.core.tokens import LEEWAY_S
 from tests.browser.conftest import Api, Driver, DriverError, save_result
 from tests.browser.private_app import LOGO_SIZE, PrivateApp
 from tests.conftest import GatewayProcess

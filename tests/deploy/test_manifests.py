@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from gateway.settings import Settings
+from gateway.ops.settings import Settings
 
 try:
     import kubernetes_validate

@@ -10,9 +10,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from gateway.app import sweep_expired
-from gateway.routes import utcnow
-from gateway.routing_table import Store
+from gateway.core.records import utcnow
+from gateway.ops.sweeper import sweep_expired
+from gateway.store.base import Store
 from tests.conftest import Gateway, host_of
 from tests.helpers.api import api_gateway, assert_error
 

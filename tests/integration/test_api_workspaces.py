@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from gateway.openapi import ENDPOINTS
+from gateway.control.openapi import ENDPOINTS
 from tests.conftest import OTHER_KEY, Gateway, host_of
 from tests.helpers.api import api_gateway, assert_error
 

@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 
-from gateway import openapi
-from gateway.api_keys import KeyRing
-from gateway.api_models import PreviewIn, SandboxIn, TokenIn
-from gateway.control_api import ApiConfig, ControlApi
-from gateway.routes import TokenRecord, utcnow
-from gateway.routing_table import MemoryStore
-from gateway.tokens import TokenSigner, generate_key
+from gateway.control import openapi
+from gateway.control.api_keys import KeyRing
+from gateway.control.handlers import ApiConfig, ControlApi
+from gateway.control.models import PreviewIn, SandboxIn, TokenIn
+from gateway.core.records import TokenRecord, utcnow
+from gateway.core.tokens import TokenSigner, generate_key
+from gateway.store.memory import MemoryStore
 from tests.conftest import Gateway, host_of
 from tests.helpers.api import api_gateway, assert_error
 

@@ -24,8 +24,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gateway.routes import Sandbox
-from gateway.upstream import address_allowed
+from gateway.core.netpolicy import address_allowed
+from gateway.core.records import Sandbox
 from tests.conftest import Gateway, host_of, run_gateway, unused_port
 from tests.helpers.probes import (
     GZIP_PAYLOAD,

@@ -249,8 +249,8 @@ async def test_upstream_cookie_for_the_preview_domain_becomes_host_only(
 
 
 async def test_expired_token_is_told_apart(gateway: Gateway, upstream: int) -> None:
-    from gateway.routes import TokenRecord
-    from gateway.tokens import new_token_id
+    from gateway.core.records import TokenRecord
+    from gateway.core.tokens import new_token_id
 
     host = await private_preview(gateway, upstream)
     assert gateway.running is not None

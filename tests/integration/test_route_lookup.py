@@ -19,11 +19,13 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.errors import RoutingUnavailable
-from gateway.hostnames import wildcard_candidates
-from gateway.route_lookup import RouteLookup
-from gateway.routes import Keys, Preview, Route, Sandbox
-from gateway.routing_table import FLUSH_ALL, MemoryStore, RedisStore, connect_redis
+from gateway.core.errors import RoutingUnavailable
+from gateway.core.hostnames import wildcard_candidates
+from gateway.core.records import Keys, Preview, Route, Sandbox
+from gateway.store.base import FLUSH_ALL
+from gateway.store.lookup import RouteLookup
+from gateway.store.memory import MemoryStore
+from gateway.store.redis import RedisStore, connect_redis
 from tests.conftest import Gateway, RedisServer, host_of, run_gateway
 from tests.helpers.probes import probe_upstream, wait_for
 

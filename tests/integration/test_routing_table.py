@@ -16,16 +16,11 @@ from datetime import timedelta
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.errors import RoutingUnavailable
-from gateway.routes import Keys, Preview, Route, Sandbox, TokenRecord, utcnow
-from gateway.routing_table import (
-    FLUSH_ALL,
-    MemoryStore,
-    PutResult,
-    RedisStore,
-    Store,
-    connect_redis,
-)
+from gateway.core.errors import RoutingUnavailable
+from gateway.core.records import Keys, Preview, Route, Sandbox, TokenRecord, utcnow
+from gateway.store.base import FLUSH_ALL, PutResult, Store
+from gateway.store.memory import MemoryStore
+from gateway.store.redis import RedisStore, connect_redis
 from tests.conftest import RedisServer
 
 WS = "ws1"

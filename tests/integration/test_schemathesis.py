@@ -21,7 +21,7 @@ import schemathesis
 from schemathesis.config import SchemathesisConfig
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from gateway import openapi
+from gateway.control import openapi
 from tests.conftest import TEST_KEY, GatewayProcess, RedisServer, spawn_gateway
 from tests.helpers.api import ERROR_KEYS
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from gateway.admission import (
+from gateway.core.admission import (
     MAX_COOKIE_TRIES,
     AdmissionPolicy,
     Decision,
@@ -24,10 +24,10 @@ from gateway.admission import (
     query_param,
     token_cookie,
 )
-from gateway.errors import GatewayError, OriginRejected, TokenRejected, TokenRequired
-from gateway.headers import CORS_DEFAULTS
-from gateway.routes import Route
-from gateway.tokens import SigningKey, TokenSigner
+from gateway.core.errors import GatewayError, OriginRejected, TokenRejected, TokenRequired
+from gateway.core.header_policy import CORS_DEFAULTS
+from gateway.core.records import Route
+from gateway.core.tokens import SigningKey, TokenSigner
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 HOST = "abc.eu.preview.localhost"

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from gateway.edge_pages import render
-from gateway.errors import RoutingUnavailable, TokenRejected, UnknownPreview
+from gateway.core.errors import RoutingUnavailable, TokenRejected, UnknownPreview
+from gateway.edge.pages import render
 
 
 def test_html_page_escapes_everything_it_shows() -> None:

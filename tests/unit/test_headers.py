@@ -12,8 +12,9 @@ from collections.abc import Mapping
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from gateway import headers as policy
-from gateway.errors import BadRequest, GatewayError, MethodNotAllowed, PayloadTooLarge
+from gateway.core import header_policy as policy
+from gateway.core import netpolicy
+from gateway.core.errors import BadRequest, GatewayError, MethodNotAllowed, PayloadTooLarge
 
 HOST = "abc.eu.preview.localhost"
 PEER = "203.0.113.9"
@@ -277,7 +278,7 @@ def test_is_trusted(
     trusted: list[ipaddress.IPv4Network | ipaddress.IPv6Network],
     expected: bool,
 ) -> None:
-    assert policy.is_trusted(peer, trusted) is expected
+    assert netpolicy.is_trusted(peer, trusted) is expected
 
 
 # ── credentials and gateway-owned headers ───────────────────────────────────────────────────

@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from gateway.errors import InvalidHost
-from gateway.hostnames import (
+from gateway.core.errors import InvalidHost
+from gateway.core.hostnames import (
     RANDOM_ID_LENGTH,
     is_valid_dns_name,
     normalize_host,

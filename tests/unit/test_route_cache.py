@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.route_cache import RouteCache
+from gateway.core.route_cache import RouteCache
 
 
 class Clock:

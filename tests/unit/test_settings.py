@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 from pydantic import ValidationError
 
-from gateway.settings import DEFAULT_ALLOWED_TARGETS, Settings
+from gateway.ops.settings import DEFAULT_ALLOWED_TARGETS, Settings
 
 KEY = "workspace-key-0123456789"
 TOKEN_SECRET = "s" * 40

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from gateway.timeparse import MAX_TTL, format_timestamp, parse_timestamp, parse_ttl
+from gateway.core.timeparse import MAX_TTL, format_timestamp, parse_timestamp, parse_ttl
 
 
 @pytest.mark.parametrize(

@@ -16,8 +16,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from gateway.errors import TokenRejected
-from gateway.tokens import (
+from gateway.core.errors import TokenRejected
+from gateway.core.tokens import (
     LEEWAY_S,
     MAX_TOKEN_LENGTH,
     SigningKey,

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from gateway import __version__
-from gateway.api_models import (
+from gateway.control.models import (
     TOKEN_NAME_PATTERN,
     ErrorBody,
     MessageOut,
@@ -27,7 +27,7 @@ from gateway.api_models import (
     TokenIn,
     TokenOut,
 )
-from gateway.routes import NAME_PATTERN
+from gateway.core.records import NAME_PATTERN
 
 Method = Literal["GET", "POST", "PUT", "DELETE"]
 

@@ -35,12 +35,13 @@ from aiohttp import WSMsgType, web
 from multidict import CIMultiDict
 from yarl import URL
 
-from gateway import admission, log
-from gateway.errors import GatewayError, TokenRejected, UpstreamBadResponse
-from gateway.routes import Route, utcnow
-from gateway.routing_table import FLUSH_ALL
-from gateway.tokens import LEEWAY_S
-from gateway.upstream import RedirectRefused, translate_errors
+from gateway.core import admission
+from gateway.core.errors import GatewayError, TokenRejected, UpstreamBadResponse
+from gateway.core.records import Route, utcnow
+from gateway.core.tokens import LEEWAY_S
+from gateway.edge.upstream import RedirectRefused, translate_errors
+from gateway.ops import log
+from gateway.store.base import FLUSH_ALL
 
 logger = logging.getLogger("gateway.websocket")
 

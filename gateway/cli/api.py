@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway.timeparse import format_timestamp, parse_ttl
+from gateway.core.timeparse import format_timestamp, parse_ttl
 
 DEFAULT_URL = "http://127.0.0.1:8081"
 TIMEOUT_S = 30.0

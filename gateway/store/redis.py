@@ -1,12 +1,8 @@
-"""The routing table: sandboxes, previews and the hostname → route map.
+"""The Redis store: the shared truth for many replicas.
 
-Two implementations of one ``Store`` protocol, tested by one contract suite:
-
-* ``MemoryStore``: the embedded single-node store used when no Redis is configured.
-* ``RedisStore``: the shared truth for many replicas. Every write that spans keys runs in one
-  ``MULTI``/``EXEC`` under ``WATCH``, so a crash can never leave a preview without its route or a
-  route without its preview. Every write publishes the hostnames it touched on one channel, so
-  replicas drop exactly those cache entries.
+Every write that spans keys runs in one ``MULTI``/``EXEC`` under ``WATCH``, so a crash can never
+leave a preview without its route or a route without its preview. Every write publishes the
+hostnames it touched on one channel, so replicas drop exactly those cache entries.
 
 This is the only module that talks to Redis; redis errors become ``RoutingUnavailable`` here.
 """
@@ -15,11 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from datetime import datetime
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 import redis.asyncio as aioredis
 from pydantic import BaseModel, ValidationError
@@ -27,196 +22,16 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, WatchError
 
-from gateway.errors import RoutingUnavailable
-from gateway.routes import Keys, Preview, Route, Sandbox
+from gateway.core.errors import RoutingUnavailable
+from gateway.core.records import Keys, Preview, Route, Sandbox
+from gateway.store.base import FLUSH_ALL, PutResult
 
 log = logging.getLogger("gateway.routing")
-
-FLUSH_ALL = "*"
-"""Invalidation meaning "drop every cached entry" (sent after a resubscribe, when messages may
-have been lost)."""
 
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
 
 
-class PutResult(enum.Enum):
-    OK = "ok"
-    NAME_EXISTS = "name_exists"
-    HOST_TAKEN = "host_taken"
-    NO_SANDBOX = "no_sandbox"
-    CHANGED = "changed"
-    """The preview changed since it was read (or vanished); read it again and retry."""
-
-
-class Store(Protocol):
-    async def ping(self) -> None: ...
-    async def close(self) -> None: ...
-    async def get_route(self, hostname: str) -> Route | None: ...
-    async def get_sandbox(self, workspace: str, name: str) -> Sandbox | None: ...
-    async def list_sandboxes(self, workspace: str) -> list[Sandbox]: ...
-    async def put_sandbox(
-        self, sandbox: Sandbox, *, create: bool, must_exist: bool = False
-    ) -> PutResult: ...
-    async def delete_sandbox(
-        self, workspace: str, name: str, *, only_expired_at: datetime | None = None
-    ) -> Sandbox | None: ...
-    async def get_preview(self, workspace: str, sandbox: str, name: str) -> Preview | None: ...
-    async def list_previews(self, workspace: str, sandbox: str) -> list[Preview]: ...
-    async def put_preview(
-        self, preview: Preview, *, create: bool, force: bool, expect_revision: int | None = None
-    ) -> PutResult: ...
-    async def delete_preview(
-        self, workspace: str, sandbox: str, name: str, *, only_expired_at: datetime | None = None
-    ) -> Preview | None: ...
-    async def expired(self, now: datetime) -> list[tuple[str, str, str | None]]: ...
-    def invalidations(self) -> AsyncIterator[str]: ...
-    async def shared_secret(self, name: str, candidate: str) -> str: ...
-    @property
-    def errors(self) -> dict[str, int]: ...
-
-
-# ── embedded ────────────────────────────────────────────────────────────────────────────────
-class MemoryStore:
-    """Single-process store. Each method runs without an ``await`` between its reads and writes,
-    so every operation is atomic with respect to the event loop."""
-
-    def __init__(self) -> None:
-        self._sandboxes: dict[tuple[str, str], Sandbox] = {}
-        self._previews: dict[tuple[str, str, str], Preview] = {}
-        self._routes: dict[str, Route] = {}
-        self._subscribers: set[asyncio.Queue[str]] = set()
-        self.errors: dict[str, int] = {}
-        """Always empty: nothing here can fail the way Redis can (same shape as RedisStore's)."""
-
-    async def ping(self) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
-
-    async def get_route(self, hostname: str) -> Route | None:
-        return self._routes.get(hostname)
-
-    async def get_sandbox(self, workspace: str, name: str) -> Sandbox | None:
-        return self._sandboxes.get((workspace, name))
-
-    async def list_sandboxes(self, workspace: str) -> list[Sandbox]:
-        return sorted(
-            (s for (ws, _), s in self._sandboxes.items() if ws == workspace), key=lambda s: s.name
-        )
-
-    async def put_sandbox(
-        self, sandbox: Sandbox, *, create: bool, must_exist: bool = False
-    ) -> PutResult:
-        key = (sandbox.workspace, sandbox.name)
-        if create and key in self._sandboxes:
-            return PutResult.NAME_EXISTS
-        if must_exist and key not in self._sandboxes:
-            return PutResult.NO_SANDBOX
-        self._sandboxes[key] = sandbox
-        touched = []
-        for preview in self._previews_of(sandbox.workspace, sandbox.name):
-            self._routes[preview.hostname] = Route.build(sandbox, preview)
-            touched.append(preview.hostname)
-        self._publish(touched)
-        return PutResult.OK
-
-    async def delete_sandbox(
-        self, workspace: str, name: str, *, only_expired_at: datetime | None = None
-    ) -> Sandbox | None:
-        current = self._sandboxes.get((workspace, name))
-        if current is None or (
-            only_expired_at is not None and not current.expired(only_expired_at)
-        ):
-            return None
-        sandbox = self._sandboxes.pop((workspace, name))
-        touched = []
-        for preview in self._previews_of(workspace, name):
-            del self._previews[(workspace, name, preview.name)]
-            self._routes.pop(preview.hostname, None)
-            touched.append(preview.hostname)
-        self._publish(touched)
-        return sandbox
-
-    async def get_preview(self, workspace: str, sandbox: str, name: str) -> Preview | None:
-        return self._previews.get((workspace, sandbox, name))
-
-    async def list_previews(self, workspace: str, sandbox: str) -> list[Preview]:
-        return sorted(self._previews_of(workspace, sandbox), key=lambda p: p.name)
-
-    async def put_preview(
-        self, preview: Preview, *, create: bool, force: bool, expect_revision: int | None = None
-    ) -> PutResult:
-        sandbox = self._sandboxes.get((preview.workspace, preview.sandbox))
-        if sandbox is None:
-            return PutResult.NO_SANDBOX
-        key = (preview.workspace, preview.sandbox, preview.name)
-        old = self._previews.get(key)
-        if create and old is not None:
-            return PutResult.NAME_EXISTS
-        if expect_revision is not None and (old is None or old.revision != expect_revision):
-            return PutResult.CHANGED
-        preview = preview.model_copy(update={"revision": old.revision + 1 if old else 0})
-        holder = self._routes.get(preview.hostname)
-        touched = [preview.hostname]
-        if holder is not None and (holder.workspace, holder.sandbox, holder.preview) != key:
-            if not force or holder.workspace != preview.workspace:
-                return PutResult.HOST_TAKEN
-            self._previews.pop((holder.workspace, holder.sandbox, holder.preview), None)
-        if old is not None and old.hostname != preview.hostname:
-            self._routes.pop(old.hostname, None)
-            touched.append(old.hostname)
-        self._previews[key] = preview
-        self._routes[preview.hostname] = Route.build(sandbox, preview)
-        self._publish(touched)
-        return PutResult.OK
-
-    async def delete_preview(
-        self, workspace: str, sandbox: str, name: str, *, only_expired_at: datetime | None = None
-    ) -> Preview | None:
-        current = self._previews.get((workspace, sandbox, name))
-        if current is None or (
-            only_expired_at is not None and not current.expired(only_expired_at)
-        ):
-            return None
-        preview = self._previews.pop((workspace, sandbox, name), None)
-        if preview is not None:
-            self._routes.pop(preview.hostname, None)
-            self._publish([preview.hostname])
-        return preview
-
-    async def expired(self, now: datetime) -> list[tuple[str, str, str | None]]:
-        found: list[tuple[str, str, str | None]] = [
-            (s.workspace, s.name, None) for s in self._sandboxes.values() if s.expired(now)
-        ]
-        found += [
-            (p.workspace, p.sandbox, p.name) for p in self._previews.values() if p.expired(now)
-        ]
-        return found
-
-    async def invalidations(self) -> AsyncIterator[str]:
-        queue: asyncio.Queue[str] = asyncio.Queue()
-        self._subscribers.add(queue)
-        try:
-            while True:
-                yield await queue.get()
-        finally:
-            self._subscribers.discard(queue)
-
-    async def shared_secret(self, name: str, candidate: str) -> str:
-        return candidate
-
-    def _previews_of(self, workspace: str, sandbox: str) -> list[Preview]:
-        return [p for (ws, sb, _), p in self._previews.items() if (ws, sb) == (workspace, sandbox)]
-
-    def _publish(self, hostnames: Iterable[str]) -> None:
-        for hostname in hostnames:
-            for queue in self._subscribers:
-                queue.put_nowait(hostname)
-
-
-# ── Redis ───────────────────────────────────────────────────────────────────────────────────
 def connect_redis(url: str, timeout_s: float) -> aioredis.Redis:
     """A client whose every command fails within ``timeout_s``.
 

@@ -16,14 +16,14 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from gateway.errors import (
+from gateway.core.errors import (
     GatewayError,
     PayloadTooLarge,
     RequestTimedOut,
     UpstreamBadResponse,
     UpstreamTimedOut,
 )
-from gateway.upstream import translate_errors
+from gateway.edge.upstream import translate_errors
 
 ShapeHeaders = Callable[[CIMultiDictProxy[str]], CIMultiDict[str]]
 

@@ -25,9 +25,9 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from gateway import hostnames, openapi
-from gateway.api_keys import KeyRing
-from gateway.api_models import (
+from gateway.control import openapi
+from gateway.control.api_keys import KeyRing
+from gateway.control.models import (
     Lifetime,
     Out,
     PreviewIn,
@@ -39,11 +39,12 @@ from gateway.api_models import (
     sandbox_out,
     token_out,
 )
-from gateway.errors import GatewayError
-from gateway.routes import Preview, Sandbox, TokenRecord, utcnow
-from gateway.routing_table import PutResult, Store
-from gateway.tokens import TokenSigner, new_token_id
-from gateway.upstream import IPNetwork, address_allowed, is_ip_literal
+from gateway.core import hostnames
+from gateway.core.errors import GatewayError
+from gateway.core.netpolicy import IPNetwork, address_allowed, is_ip_literal
+from gateway.core.records import Preview, Sandbox, TokenRecord, utcnow
+from gateway.core.tokens import TokenSigner, new_token_id
+from gateway.store.base import PutResult, Store
 
 log = logging.getLogger("gateway.control")
 

@@ -11,7 +11,7 @@ import re
 import secrets
 import string
 
-from gateway.errors import InvalidHost
+from gateway.core.errors import InvalidHost
 
 MAX_HOST_LENGTH = 253
 """RFC 1035: a name is at most 255 octets on the wire, 253 characters in text form."""

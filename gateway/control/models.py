@@ -14,10 +14,10 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
 from pydantic.alias_generators import to_camel
 
-from gateway import headers as header_policy
-from gateway.hostnames import is_valid_dns_name
-from gateway.routes import NAME_PATTERN, Preview, Sandbox, TokenRecord
-from gateway.timeparse import format_timestamp, parse_timestamp, parse_ttl
+from gateway.core import header_policy as header_policy
+from gateway.core.hostnames import is_valid_dns_name
+from gateway.core.records import NAME_PATTERN, Preview, Sandbox, TokenRecord
+from gateway.core.timeparse import format_timestamp, parse_timestamp, parse_ttl
 
 Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=63)]
 TTL_PATTERN = r"^[1-9][0-9]{0,5}[smhdw]$"

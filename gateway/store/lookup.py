@@ -14,11 +14,11 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 
-from gateway.errors import RoutingUnavailable
-from gateway.hostnames import wildcard_candidates
-from gateway.route_cache import RouteCache
-from gateway.routes import Route, utcnow
-from gateway.routing_table import FLUSH_ALL, Store
+from gateway.core.errors import RoutingUnavailable
+from gateway.core.hostnames import wildcard_candidates
+from gateway.core.records import Route, utcnow
+from gateway.core.route_cache import RouteCache
+from gateway.store.base import FLUSH_ALL, Store
 
 log = logging.getLogger("gateway.routing")
 

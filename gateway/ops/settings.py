@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+from gateway.core.netpolicy import IPNetwork
 
 # Private address space where container and VM sandboxes normally live. Loopback, link-local
 # (cloud metadata at 169.254.169.254) and everything public stay out unless an operator adds them.

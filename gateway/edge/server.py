@@ -21,21 +21,23 @@ from aiohttp.web_protocol import RequestHandler
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from gateway import admission, log
-from gateway import headers as policy
-from gateway.edge_pages import render
-from gateway.errors import (
+from gateway.core import admission, netpolicy
+from gateway.core import header_policy as policy
+from gateway.core.errors import (
     BadRequest,
     GatewayError,
     InvalidHost,
     UnknownPreview,
     error_code,
 )
-from gateway.hostnames import normalize_host
-from gateway.http_relay import Outcome, RelayTimeouts, StreamAborted, relay
-from gateway.route_lookup import RouteLookup
-from gateway.routes import Route, utcnow
-from gateway.upstream import IPNetwork, TargetNotAllowed, address_allowed, is_ip_literal, target_url
+from gateway.core.hostnames import normalize_host
+from gateway.core.netpolicy import IPNetwork, address_allowed, is_ip_literal
+from gateway.core.records import Route, utcnow
+from gateway.edge.http_relay import Outcome, RelayTimeouts, StreamAborted, relay
+from gateway.edge.pages import render
+from gateway.edge.upstream import TargetNotAllowed, target_url
+from gateway.ops import log
+from gateway.store.lookup import RouteLookup
 
 WebSocketRelay = Callable[
     [web.BaseRequest, Route, URL, CIMultiDict[str], log.AccessRecord], Awaitable[web.StreamResponse]
@@ -175,7 +177,7 @@ class Edge:
             request.headers,
             peer_ip=peer,
             proto="https" if request.secure else "http",
-            trusted_peer=policy.is_trusted(peer, self._c.trusted_proxies),
+            trusted_peer=netpolicy.is_trusted(peer, self._c.trusted_proxies),
             preview_headers=route.request_headers,
             websocket=websocket,
         )
@@ -266,7 +268,7 @@ def _request_id(
         and len(supplied) <= 128
         and supplied.isascii()
         and supplied.isprintable()
-        and policy.is_trusted(request.remote, trusted)
+        and netpolicy.is_trusted(request.remote, trusted)
     ):
         return supplied
     return generate()

@@ -7,9 +7,9 @@ import json
 
 from aiohttp import web
 
-from gateway import hostnames
 from gateway.app import Running
-from gateway.routes import Preview, Sandbox
+from gateway.core import hostnames
+from gateway.core.records import Preview, Sandbox
 
 DEMO_PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>preview-gateway demo</title></head>

@@ -13,8 +13,8 @@ import json
 from aiohttp import web
 from multidict import CIMultiDict
 
-from gateway.errors import GatewayError, error_code
-from gateway.headers import SERVER
+from gateway.core.errors import GatewayError, error_code
+from gateway.core.header_policy import SERVER
 
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{status} {title}</title>

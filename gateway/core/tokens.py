@@ -19,7 +19,7 @@ from datetime import datetime
 
 import jwt
 
-from gateway.errors import TokenRejected
+from gateway.core.errors import TokenRejected
 
 ALGORITHM = "HS256"
 ALGORITHMS = [ALGORITHM]

@@ -9,7 +9,6 @@ reached (threat model R01, R02, R08).
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import socket
 from collections.abc import Iterator, Sequence
 
@@ -18,36 +17,14 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 from yarl import URL
 
-from gateway.errors import (
+from gateway.core.errors import (
     GatewayError,
     UpstreamBadResponse,
     UpstreamRefused,
     UpstreamTimedOut,
     UpstreamUnreachable,
 )
-
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-def address_allowed(address: str, allowed: Sequence[IPNetwork]) -> bool:
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
-        return False
-    # ::ffff:169.254.169.254 is not is_link_local; judge the IPv4 address inside it.
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    if ip.is_unspecified or ip.is_multicast:
-        return False
-    return any(ip.version == net.version and ip in net for net in allowed)
-
-
-def is_ip_literal(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
+from gateway.core.netpolicy import IPNetwork, address_allowed, is_ip_literal
 
 
 class TargetNotAllowed(GatewayError):

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import unquote
 
-from gateway import headers as policy
-from gateway.errors import OriginRejected, TokenRejected, TokenRequired
-from gateway.routes import Route
-from gateway.tokens import TokenSigner
+from gateway.core import header_policy as policy
+from gateway.core.errors import OriginRejected, TokenRejected, TokenRequired
+from gateway.core.records import Route
+from gateway.core.tokens import TokenSigner
 
 TOKEN_HEADER = "X-Blaxel-Preview-Token"  # noqa: S105 - a header name
 MAX_COOKIE_TRIES = 4

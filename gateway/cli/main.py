@@ -16,7 +16,7 @@ from gateway import __version__
 
 if TYPE_CHECKING:
     from gateway.app import Running
-    from gateway.settings import Settings
+    from gateway.ops.settings import Settings
 
 
 def _loop_factory() -> type[asyncio.AbstractEventLoop] | None:
@@ -31,7 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list[:1] == ["api"]:
         # A client, not the server: it reads no Settings and starts no loop.
-        from gateway.api_cli import main as api_main
+        from gateway.cli.api import main as api_main
 
         return api_main(args_list[1:])
     # Imported here, not at the top, so that `api` (a short-lived client, run from scripts)
@@ -39,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pydantic import ValidationError
 
     from gateway.app import configure_logging
-    from gateway.settings import Settings, markdown_table
+    from gateway.ops.settings import Settings, markdown_table
 
     parser = argparse.ArgumentParser(prog="python -m gateway", description=__doc__)
     parser.add_argument(
@@ -130,7 +130,7 @@ async def _run(settings: Settings, *, demo: bool) -> int:
             loop.add_signal_handler(signal.SIGHUP, lambda: running.keys.reload(force=True))
             _announce(settings, running)
             if demo:
-                from gateway.demo import start_demo
+                from gateway.cli.demo import start_demo
 
                 demo_runner, url = await start_demo(
                     running,

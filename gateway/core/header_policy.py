@@ -7,15 +7,13 @@ below) plus small functions, in the manner of Caddy's ``hopHeaders`` and Traefik
 
 from __future__ import annotations
 
-import ipaddress
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from gateway.errors import BadRequest, MethodNotAllowed, PayloadTooLarge
+from gateway.core.errors import BadRequest, MethodNotAllowed, PayloadTooLarge
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Headers = CIMultiDict[str] | CIMultiDictProxy[str]
 
 
@@ -165,18 +163,6 @@ def is_websocket_upgrade(method: str, headers: Headers) -> bool:
 def forwarded_for_value(ip: str) -> str:
     """RFC 7239 node: IPv6 addresses are quoted and bracketed."""
     return f'"[{ip}]"' if ":" in ip else ip
-
-
-def is_trusted(peer_ip: str | None, trusted: Sequence[IPNetwork]) -> bool:
-    if not peer_ip or not trusted:
-        return False
-    try:
-        address = ipaddress.ip_address(peer_ip)
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return any(address in net for net in trusted)
 
 
 def upstream_request_headers(

@@ -1,0 +1,2 @@
+"""Running the gateway: typed settings, logging and the access line, metrics, the expiry
+sweeper."""

@@ -1,0 +1,55 @@
+"""The routing table's contract: what every store offers, tested by one contract suite.
+
+Two implementations: ``store.memory.MemoryStore`` (embedded, single node) and
+``store.redis.RedisStore`` (shared by many replicas).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Protocol
+
+from gateway.core.records import Preview, Route, Sandbox
+
+FLUSH_ALL = "*"
+"""Invalidation meaning "drop every cached entry" (sent after a resubscribe, when messages may
+have been lost)."""
+
+class PutResult(enum.Enum):
+    OK = "ok"
+    NAME_EXISTS = "name_exists"
+    HOST_TAKEN = "host_taken"
+    NO_SANDBOX = "no_sandbox"
+    CHANGED = "changed"
+    """The preview changed since it was read (or vanished); read it again and retry."""
+
+
+class Store(Protocol):
+    async def ping(self) -> None: ...
+    async def close(self) -> None: ...
+    async def get_route(self, hostname: str) -> Route | None: ...
+    async def get_sandbox(self, workspace: str, name: str) -> Sandbox | None: ...
+    async def list_sandboxes(self, workspace: str) -> list[Sandbox]: ...
+    async def put_sandbox(
+        self, sandbox: Sandbox, *, create: bool, must_exist: bool = False
+    ) -> PutResult: ...
+    async def delete_sandbox(
+        self, workspace: str, name: str, *, only_expired_at: datetime | None = None
+    ) -> Sandbox | None: ...
+    async def get_preview(self, workspace: str, sandbox: str, name: str) -> Preview | None: ...
+    async def list_previews(self, workspace: str, sandbox: str) -> list[Preview]: ...
+    async def put_preview(
+        self, preview: Preview, *, create: bool, force: bool, expect_revision: int | None = None
+    ) -> PutResult: ...
+    async def delete_preview(
+        self, workspace: str, sandbox: str, name: str, *, only_expired_at: datetime | None = None
+    ) -> Preview | None: ...
+    async def expired(self, now: datetime) -> list[tuple[str, str, str | None]]: ...
+    def invalidations(self) -> AsyncIterator[str]: ...
+    async def shared_secret(self, name: str, candidate: str) -> str: ...
+    @property
+    def errors(self) -> dict[str, int]: ...
+
+
