@@ -25,6 +25,7 @@ from gateway.core.admission import AdmissionPolicy
 from gateway.core.errors import RoutingUnavailable
 from gateway.core.tokens import SigningKey, TokenSigner, generate_key, parse_keys
 from gateway.edge.http_relay import RelayTimeouts
+from gateway.edge.listener import EdgeListener, build_protocol_edge
 from gateway.edge.server import Edge, EdgeConfig, EdgeServer
 from gateway.edge.upstream import create_session
 from gateway.edge.ws_relay import WebSocketHub, WsLimits
@@ -182,25 +183,29 @@ async def serve(
             gauges=lambda: {"gateway_websockets_open": hub.open_count},
         )
     )
-    edge = Edge(
-        EdgeConfig(
-            preview_domain=settings.preview_domain,
-            trusted_proxies=settings.trusted_proxies,
-            allowed_targets=allowed,
-            timeouts=RelayTimeouts(
-                body_idle_s=settings.body_idle_timeout_s,
-                response_s=settings.upstream_response_timeout_s,
-                upstream_idle_s=settings.upstream_idle_timeout_s,
-                max_body_bytes=settings.max_body_bytes,
-            ),
-            admission=admission_policy,
-            public_scheme=settings.public_scheme,
+    edge_config = EdgeConfig(
+        preview_domain=settings.preview_domain,
+        trusted_proxies=settings.trusted_proxies,
+        allowed_targets=allowed,
+        timeouts=RelayTimeouts(
+            body_idle_s=settings.body_idle_timeout_s,
+            response_s=settings.upstream_response_timeout_s,
+            upstream_idle_s=settings.upstream_idle_timeout_s,
+            max_body_bytes=settings.max_body_bytes,
         ),
+        admission=admission_policy,
+        public_scheme=settings.public_scheme,
+    )
+    edge = Edge(
+        edge_config,
         lookup,
         session,
         websocket_relay=hub.relay,
         observe=metrics.observe,
     )
+    protocol_edge: EdgeListener | None = None
+    if settings.edge_impl == "protocol":
+        protocol_edge = build_protocol_edge(settings, edge_config, lookup, allowed, metrics.observe)
     running: Running | None = None
 
     last_store_ok = asyncio.get_running_loop().time()
@@ -260,13 +265,20 @@ async def serve(
         # the API listener still answers /readyz with 503; only then does the API close.
         await api_runner.setup()
         stack.push_async_callback(api_runner.cleanup)
-        await edge_runner.setup()
-        stack.push_async_callback(edge_runner.cleanup)
-        edge_site = web.TCPSite(edge_runner, settings.bind, settings.edge_port, reuse_address=True)
         api_site = web.TCPSite(api_runner, settings.bind, settings.api_port, reuse_address=True)
-        await edge_site.start()
+        edge_site: web.TCPSite | None = None
+        if protocol_edge is None:
+            await edge_runner.setup()
+            stack.push_async_callback(edge_runner.cleanup)
+            edge_site = web.TCPSite(
+                edge_runner, settings.bind, settings.edge_port, reuse_address=True
+            )
+            await edge_site.start()
+            edge_port = _bound_port(edge_runner)
+        else:
+            await stack.enter_async_context(protocol_edge)
+            edge_port = await protocol_edge.start(settings.bind, settings.edge_port)
         await api_site.start()
-        edge_port = _bound_port(edge_runner)
         api_port = _bound_port(api_runner)
         if settings.public_port is None and settings.edge_port == 0:
             api.set_public_port(edge_port)  # an ephemeral edge port is only known now
@@ -282,7 +294,10 @@ async def serve(
             await stop.wait()
             running.draining = True
             logger.info("draining: closing WebSockets, finishing in-flight requests")
-            await edge_site.stop()
+            if edge_site is not None:
+                await edge_site.stop()
+            elif protocol_edge is not None:
+                protocol_edge.stop_accepting()  # in-flight requests get their grace on exit
             await hub.close_all(1001, "gateway shutting down")
             for task in background:
                 task.cancel()

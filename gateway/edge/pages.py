@@ -91,9 +91,7 @@ def render(exc: GatewayError, accept: str, *, head: bool = False) -> web.Respons
     return response
 
 
-def render_bytes(
-    exc: GatewayError, accept: str, *, head: bool = False, extra: str = ""
-) -> bytes:
+def render_bytes(exc: GatewayError, accept: str, *, head: bool = False, extra: str = "") -> bytes:
     """The same page as ``render`` as one HTTP/1.1 response, for the protocol edge. ``extra``
     holds further header lines (``Date``, ``Connection``), each ending in CRLF."""
     body, content_type, headers = _page(exc, accept)
