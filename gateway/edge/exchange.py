@@ -202,6 +202,7 @@ class Relay:
         lines.append("\r\n")
         head = "".join(lines).encode("latin-1", "replace")
         self.started = True
+        self.arm()  # from now on the upstream idle deadline
         if bodyless:
             self.client.transport.write(head)
             self._complete(clean=not rest)
@@ -276,6 +277,8 @@ class Relay:
 
     # ── deadlines ───────────────────────────────────────────────────────────────────────────
     def arm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
         self._timer = self.loop.call_at(self._next_deadline(), self._check)
 
     def _next_deadline(self) -> float:

@@ -104,7 +104,10 @@ def parse_head(raw: bytes, peer: str, scheme: str) -> tuple[RequestHead, bool]:
         chunked=chunked,
         content_length=length,
     )
-    return head, bool(parser.should_keep_alive())
+    # Not parser.should_keep_alive(): llhttp resets its flags once a bodiless message is complete.
+    tokens = {t.strip().lower() for v in headers.getall("Connection", ()) for t in v.split(",")}
+    keep_alive = "keep-alive" in tokens if version < (1, 1) else "close" not in tokens
+    return head, keep_alive
 
 
 class ClientConnection(asyncio.Protocol):
@@ -303,8 +306,12 @@ class ClientConnection(asyncio.Protocol):
 
     # ── deadlines ───────────────────────────────────────────────────────────────────────────
     def _arm(self, when: float) -> None:
-        if self._timer is None:
-            self._timer = self._loop.call_at(when, self._check)
+        timer = self._timer
+        if timer is not None:
+            if timer.when() <= when:
+                return
+            timer.cancel()
+        self._timer = self._loop.call_at(when, self._check)
 
     def _check(self) -> None:
         self._timer = None

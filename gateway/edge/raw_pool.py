@@ -104,15 +104,14 @@ class RawPool:
     async def acquire(self, host: str, port: int) -> Connection:
         key = (host, port)
         loop = asyncio.get_running_loop()
-        idle = self._idle.get(key)
-        now = loop.time()
-        while idle:
-            conn = idle.pop()  # LIFO: the warmest connection, the least likely to be stale
-            if not conn.closed and now - conn.idle_since < self._keepalive_s:
-                conn.reused = True
+        while True:
+            conn = self._take_idle(key, loop.time())
+            if conn is not None:
                 return conn
-            self._forget(conn)
-        while self._total >= self._max or self._open[key] >= self._max_per_target:
+            if self._total >= self._max:
+                self._evict_one()
+            if self._total < self._max and self._open[key] < self._max_per_target:
+                break
             waiter = loop.create_future()
             self._waiters.append(waiter)
             try:
@@ -127,6 +126,23 @@ class RawPool:
         except BaseException:
             self._release_slot(key)
             raise
+
+    def _take_idle(self, key: Key, now: float) -> Connection | None:
+        idle = self._idle.get(key)
+        while idle:
+            conn = idle.pop()  # LIFO: the warmest connection, the least likely to be stale
+            if not conn.closed and now - conn.idle_since < self._keepalive_s:
+                conn.reused = True
+                return conn
+            self._forget(conn)
+        return None
+
+    def _evict_one(self) -> None:
+        """At the global limit, an idle connection to another target gives up its slot."""
+        for conns in self._idle.values():
+            if conns:
+                self._forget(conns.pop(0))
+                return
 
     async def _dial(self, key: Key) -> Connection:
         loop = asyncio.get_running_loop()
@@ -168,6 +184,7 @@ class RawPool:
             return
         conn.idle_since = asyncio.get_running_loop().time()
         self._idle.setdefault(conn.key, []).append(conn)
+        self._wake()
 
     def discard(self, conn: Connection) -> None:
         if not conn.closed:
@@ -186,11 +203,14 @@ class RawPool:
         self._open[key] -= 1
         if self._open[key] <= 0:
             del self._open[key]
+        self._wake()
+
+    def _wake(self) -> None:
+        """Every waiter looks again: the freed slot or idle connection may be for any target."""
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)
-                break
 
     def close(self) -> None:
         for conns in self._idle.values():
