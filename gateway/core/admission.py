@@ -160,13 +160,9 @@ def query_param(raw_query: str, name: str) -> str | None:
 
 
 def cookie_tokens(headers: policy.Headers) -> list[str]:
-    tokens = []
-    for header in headers.getall("Cookie", ()):
-        for pair in header.split(";"):
-            name, sep, value = pair.strip().partition("=")
-            if sep and name in policy.TOKEN_COOKIE_NAMES and value:
-                tokens.append(value.strip('"'))
-    return tokens
+    return [
+        t for header in headers.getall("Cookie", ()) for t in policy.token_cookie_values(header)
+    ]
 
 
 def cookie_name(scheme: str) -> str:
