@@ -20,93 +20,19 @@ It reproduces the decisions of the old edge (``Edge._handle``, ``admission.decid
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from gateway.core.admission import AdmissionPolicy
-from gateway.core.netpolicy import IPNetwork
+from gateway.core import admission
+from gateway.core import header_policy as policy
+from gateway.core.header_policy import Header
 from gateway.core.records import Route
-from gateway.core.token_cache import TokenCache
-
-Header = tuple[str, str]
-
-
-@dataclass(slots=True)
-class RequestHead:
-    """One request as received, transport-neutral. Built once by the listener."""
-
-    method: str
-    """As sent (the parser already refused a lower-case or unknown method)."""
-    target: str
-    """The raw request target: origin-form ``/path?query`` or absolute-form."""
-    version: tuple[int, int]
-    headers: list[Header]
-    """Names and values as received, in order, duplicates kept."""
-    peer: str
-    """The client's IP address ('' when unknown)."""
-    scheme: str = "http"
-    """The scheme of the client's own hop: 'https' when this listener terminated TLS."""
-
-
-@dataclass(frozen=True, slots=True)
-class PlannerConfig:
-    preview_domain: str
-    trusted_proxies: Sequence[IPNetwork]
-    admission: AdmissionPolicy
-    max_body_bytes: int
-    """0: no limit."""
-    public_scheme: str = "http"
-    """The scheme clients use (the token cookie's name and Secure depend on it)."""
-    tokens: TokenCache = field(default_factory=TokenCache)
-    """Verified tokens; shared by every request this config plans (mutable, bounded)."""
-
-
-class BodyFraming(enum.Enum):
-    """How the client's request body is delimited; relayed as it arrives, never re-framed."""
-
-    NONE = "none"
-    LENGTH = "length"
-    CHUNKED = "chunked"
-
-
-@dataclass(frozen=True, slots=True)
-class Inspected:
-    """The facts of one request head, read in one pass over its headers."""
-
-    head: RequestHead
-    host: str
-    """Canonical (``normalize_host``): the key to look the route up by."""
-    raw_path: str
-    raw_query: str
-    framing: BodyFraming
-    content_length: int
-    """The declared length when ``framing`` is LENGTH, else 0."""
-    expect_continue: bool
-    """HTTP/1.1 with ``Expect: 100-continue``: the edge answers 100 itself when it wants the
-    body (the Expect header is never forwarded)."""
-    websocket: bool
-    """A WebSocket upgrade (GET, ``Upgrade: websocket`` and ``Connection: upgrade``)."""
-    other_upgrade: bool
-    """An ``Upgrade`` header that is not relayed (h2c, ...): served as plain HTTP/1.1, and the
-    client connection closes after the response."""
-    trusted_peer: bool
-    request_id: str | None
-    """The client's ``X-Request-Id`` when it came from a trusted proxy and is sane, else None
-    (the caller generates one)."""
-    accept: str
-    """The Accept header, for choosing an HTML or JSON error page."""
-    # Admission inputs.
-    token_header: str | None
-    cookie_tokens: tuple[str, ...]
-    origin: str
-    preflight: bool
-    navigation: bool
-    host_header: str
-    """Host as sent, lower-cased, trailing dot removed (with its port): for Origin checks."""
-    upstream: tuple[Header, ...]
-    """The client's headers that go upstream, filtered and with token cookies/Referer
-    stripped; the forwarding headers and the preview's are added by ``plan``."""
+from gateway.core.request_head import BodyFraming as BodyFraming
+from gateway.core.request_head import Inspected as Inspected
+from gateway.core.request_head import PlannerConfig as PlannerConfig
+from gateway.core.request_head import RequestHead as RequestHead
+from gateway.core.request_head import first_header as first_header
+from gateway.core.request_head import inspect as inspect
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,22 +91,6 @@ Plan = Respond | Forward | Upgrade
 IDEMPOTENT_METHODS: frozenset[str] = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 
 
-def first_header(headers: Sequence[Header], lower_name: str) -> str | None:
-    """The first value of a header, for callers that have only the raw list (error pages)."""
-    raise NotImplementedError
-
-
-def inspect(head: RequestHead, config: PlannerConfig) -> Inspected:
-    """Read the head's headers once; refuse what the edge refuses before routing.
-
-    Raises (in the old edge's order): ``InvalidHost`` (missing, duplicate or bad Host),
-    ``BadRequest`` (absolute-form target naming another host, Transfer-Encoding on HTTP/1.0 or
-    with Content-Length or other than ``chunked``, a bad or repeated Content-Length, underscores
-    in names), ``MethodNotAllowed`` (TRACE, TRACK, CONNECT), ``PayloadTooLarge``.
-    """
-    raise NotImplementedError
-
-
 def plan(
     inspected: Inspected, route: Route, now: float, config: PlannerConfig, *, request_id: str
 ) -> Plan:
@@ -189,7 +99,95 @@ def plan(
     Raises ``TokenRequired``, ``TokenRejected``, ``OriginRejected``; the caller renders them.
     The target check (``allowed_targets``) is the pool's, at dial time.
     """
-    raise NotImplementedError
+    decision = admission.decide_facts(
+        inspected.admission, route, config.admission, now, config.tokens
+    )
+    if not isinstance(decision, admission.Forward):
+        return _answer(decision)
+    head = inspected.head
+    scan = inspected.scan
+    headers = policy.upstream_header_list(
+        scan,
+        peer_ip=head.peer,
+        proto="https" if head.scheme == "https" else "http",
+        trusted_peer=inspected.trusted_peer,
+        preview_headers=route.request_headers,
+    )
+    if "x-request-id" in scan.first:
+        policy.set_header(headers, "X-Request-Id", request_id)
+    else:
+        headers.append(("X-Request-Id", request_id))
+    query = policy.strip_token_param(inspected.raw_query)
+    path = inspected.raw_path
+    line = (
+        f"{head.method} {path}?{query} HTTP/1.1\r\n"
+        if query
+        else f"{head.method} {path} HTTP/1.1\r\n"
+    )
+    if inspected.websocket:
+        headers.append(("Connection", "Upgrade"))
+        headers.append(("Upgrade", "websocket"))
+        return Upgrade(
+            _encode(line, headers),
+            ResponseEdits(route.response_headers, config.protected_domains),
+            route.target_host,
+            route.port,
+        )
+    framing = inspected.framing
+    if framing is BodyFraming.CHUNKED:
+        # Transfer-Encoding is hop-by-hop and was dropped; the body goes on as it was framed.
+        headers.append(("Transfer-Encoding", "chunked"))
+    return Forward(
+        head=_encode(line, headers),
+        edits=ResponseEdits(
+            route.response_headers, config.protected_domains, set_cookie=decision.set_cookie
+        ),
+        framing=framing,
+        content_length=inspected.content_length,
+        idempotent=head.method in IDEMPOTENT_METHODS and framing is BodyFraming.NONE,
+        expect_continue=inspected.expect_continue and framing is not BodyFraming.NONE,
+        response_bodyless=head.method == "HEAD",
+        close_after=bool(scan.upgrade),
+        target_host=route.target_host,
+        port=route.port,
+    )
+
+
+def _answer(decision: admission.Preflight | admission.Redirect) -> Respond:
+    # Answers the gateway writes itself name it as their server, as error pages do.
+    if isinstance(decision, admission.Preflight):
+        headers = [*decision.headers.items(), ("Server", policy.SERVER)]
+        return Respond(204, headers, error_code="preflight")
+    return Respond(
+        303,
+        [
+            ("Location", decision.location),
+            ("Set-Cookie", decision.set_cookie),
+            ("Cache-Control", "no-store"),
+            ("Referrer-Policy", "no-referrer"),
+            ("X-Blaxel-Source", "gateway"),
+            ("Server", policy.SERVER),
+        ],
+    )
+
+
+def _encode(line: str, headers: list[Header]) -> bytes:
+    text = line + "".join([f"{name}: {value}\r\n" for name, value in headers]) + "\r\n"
+    try:
+        # Headers arrive decoded as latin-1 (lossless for any byte), so this restores them.
+        return text.encode("latin-1")
+    except UnicodeEncodeError:
+        # Only a preview's configured header can hold a character beyond latin-1: UTF-8 for
+        # those lines (as the aiohttp client sent them), the client's bytes unchanged.
+        lines = [_encode_line(f"{name}: {value}\r\n") for name, value in headers]
+        return _encode_line(line) + b"".join(lines) + b"\r\n"
+
+
+def _encode_line(text: str) -> bytes:
+    try:
+        return text.encode("latin-1")
+    except UnicodeEncodeError:
+        return text.encode("utf-8")
 
 
 def shape_response(
@@ -198,8 +196,20 @@ def shape_response(
     edits: ResponseEdits,
     *,
     upgrade: bool = False,
+    chunked: bool = False,
 ) -> list[Header]:
     """The response headers for the client, from the upstream's (see
-    ``header_policy.downstream_header_list``). ``upgrade``: a 101 keeps its Upgrade, Connection
-    and Sec-WebSocket-* headers."""
-    raise NotImplementedError
+    ``header_policy.downstream_header_list``). ``upgrade``: a 101 that opens a WebSocket relay
+    keeps its Upgrade, Connection and Sec-WebSocket-* headers. ``chunked``: the body is relayed
+    in the upstream's chunked framing, so the client is told so (Transfer-Encoding is
+    hop-by-hop and the policy drops the upstream's)."""
+    out = policy.downstream_header_list(
+        headers,
+        preview_headers=edits.preview_headers,
+        protected_domains=edits.protected_domains,
+        set_cookie=edits.set_cookie,
+        upgrade=upgrade and status == 101,
+    )
+    if chunked:
+        out.append(("Transfer-Encoding", "chunked"))
+    return out
