@@ -92,7 +92,15 @@ def check_framing(
     if host_count > 1:
         raise BadRequest("Exactly one Host header is allowed.")
     length = content_length
-    if max_body_bytes and length is not None and length.isdigit() and int(length) > max_body_bytes:
+    if (
+        max_body_bytes
+        and length is not None
+        # isdigit() alone admits "²", which int() refuses; and a length of more digits than
+        # any limit has is over it without int() parsing thousands of them.
+        and length.isascii()
+        and length.isdigit()
+        and (len(length) > 18 or int(length) > max_body_bytes)
+    ):
         raise PayloadTooLarge(f"The request body is larger than {max_body_bytes} bytes.")
 
 
