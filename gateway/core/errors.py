@@ -96,6 +96,12 @@ class Overloaded(GatewayError):
 
 
 # ── upstream ────────────────────────────────────────────────────────────────────────────────
+class TargetNotAllowed(GatewayError):
+    status = 502
+    code = "target_not_allowed"
+    title = "The sandbox address is not allowed"
+
+
 class UpstreamRefused(GatewayError):
     status = 502
     code = "upstream_refused"

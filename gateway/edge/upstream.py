@@ -24,13 +24,8 @@ from gateway.core.errors import (
     UpstreamTimedOut,
     UpstreamUnreachable,
 )
+from gateway.core.errors import TargetNotAllowed as TargetNotAllowed
 from gateway.core.netpolicy import IPNetwork, address_allowed, is_ip_literal
-
-
-class TargetNotAllowed(GatewayError):
-    status = 502
-    code = "target_not_allowed"
-    title = "The sandbox address is not allowed"
 
 
 class AddressNotAllowed(OSError):
