@@ -9,8 +9,7 @@ close-delimited until EOF. Each side's write buffer pauses the other side's read
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from gateway.core.errors import (
     BadRequest,
@@ -18,25 +17,22 @@ from gateway.core.errors import (
     PayloadTooLarge,
     RequestTimedOut,
     UpstreamBadResponse,
-    UpstreamTimedOut,
-    UpstreamUnreachable,
 )
-from gateway.edge.http_relay import RelayTimeouts
-from gateway.edge.pages import status_phrase
-from gateway.edge.raw_framing import (
-    MAX_RESPONSE_HEAD,
-    ChunkScanner,
+from gateway.core.http_framing import (
+    MAX_HEAD_BYTES,
+    BodyKind,
+    ChunkedScanner,
     FramingError,
     ResponseHead,
+    find_head_end,
     parse_response_head,
 )
-from gateway.edge.raw_pool import Connection
-
-if TYPE_CHECKING:
-    from gateway.edge.planning import HeaderList
-
-IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
-_BODYLESS = frozenset({204, 304})
+from gateway.core.planner import ResponseEdits, shape_response
+from gateway.edge import upstream_errors
+from gateway.edge.dechunk import Dechunker
+from gateway.edge.http_relay import RelayTimeouts
+from gateway.edge.pages import status_phrase
+from gateway.edge.pool import UpstreamConnection
 
 
 class Client(Protocol):
@@ -58,13 +54,13 @@ class Relay:
     def __init__(
         self,
         client: Client,
-        conn: Connection,
+        conn: UpstreamConnection,
         *,
         method: str,
-        body: int | None,
+        body: int,
         chunked: bool,
         timeouts: RelayTimeouts,
-        shape: Callable[[HeaderList], HeaderList],
+        edits: ResponseEdits,
         close_after: bool,
     ) -> None:
         self.loop = asyncio.get_running_loop()
@@ -72,7 +68,7 @@ class Relay:
         self.conn = conn
         self.method = method
         self.t = timeouts
-        self.shape = shape
+        self.edits = edits
         self.done: asyncio.Future[None] = self.loop.create_future()
         self.error: GatewayError | None = None
         self.status = 0
@@ -84,16 +80,16 @@ class Relay:
         self.aborted = False
         self.close_client = close_after
         # request body
-        self.body_left = body or 0
-        self.body_scanner = ChunkScanner() if chunked else None
+        self.body_left = body
+        self.body_scanner = ChunkedScanner() if chunked else None
         self.body_done = not chunked and not body
         self.body_seen = False
         # response
         self._head = bytearray()
         self._resp: ResponseHead | None = None
         self._left = 0
-        self._scanner: ChunkScanner | None = None
-        self._unframe = False
+        self._scanner: ChunkedScanner | None = None
+        self._dechunk: Dechunker | None = None
         now = self.loop.time()
         self._last_in = now
         self._last_out = now
@@ -110,26 +106,21 @@ class Relay:
         if scanner is None:
             n = min(len(data), self.body_left)
             self.body_left -= n
-            payload = n
             self.body_done = not self.body_left
         else:
-            spans: list[tuple[int, int]] = []
             try:
-                end = scanner.feed(data, 0, spans)
+                end = scanner.feed(data)
             except FramingError:
-                self._fail(_bad_chunk())
+                self._fail(BadRequest("The request could not be parsed."))
                 return len(data)
             n = len(data) if end < 0 else end
-            payload = sum(b - a for a, b in spans)
             self.body_done = end >= 0
-        self.bytes_in += payload
+        self.bytes_in += n
         if self.t.max_body_bytes and self.bytes_in > self.t.max_body_bytes:
             limit = self.t.max_body_bytes
             self._fail(PayloadTooLarge(f"The request body is larger than {limit} bytes."))
             return n
-        transport = self.conn.transport
-        if transport is not None:
-            transport.write(data if n == len(data) else data[:n])
+        self.conn.write(data if n == len(data) else data[:n])
         return n
 
     # ── response: upstream → client ─────────────────────────────────────────────────────────
@@ -143,17 +134,17 @@ class Relay:
 
     def _read_head(self) -> None:
         while True:
-            end = self._head.find(b"\r\n\r\n")
+            end = find_head_end(self._head)
             if end < 0:
-                if len(self._head) > MAX_RESPONSE_HEAD:
-                    self._fail(UpstreamBadResponse("The app sent an invalid HTTP response."))
+                if len(self._head) > MAX_HEAD_BYTES:
+                    self._fail(upstream_errors.bad_response())
                 return
             try:
-                resp = parse_response_head(bytes(self._head[:end]))
+                resp = parse_response_head(self._head, request_method=self.method)
             except FramingError:
-                self._fail(UpstreamBadResponse("The app sent an invalid HTTP response."))
+                self._fail(upstream_errors.bad_response())
                 return
-            rest = bytes(self._head[end + 4 :])
+            rest = bytes(self._head[end:])
             if 100 <= resp.status < 200 and resp.status != 101:
                 # Interim answers (100, 103) are the app's business with its own client; the
                 # gateway sent its own 100 Continue already.
@@ -168,25 +159,24 @@ class Relay:
     def _start_response(self, resp: ResponseHead, rest: bytes) -> None:
         self._resp = resp
         self.status = resp.status
-        bodyless = self.method == "HEAD" or resp.status in _BODYLESS
-        headers = self.shape(resp.headers)
-        framing = ""
+        kind = resp.body
         client_11 = self.client.version >= (1, 1)
-        if bodyless:
-            headers = [(k, v) for k, v in headers if k.lower() != "transfer-encoding"]
-        elif resp.chunked:
-            self._scanner = ChunkScanner()
-            if client_11:
-                framing = "Transfer-Encoding: chunked\r\n"
-            else:
-                self._unframe = True  # an HTTP/1.0 client cannot read chunks: end by closing
+        chunked = kind is BodyKind.CHUNKED
+        headers = shape_response(
+            resp.status, resp.headers, self.edits, chunked=chunked and client_11
+        )
+        framing = ""
+        if chunked:
+            self._scanner = ChunkedScanner()
+            if not client_11:
+                # An HTTP/1.0 client cannot read chunks: the payload alone, ended by closing.
+                self._dechunk = Dechunker()
                 self.close_client = True
-                headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
-        elif resp.content_length is not None:
+        elif kind is BodyKind.LENGTH:
             self._left = resp.content_length
-        else:
+        elif kind is BodyKind.CLOSE:
             self.close_client = True  # close-delimited: so is the client's copy
-        if not self.body_done or resp.close:
+        if not self.body_done:
             self.close_client = True
         if not self.client.keep_alive:
             self.close_client = True
@@ -203,7 +193,7 @@ class Relay:
         head = "".join(lines).encode("latin-1", "replace")
         self.started = True
         self.arm()  # from now on the upstream idle deadline
-        if bodyless:
+        if kind is BodyKind.NONE:
             self.client.transport.write(head)
             self._complete(clean=not rest)
             return
@@ -214,22 +204,27 @@ class Relay:
         scanner = self._scanner
         n = len(data)
         if scanner is not None:
-            spans: list[tuple[int, int]] = []
+            piece = data[start:] if start else data
+            payload = b""
             try:
-                end = scanner.feed(data, start, spans)
+                end = scanner.feed(piece)
+                if self._dechunk is not None:
+                    payload = self._dechunk.payload(piece if end < 0 else piece[:end])
             except FramingError:
                 self._cut()
                 return
-            stop = n if end < 0 else end
-            self.bytes_out += sum(b - a for a, b in spans)
-            if self._unframe:
-                out.write(head + b"".join(data[a:b] for a, b in spans))
+            stop = len(piece) if end < 0 else end
+            self.bytes_out += stop
+            if self._dechunk is not None:
+                out.write(head + payload)
+            elif stop == len(piece):
+                out.write(head + piece if head else piece)
             else:
-                out.write(head + data[start:stop] if head else data[start:stop])
+                out.write(head + piece[:stop])
             if end >= 0:
-                self._complete(clean=end == n)
+                self._complete(clean=stop == len(piece))
             return
-        if self._resp is not None and self._resp.content_length is not None:
+        if self._resp is not None and self._resp.body is BodyKind.LENGTH:
             take = min(self._left, n - start)
             self._left -= take
             self.bytes_out += take
@@ -245,14 +240,16 @@ class Relay:
         if self.done.done():
             return
         resp = self._resp
-        close_delimited = resp is not None and self._scanner is None and resp.content_length is None
-        if close_delimited and exc is None:
+        if resp is not None and resp.body is BodyKind.CLOSE and exc is None:
             self._complete(clean=False)  # EOF is the end
             return
         if self.started:
             self._cut()
             return
-        self._fail(UpstreamUnreachable("The app closed the connection without answering."))
+        self._fail(upstream_errors.closed_without_answer())
+
+    def upstream_eof(self) -> None:
+        """Nothing to do yet: ``upstream_lost`` follows at once and decides."""
 
     # ── flow control ────────────────────────────────────────────────────────────────────────
     def upstream_pause_writing(self) -> None:
@@ -262,17 +259,16 @@ class Relay:
         self.client.pause_for_upstream(False)
 
     def client_pause_writing(self) -> None:
-        if self.conn.transport is not None:
-            self.conn.transport.pause_reading()
+        self.conn.pause_reading()
 
     def client_resume_writing(self) -> None:
-        if self.conn.transport is not None and not self.conn.closed:
-            self.conn.transport.resume_reading()
+        if not self.conn.is_closing:
+            self.conn.resume_reading()
 
     def client_lost(self) -> None:
         if not self.done.done():
             self.reusable = False
-            self.conn.abort()
+            self.conn.close()
             self.done.set_result(None)
 
     # ── deadlines ───────────────────────────────────────────────────────────────────────────
@@ -301,7 +297,7 @@ class Relay:
                 self._fail(RequestTimedOut("The request body stopped arriving."))
                 return
             if now >= self._last_out + self.t.response_s - 0.001:
-                self._fail(UpstreamTimedOut("The app did not answer in time."))
+                self._fail(upstream_errors.response_timeout())
                 return
         elif self.t.upstream_idle_s and now >= self._last_out + self.t.upstream_idle_s - 0.001:
             self._cut()
@@ -312,7 +308,8 @@ class Relay:
     def _complete(self, *, clean: bool) -> None:
         """The response ended where its framing says. The connection goes back to the pool only
         if nothing followed it and the request body was all sent."""
-        self.reusable = clean and self.body_done and not (self._resp and self._resp.close)
+        self.reusable = clean and self.body_done and self._resp is not None
+        self.reusable = self.reusable and self._resp is not None and self._resp.keep_alive
         self._end()
         if not self.body_done:
             self.close_client = True
@@ -338,10 +335,6 @@ class Relay:
             self._timer.cancel()
             self._timer = None
         if not self.reusable:
-            self.conn.abort()
+            self.conn.close()
         if not self.done.done():
             self.done.set_result(None)
-
-
-def _bad_chunk() -> GatewayError:
-    return BadRequest("The request could not be parsed.")

@@ -16,14 +16,13 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
 import httptools
-from multidict import CIMultiDict
 
 from gateway.core.errors import BadRequest, GatewayError
+from gateway.core.http_framing import ChunkedScanner, FramingError
 from gateway.core.netpolicy import IPNetwork
+from gateway.core.planner import BodyFraming, PlannerConfig, RequestHead
 from gateway.edge.pages import render_bytes
-from gateway.edge.planning import RequestHead
-from gateway.edge.raw_framing import ChunkScanner, FramingError
-from gateway.edge.raw_pool import RawPool
+from gateway.edge.pool import UpstreamPool
 from gateway.edge.server import EdgeConfig
 from gateway.ops import log
 from gateway.ops.settings import Settings
@@ -62,7 +61,7 @@ class _Head:
         self.headers.append((name, value))
 
 
-def parse_head(raw: bytes, peer: str, scheme: str) -> tuple[RequestHead, bool]:
+def parse_head(raw: bytes, peer: str) -> tuple[RequestHead, bool]:
     """The head (with its final CRLFCRLF) as a ``RequestHead``, and whether the connection may
     stay open after it. Raises ``BadRequest`` or ``HeadersTooLarge``."""
     lines = raw.count(b"\r\n") - 2
@@ -78,35 +77,23 @@ def parse_head(raw: bytes, peer: str, scheme: str) -> tuple[RequestHead, bool]:
         pass  # the upgrade itself is decided by the planner and the upstream
     except httptools.HttpParserError as exc:
         raise BadRequest("The request could not be parsed.") from exc
-    headers: CIMultiDict[str] = CIMultiDict(
-        (name.decode("latin-1"), value.decode("latin-1")) for name, value in cb.headers
-    )
+    headers = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in cb.headers]
     version = (1, 1) if parser.get_http_version() == "1.1" else (1, 0)
-    chunked = False
-    coding = headers.get("Transfer-Encoding")
-    if coding is not None:
-        if coding.strip().lower() != "chunked" or len(headers.getall("Transfer-Encoding")) > 1:
-            raise BadRequest("Only Transfer-Encoding: chunked is accepted.")
-        chunked = True
-    length: int | None = None
-    if "Content-Length" in headers:
-        value = headers["Content-Length"].strip()
-        if not value.isdigit() or len(value) > 18:
-            raise BadRequest("Invalid Content-Length.")
-        length = int(value)
+    # Not parser.should_keep_alive(): llhttp resets its flags once a bodiless message is complete.
+    tokens = {
+        t.strip().lower()
+        for name, value in headers
+        if name.lower() == "connection"
+        for t in value.split(",")
+    }
+    keep_alive = "keep-alive" in tokens if version < (1, 1) else "close" not in tokens
     head = RequestHead(
         method=parser.get_method().decode("ascii"),
         target=cb.url.decode("latin-1"),
         version=version,
         headers=headers,
         peer=peer,
-        scheme=scheme,
-        chunked=chunked,
-        content_length=length,
     )
-    # Not parser.should_keep_alive(): llhttp resets its flags once a bodiless message is complete.
-    tokens = {t.strip().lower() for v in headers.getall("Connection", ()) for t in v.split(",")}
-    keep_alive = "keep-alive" in tokens if version < (1, 1) else "close" not in tokens
     return head, keep_alive
 
 
@@ -201,7 +188,7 @@ class ClientConnection(asyncio.Protocol):
         if relay is None and self._body_unread():
             # Answered without reading the body (an error page, a preflight): skip a small one
             # so the connection can serve the next request; otherwise close.
-            if self._expect or self._body_left > _DISCARD_MAX:
+            if self._body_left > _DISCARD_MAX:
                 self.keep_alive = False
             else:
                 self._relay = _Discard(self._body_left, self._body_chunked)  # type: ignore[assignment]
@@ -261,29 +248,30 @@ class ClientConnection(asyncio.Protocol):
         del buf[: end + 4]
         self._head_started = None
         try:
-            head, keep_alive = parse_head(raw, self.peer, self._server.scheme)
-            if head.chunked and buf:
-                # Framing that is already visible is checked before anything is dialled.
-                ChunkScanner().feed(buf)
+            head, keep_alive = parse_head(raw, self.peer)
         except GatewayError as exc:
             self._refuse(exc)
             return
-        except FramingError:
-            self._refuse(BadRequest("The request could not be parsed."))
-            return
         self.version, self.keep_alive = head.version, keep_alive
         self._busy = True
-        self._body_left = head.content_length or 0
-        self._body_chunked = head.chunked
-        self._expect = "Expect" in head.headers
+        self._body_left = 0
+        self._body_chunked = False
         self._task = self._server.spawn(self._edge.handle(self, head))
+
+    def body_framing(self, framing: BodyFraming, length: int) -> None:
+        """The request's body, as the planner read it: skipped if the answer does not need it."""
+        self._body_left = length
+        self._body_chunked = framing is BodyFraming.CHUNKED
+
+    @property
+    def buffered(self) -> bytearray:
+        return self._buf
 
     def _body_unread(self) -> bool:
         return bool(self._body_left or self._body_chunked)
 
     _body_left = 0
     _body_chunked = False
-    _expect = False
 
     def _refuse(self, exc: GatewayError) -> None:
         log.edge.debug("malformed request from %s: %s", self.peer, type(exc).__name__)
@@ -347,7 +335,7 @@ class _Discard:
 
     def __init__(self, left: int, chunked: bool) -> None:
         self.left = left
-        self.scanner = ChunkScanner() if chunked else None
+        self.scanner = ChunkedScanner() if chunked else None
         self.body_done = False
         self.failed = False
 
@@ -468,14 +456,21 @@ def build_protocol_edge(
     """The protocol edge (``GATEWAY_EDGE_IMPL=protocol``), ready to be entered and started."""
     from gateway.edge.proto_edge import ProtocolEdge
 
-    pool = RawPool(
-        allowed,
+    pool = UpstreamPool(
+        allowed=allowed,
         max_connections=settings.upstream_max_connections,
         max_per_target=settings.upstream_max_connections_per_target,
         connect_timeout_s=settings.upstream_connect_timeout_s,
     )
+    planner = PlannerConfig(
+        preview_domain=config.preview_domain,
+        trusted_proxies=config.trusted_proxies,
+        admission=config.admission,
+        max_body_bytes=config.timeouts.max_body_bytes,
+        public_scheme=config.public_scheme,
+    )
     return EdgeListener(
-        ProtocolEdge(config, lookup, pool, observe),
+        ProtocolEdge(config, planner, lookup, pool, observe),
         header_timeout_s=settings.header_read_timeout_s,
         keepalive_s=settings.keepalive_timeout_s,
         grace_s=settings.shutdown_grace_s,

@@ -7,19 +7,34 @@ record, metrics and request ids are kept as ``server.Edge.handle`` keeps them.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from gateway.core import header_policy as policy
-from gateway.core import netpolicy
-from gateway.core.errors import GatewayError, UnknownPreview, UpstreamUnreachable, error_code
-from gateway.core.records import Route, utcnow
-from gateway.edge.exchange import IDEMPOTENT, Relay
+from gateway.core.errors import (
+    BadRequest,
+    GatewayError,
+    TargetNotAllowed,
+    UnknownPreview,
+    error_code,
+)
+from gateway.core.http_framing import ChunkedScanner, FramingError
+from gateway.core.planner import (
+    BodyFraming,
+    Forward,
+    Inspected,
+    PlannerConfig,
+    RequestHead,
+    Respond,
+    first_header,
+    inspect,
+    plan,
+)
+from gateway.edge.exchange import Relay
 from gateway.edge.pages import closes_connection, render_bytes, status_phrase
-from gateway.edge.planning import Forward, RequestHead, Respond, canonical_host, plan
-from gateway.edge.raw_pool import Connection, RawPool
+from gateway.edge.pool import UpstreamConnection, UpstreamPool
 from gateway.edge.server import EdgeConfig, _random_ids
-from gateway.edge.upstream import TargetNotAllowed
+from gateway.edge.upstream_errors import closed_without_answer
 from gateway.ops import log
 from gateway.store.lookup import RouteLookup
 
@@ -31,20 +46,21 @@ class ProtocolEdge:
     def __init__(
         self,
         config: EdgeConfig,
+        planner: PlannerConfig,
         lookup: RouteLookup,
-        pool: RawPool,
+        pool: UpstreamPool,
         observe: Callable[[log.AccessRecord], None] | None = None,
     ) -> None:
         self.config = config
+        self._planner = planner
         self._lookup = lookup
         self.pool = pool
         self._observe = observe
         self._next_id = _random_ids().__next__
-        self._target_allowed: dict[str, bool] = {}
 
     async def handle(self, client: ClientConnection, head: RequestHead) -> None:
         record = log.AccessRecord(
-            request_id=self._request_id(head),
+            request_id="",
             method=head.method,
             host="",
             path=head.target.partition("?")[0][:512],
@@ -61,6 +77,11 @@ class ProtocolEdge:
                     record.error_code = "upstream_aborted"
                     log.edge.warning("upstream aborted mid-response (preview %s)", record.preview)
         except GatewayError as exc:
+            if isinstance(exc, TargetNotAllowed):
+                log.edge.error(
+                    "refusing to dial a target outside allowed_targets (preview %s)",
+                    record.preview,
+                )
             record.status, record.error_code = exc.status, error_code(exc)
             client.respond(self._page(client, head, exc), close=closes_connection(exc))
         except asyncio.CancelledError:
@@ -73,6 +94,7 @@ class ProtocolEdge:
         finally:
             if relay is not None:
                 record.bytes_in, record.bytes_out = relay.bytes_in, relay.bytes_out
+            record.request_id = record.request_id or self._next_id()
             record.duration_ms = round((loop.time() - started) * 1000, 2)
             log.write_access(record)
             if self._observe is not None:
@@ -83,79 +105,74 @@ class ProtocolEdge:
         self, client: ClientConnection, head: RequestHead, record: log.AccessRecord, started: float
     ) -> Relay | None:
         loop = asyncio.get_running_loop()
-        host = canonical_host(head)
-        record.host = host
-        limit = self.config.timeouts.max_body_bytes
-        policy.check_request(head.method, head.version, head.headers, max_body_bytes=limit)
+        inspected = inspect(head, self._planner)
+        record.request_id = inspected.request_id or self._next_id()
+        record.host = host = inspected.host
+        client.body_framing(inspected.framing, inspected.content_length)
+        if inspected.framing is BodyFraming.CHUNKED:
+            _check_visible_chunks(client.buffered)
         route = await self._lookup.find(host)
         if route is None:
             raise UnknownPreview(f"No preview is registered for {host}.")
         record.workspace, record.sandbox = route.workspace, route.sandbox
         record.preview = route.preview
-        decision = plan(head, route, self.config, utcnow(), record.request_id)
+        decision = plan(inspected, route, time.time(), self._planner, request_id=record.request_id)
         if isinstance(decision, Respond):
-            record.status, record.error_code = decision.status, decision.code
+            record.status, record.error_code = decision.status, decision.error_code
             client.respond(self._answer(client, decision), close=False)
             return None
-        self._check_target(route)
         record.upstream = f"{route.sandbox}:{route.port}"
         record.overhead_ms = round((loop.time() - started) * 1000, 3)
-        if decision.websocket:
+        if not isinstance(decision, Forward):
             record.kind = "websocket"
+            raise NotImplementedError  # see _upgrade
         sent = loop.time()
-        relay = await self._relay(client, head, route, decision)
+        relay = await self._relay(client, inspected, decision)
         record.upstream_ms = round((loop.time() - sent) * 1000, 2)
         return relay
 
-    async def _relay(
-        self, client: ClientConnection, head: RequestHead, route: Route, forward: Forward
-    ) -> Relay:
-        retry = head.method in IDEMPOTENT and not head.chunked and not head.content_length
+    async def _relay(self, client: ClientConnection, inspected: Inspected, fwd: Forward) -> Relay:
+        retry = fwd.idempotent
+        fresh = False
         while True:
-            conn = await self.pool.acquire(route.target_host, route.port)
-            relay = self._start(client, head, conn, forward)
+            conn = await self.pool.acquire(fwd.target_host, fwd.port, fresh=fresh)
+            relay = self._start(client, conn, inspected, fwd)
             await relay.done
             # A pooled connection the app had closed: once more on a fresh socket.
-            stale = conn.reused and isinstance(relay.error, UpstreamUnreachable)
+            error = relay.error
+            stale = conn.reused and error is not None and error.code == _UNANSWERED
+            self.pool.release(conn, reusable=relay.error is None and relay.reusable)
             if retry and stale and not relay.body_seen:
-                retry = False
+                retry, fresh = False, True
                 continue
-            if relay.error is None:
-                if relay.reusable:
-                    self.pool.release(conn)
-                else:
-                    self.pool.discard(conn)
-            else:
-                self.pool.discard(conn)
+            if relay.error is not None:
                 raise relay.error
             return relay
 
     def _start(
-        self, client: ClientConnection, head: RequestHead, conn: Connection, forward: Forward
+        self, client: ClientConnection, conn: UpstreamConnection, inspected: Inspected, fwd: Forward
     ) -> Relay:
         relay = Relay(
             client,
             conn,
-            method=head.method,
-            body=head.content_length,
-            chunked=head.chunked,
+            method=inspected.head.method,
+            body=fwd.content_length,
+            chunked=fwd.framing is BodyFraming.CHUNKED,
             timeouts=self.config.timeouts,
-            shape=forward.shape,
-            close_after="Upgrade" in head.headers,
+            edits=fwd.edits,
+            close_after=fwd.close_after,
         )
-        conn.owner = relay
-        assert conn.transport is not None
-        conn.transport.write(forward.head)
-        client.attach(relay, expect_continue=_expects_continue(head))
+        conn.attach(relay)
+        conn.write(fwd.head)
+        client.attach(relay, expect_continue=fwd.expect_continue)
         relay.arm()
         return relay
 
     def _page(self, client: ClientConnection, head: RequestHead, exc: GatewayError) -> bytes:
         close = closes_connection(exc) or not client.keep_alive
         extra = client.date_header() + ("Connection: close\r\n" if close else "")
-        return render_bytes(
-            exc, head.headers.get("Accept", ""), head=head.method == "HEAD", extra=extra
-        )
+        accept = first_header(head.headers, "accept") or ""
+        return render_bytes(exc, accept, head=head.method == "HEAD", extra=extra)
 
     def _answer(self, client: ClientConnection, answer: Respond) -> bytes:
         lines = [f"HTTP/1.1 {answer.status} {status_phrase(answer.status)}\r\n"]
@@ -167,35 +184,14 @@ class ProtocolEdge:
         lines.append("\r\n")
         return "".join(lines).encode("latin-1", "replace")
 
-    def _request_id(self, head: RequestHead) -> str:
-        supplied = head.headers.get("X-Request-Id", "")
-        if (
-            supplied
-            and len(supplied) <= 128
-            and supplied.isascii()
-            and supplied.isprintable()
-            and netpolicy.is_trusted(head.peer, self.config.trusted_proxies)
-        ):
-            return supplied
-        return self._next_id()
 
-    def _check_target(self, route: Route) -> None:
-        host = route.target_host
-        allowed = self._target_allowed.get(host)
-        if allowed is None:
-            allowed = not netpolicy.is_ip_literal(host) or netpolicy.address_allowed(
-                host, self.config.allowed_targets
-            )
-            if len(self._target_allowed) >= 4096:
-                self._target_allowed.clear()
-            self._target_allowed[host] = allowed
-        if not allowed:
-            log.edge.error(
-                "refusing to dial a target outside allowed_targets (preview %s)", route.preview
-            )
-            raise TargetNotAllowed("This preview's sandbox address is not allowed.")
+_UNANSWERED = closed_without_answer().code
 
 
-def _expects_continue(head: RequestHead) -> bool:
-    expect = head.headers.get("Expect", "")
-    return head.version >= (1, 1) and expect.strip().lower() == "100-continue"
+def _check_visible_chunks(buffered: bytes | bytearray) -> None:
+    """Chunked framing that already arrived is checked before anything is dialled."""
+    if buffered:
+        try:
+            ChunkedScanner().feed(buffered)
+        except FramingError as exc:
+            raise BadRequest("The request could not be parsed.") from exc
