@@ -32,7 +32,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, TEST_KEY, TEST_KEYS, GatewayProcess, unused_port
+from tests.helpers.gateway import ROOT, TEST_KEY, TEST_KEYS
+from tests.helpers.ports import unused_port
+from tests.helpers.process import GatewayProcess
 
 BROWSER_DIR = Path(__file__).resolve().parent
 APPS = BROWSER_DIR / "apps"

@@ -20,7 +20,8 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.browser.conftest import KINDS, Api, DevServer, Driver, DriverError, save_result
-from tests.conftest import GatewayProcess, RedisServer
+from tests.helpers.process import GatewayProcess
+from tests.helpers.redis_server import RedisServer
 
 pytestmark = pytest.mark.browser
 

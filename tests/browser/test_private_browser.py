@@ -24,7 +24,7 @@ import pytest
 from gateway.core.tokens import LEEWAY_S
 from tests.browser.conftest import Api, Driver, DriverError, save_result
 from tests.browser.private_app import LOGO_SIZE, PrivateApp
-from tests.conftest import GatewayProcess
+from tests.helpers.process import GatewayProcess
 
 pytestmark = pytest.mark.browser
 

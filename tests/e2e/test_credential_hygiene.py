@@ -10,7 +10,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from tests.conftest import TEST_KEY
+from tests.helpers.gateway import TEST_KEY
 
 
 async def test_no_credential_reaches_any_log_line(gateway_process: Any, upstream: int) -> None:

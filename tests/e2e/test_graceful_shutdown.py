@@ -11,7 +11,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.conftest import TEST_KEY
+from tests.helpers.gateway import TEST_KEY
 
 CHUNK = b"u" * 65536
 CHUNKS = 64

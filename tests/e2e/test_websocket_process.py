@@ -15,7 +15,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import GatewayProcess, host_of
+from tests.helpers.gateway import host_of
+from tests.helpers.process import GatewayProcess
 from tests.helpers.ws_client import WAIT_S, eventually
 from tests.helpers.ws_raw import RawWebSocket
 from tests.helpers.ws_upstreams import WsUpstream, ws_upstream

@@ -9,7 +9,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.conftest import Gateway
+from tests.helpers.gateway import Gateway
 
 WAIT_S = 10.0
 """Upper bound for any one event a test waits for: generous, so a slow machine never flakes,

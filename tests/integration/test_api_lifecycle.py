@@ -13,8 +13,8 @@ import pytest
 from gateway.core.records import utcnow
 from gateway.ops.sweeper import sweep_expired
 from gateway.store.base import Store
-from tests.conftest import Gateway, host_of
 from tests.helpers.api import api_gateway, assert_error
+from tests.helpers.gateway import Gateway, host_of
 
 SWEEP_S = 0.2
 

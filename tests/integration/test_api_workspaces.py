@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from gateway.control.openapi import ENDPOINTS
-from tests.conftest import OTHER_KEY, Gateway, host_of
 from tests.helpers.api import api_gateway, assert_error
+from tests.helpers.gateway import OTHER_KEY, Gateway, host_of
 
 NAMES = {"{sandboxName}": "sb", "{previewName}": "web", "{tokenName}": "tok"}
 

@@ -19,8 +19,8 @@ from gateway.control.models import PreviewIn, SandboxIn, TokenIn
 from gateway.core.records import TokenRecord, utcnow
 from gateway.core.tokens import TokenSigner, generate_key
 from gateway.store.memory import MemoryStore
-from tests.conftest import Gateway, host_of
 from tests.helpers.api import api_gateway, assert_error
+from tests.helpers.gateway import Gateway, host_of
 
 STATUSES = {"DEPLOYED", "DELETING", "TERMINATED"}
 TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{3})?Z$")

@@ -26,7 +26,8 @@ import pytest
 
 from gateway.core.netpolicy import address_allowed
 from gateway.core.records import Sandbox
-from tests.conftest import Gateway, host_of, run_gateway, unused_port
+from tests.helpers.gateway import Gateway, host_of, run_gateway
+from tests.helpers.ports import unused_port
 from tests.helpers.probes import (
     GZIP_PAYLOAD,
     Probe,

@@ -12,7 +12,7 @@ from urllib.parse import quote
 import aiohttp
 import pytest
 
-from tests.conftest import Gateway, host_of
+from tests.helpers.gateway import Gateway, host_of
 
 COOKIE = "bl_preview_token"
 
@@ -314,7 +314,7 @@ async def test_sibling_token_cookie_does_not_block_the_right_one(
 async def test_revocation_reaches_every_replica(
     redis_server: Any, redis_prefix: str, upstream: int
 ) -> None:
-    from tests.conftest import run_gateway
+    from tests.helpers.gateway import run_gateway
 
     async with (
         run_gateway(redis_url=redis_server.url, redis_prefix=redis_prefix) as a,

@@ -26,8 +26,9 @@ from gateway.store.base import FLUSH_ALL
 from gateway.store.lookup import RouteLookup
 from gateway.store.memory import MemoryStore
 from gateway.store.redis import RedisStore, connect_redis
-from tests.conftest import Gateway, RedisServer, host_of, run_gateway
+from tests.helpers.gateway import Gateway, host_of, run_gateway
 from tests.helpers.probes import probe_upstream, wait_for
+from tests.helpers.redis_server import RedisServer
 
 HOST = "abc.eu.preview.test"
 

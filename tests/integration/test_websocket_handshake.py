@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.conftest import Gateway, run_gateway, unused_port
+from tests.helpers.gateway import Gateway, run_gateway
+from tests.helpers.ports import unused_port
 from tests.helpers.ws_client import connect, hello, receive
 from tests.helpers.ws_raw import RawWebSocket
 from tests.helpers.ws_upstreams import WsUpstream, silent_server, ws_upstream

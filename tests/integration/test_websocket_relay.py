@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from tests.conftest import Gateway, run_gateway
+from tests.helpers.gateway import Gateway, run_gateway
 from tests.helpers.ws_client import WAIT_S, connect, eventually, receive, receive_close
 from tests.helpers.ws_raw import OP_BINARY, OP_CONT, OP_PING, OP_PONG, OP_TEXT, RawWebSocket
 from tests.helpers.ws_upstreams import WsUpstream, ws_upstream

@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import Gateway, host_of, run_gateway
+from tests.helpers.gateway import Gateway, host_of, run_gateway
 from tests.helpers.ws_client import connect, receive, receive_close
 from tests.helpers.ws_upstreams import WsUpstream, ws_upstream
 
