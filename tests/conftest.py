@@ -68,11 +68,14 @@ async def redis_gateway(redis_server: RedisServer, redis_prefix: str) -> AsyncIt
 # ── the real process ────────────────────────────────────────────────────────────────────────
 @pytest.fixture
 def gateway_process(tmp_path: Path) -> Iterator[Any]:
-    """Factory: ``gateway_process(*args, env={...})``; every process is stopped at teardown."""
+    """Factory: ``gateway_process(*args, env={...}, ports=(edge, api))`` (ports: optional, to
+    restart a gateway in place); every process is stopped at teardown."""
     started: list[GatewayProcess] = []
 
-    def start(*args: str, env: dict[str, str] | None = None) -> GatewayProcess:
-        gp = spawn_gateway(tmp_path, *args, env=env)
+    def start(
+        *args: str, env: dict[str, str] | None = None, ports: tuple[int, int] | None = None
+    ) -> GatewayProcess:
+        gp = spawn_gateway(tmp_path, *args, env=env, ports=ports)
         started.append(gp)
         return gp
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -46,9 +47,18 @@ class GatewayProcess:
             self.log_file.close()
 
 
-def spawn_gateway(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> GatewayProcess:
-    edge_port, api_port = unused_ports(2)
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+KEPT_ENV = ("GATEWAY_EDGE_IMPL",)
+"""``GATEWAY_`` variables a spawned gateway inherits from the test run: the edge implementation,
+so ``GATEWAY_EDGE_IMPL=protocol scripts/test`` runs the e2e tests against that edge too. Every
+other ``GATEWAY_`` variable is dropped, so a developer's shell never changes a test."""
+
+READY_S = 20.0
+
+
+def gateway_env(edge_port: int, api_port: int, env: dict[str, str] | None) -> dict[str, str]:
+    full_env = {
+        k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_") or k in KEPT_ENV
+    }
     full_env.update(
         GATEWAY_BIND="127.0.0.1",
         GATEWAY_EDGE_PORT=str(edge_port),
@@ -58,18 +68,31 @@ def spawn_gateway(tmp_path: Path, *args: str, env: dict[str, str] | None = None)
         PYTHONUNBUFFERED="1",
     )
     full_env.update(env or {})
-    log_path = tmp_path / f"gateway-{edge_port}.log"
+    return full_env
+
+
+def spawn_gateway(
+    tmp_path: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    ports: tuple[int, int] | None = None,
+) -> GatewayProcess:
+    """``python -m gateway *args`` on free loopback ports, or on ``ports`` (edge, api) to restart
+    a gateway in place; returns once its API answers ``/readyz`` with 200."""
+    edge_port, api_port = ports or unused_ports(2)
+    # A restart on the same ports must not overwrite the first process's log.
+    log_path = tmp_path / f"gateway-{edge_port}-{secrets.token_hex(3)}.log"
     log_file = open(log_path, "w")  # noqa: SIM115 - lives as long as the process
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway", *args],
         cwd=ROOT,
-        env=full_env,
+        env=gateway_env(edge_port, api_port, env),
         stdout=log_file,
         stderr=subprocess.STDOUT,
         text=True,
     )
     gp = GatewayProcess(proc, edge_port, api_port, TEST_KEY, log_path, log_file)
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + READY_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             gp.close()
