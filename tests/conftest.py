@@ -18,6 +18,7 @@ from tests.helpers.gateway import Gateway, run_gateway
 from tests.helpers.process import GatewayProcess, spawn_gateway
 from tests.helpers.redis_server import RedisServer
 from tests.helpers.upstreams import echo_app
+from tests.helpers.ws_upstreams import WsUpstream, ws_upstream
 
 
 @pytest.fixture(scope="session")
@@ -50,6 +51,13 @@ async def upstream() -> AsyncIterator[int]:
         yield int(runner.addresses[0][1])
     finally:
         await runner.cleanup()
+
+
+@pytest.fixture
+async def wsup() -> AsyncIterator[WsUpstream]:
+    """The WebSocket upstream of ``tests/helpers/ws_upstreams.py`` on 127.0.0.1."""
+    async with ws_upstream() as up:
+        yield up
 
 
 # ── gateways ────────────────────────────────────────────────────────────────────────────────

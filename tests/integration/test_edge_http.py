@@ -27,13 +27,13 @@ import pytest
 from gateway.core.netpolicy import address_allowed
 from gateway.core.records import Sandbox
 from tests.helpers.gateway import Gateway, host_of, run_gateway
+from tests.helpers.polling import eventually
 from tests.helpers.ports import unused_port
 from tests.helpers.probes import (
     GZIP_PAYLOAD,
     Probe,
     counting_listener,
     probe_upstream,
-    wait_for,
 )
 from tests.helpers.raw_http import (
     RawResponse,
@@ -954,7 +954,7 @@ async def test_a_slow_sandbox_does_not_block_another(probe: Probe) -> None:
         b = host_of(await gw.preview(other.port, name="b"))
         held = [asyncio.get_running_loop().create_task(get(gw, a, "/hold")) for _ in range(3)]
         try:
-            await wait_for(lambda: probe.held == 2)
+            await eventually(lambda: probe.held == 2)
             response, _ = await get(gw, b, "/fast")
             assert response.status == 200
             assert other.paths == ["/fast"]

@@ -27,7 +27,8 @@ from gateway.store.lookup import RouteLookup
 from gateway.store.memory import MemoryStore
 from gateway.store.redis import RedisStore, connect_redis
 from tests.helpers.gateway import Gateway, host_of, run_gateway
-from tests.helpers.probes import probe_upstream, wait_for
+from tests.helpers.polling import eventually
+from tests.helpers.probes import probe_upstream
 from tests.helpers.redis_server import RedisServer
 
 HOST = "abc.eu.preview.test"
@@ -107,7 +108,7 @@ async def test_concurrent_misses_share_one_store_read() -> None:
     store.gate.clear()
     routes = lookup(store, ttl_s=0.0)  # no caching: only coalescing can save reads
     finds = [asyncio.get_running_loop().create_task(routes.find(HOST)) for _ in range(100)]
-    await wait_for(lambda: store.waiting == 1)
+    await eventually(lambda: store.waiting == 1)
     assert not any(f.done() for f in finds)
     store.gate.set()
     results = await asyncio.gather(*finds)
@@ -153,7 +154,7 @@ async def test_a_cancelled_caller_does_not_strand_the_others() -> None:
     routes = lookup(store)
     loop = asyncio.get_running_loop()
     first = loop.create_task(routes.find(HOST))
-    await wait_for(lambda: store.waiting == 1)
+    await eventually(lambda: store.waiting == 1)
     others = [loop.create_task(routes.find(HOST)) for _ in range(5)]
     await asyncio.sleep(0)
     first.cancel()  # its client went away
@@ -209,7 +210,7 @@ async def test_a_read_racing_an_invalidation_is_not_cached() -> None:
     store.gate.clear()
     routes = lookup(store)
     pending = asyncio.get_running_loop().create_task(routes.find(HOST))
-    await wait_for(lambda: store.waiting == 1)
+    await eventually(lambda: store.waiting == 1)
     routes.invalidate(HOST)  # the route changed while the read was in flight
     store.gate.set()
     assert await pending is not None

@@ -18,12 +18,6 @@ from tests.helpers.ws_client import connect, receive, receive_close
 from tests.helpers.ws_upstreams import WsUpstream, ws_upstream
 
 
-@pytest.fixture
-async def wsup() -> AsyncIterator[WsUpstream]:
-    async with ws_upstream() as up:
-        yield up
-
-
 @pytest.fixture(params=["memory", "redis"])
 async def gw(request: pytest.FixtureRequest) -> AsyncIterator[Gateway]:
     """The in-process gateway, on the embedded store or on Redis (invalidations by pub/sub)."""
