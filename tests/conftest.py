@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from tests.helpers.api import api_gateway
 from tests.helpers.gateway import Gateway, run_gateway
 from tests.helpers.process import GatewayProcess, spawn_gateway
 from tests.helpers.redis_server import RedisServer
@@ -71,6 +72,20 @@ async def gateway() -> AsyncIterator[Gateway]:
 async def redis_gateway(redis_server: RedisServer, redis_prefix: str) -> AsyncIterator[Gateway]:
     async with run_gateway(redis_url=redis_server.url, redis_prefix=redis_prefix) as gw:
         yield gw
+
+
+@pytest.fixture
+def gw_settings() -> dict[str, Any]:
+    """Settings of the ``gw`` fixture's gateway; a test module overrides this fixture."""
+    return {}
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def gw(request: pytest.FixtureRequest, gw_settings: dict[str, Any]) -> AsyncIterator[Gateway]:
+    """The in-process gateway with the embedded store and with Redis: what a test shows must not
+    depend on which one is behind it (with Redis, invalidations travel by pub/sub)."""
+    async with api_gateway(request.param, request, **gw_settings) as gateway:
+        yield gateway
 
 
 # ── the real process ────────────────────────────────────────────────────────────────────────

@@ -5,8 +5,8 @@ its previews and tokens), and with several replicas each deletion is done by exa
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -20,10 +20,9 @@ from tests.helpers.polling import eventually
 SWEEP_S = 0.2
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def gw(request: pytest.FixtureRequest) -> AsyncIterator[Gateway]:
-    async with api_gateway(request.param, request, sweep_interval_s=SWEEP_S) as gateway:
-        yield gateway
+@pytest.fixture
+def gw_settings() -> dict[str, Any]:
+    return {"sweep_interval_s": SWEEP_S}
 
 
 async def edge_status(gw: Gateway, host: str, **headers: str) -> int:

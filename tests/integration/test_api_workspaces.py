@@ -5,7 +5,6 @@ through the keys file without a restart."""
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,12 +16,6 @@ from tests.helpers.api import api_gateway, assert_error
 from tests.helpers.gateway import OTHER_KEY, Gateway, host_of
 
 NAMES = {"{sandboxName}": "sb", "{previewName}": "web", "{tokenName}": "tok"}
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def gw(request: pytest.FixtureRequest) -> AsyncIterator[Gateway]:
-    async with api_gateway(request.param, request) as gateway:
-        yield gateway
 
 
 def _expiry() -> str:

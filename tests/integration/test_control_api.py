@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,18 +18,16 @@ from gateway.control.models import PreviewIn, SandboxIn, TokenIn
 from gateway.core.records import TokenRecord, utcnow
 from gateway.core.tokens import TokenSigner, generate_key
 from gateway.store.memory import MemoryStore
-from tests.helpers.api import api_gateway, assert_error
+from tests.helpers.api import assert_error
 from tests.helpers.gateway import Gateway, host_of
 
 STATUSES = {"DEPLOYED", "DELETING", "TERMINATED"}
 TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{3})?Z$")
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def gw(request: pytest.FixtureRequest) -> AsyncIterator[Gateway]:
-    """The gateway with each store: the API must not depend on which one is behind it."""
-    async with api_gateway(request.param, request, reserved_ports="2375") as gateway:
-        yield gateway
+@pytest.fixture
+def gw_settings() -> dict[str, Any]:
+    return {"reserved_ports": "2375"}
 
 
 def assert_preview(body: dict[str, Any], name: str, sandbox: str = "sb") -> None:

@@ -5,28 +5,14 @@ with 1008 (proxy-anchors L9; threat model W11). With the embedded store and with
 from __future__ import annotations
 
 import asyncio
-import secrets
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
-import pytest
 
-from tests.helpers.gateway import Gateway, host_of, run_gateway
+from tests.helpers.gateway import Gateway, host_of
 from tests.helpers.ws_client import connect, receive, receive_close
 from tests.helpers.ws_upstreams import WsUpstream, ws_upstream
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def gw(request: pytest.FixtureRequest) -> AsyncIterator[Gateway]:
-    """The in-process gateway, on the embedded store or on Redis (invalidations by pub/sub)."""
-    overrides: dict[str, Any] = {}
-    if request.param == "redis":
-        server = request.getfixturevalue("redis_server")
-        overrides = {"redis_url": server.url, "redis_prefix": f"t{secrets.token_hex(4)}:"}
-    async with run_gateway(**overrides) as gateway:
-        yield gateway
 
 
 async def assert_alive(ws: aiohttp.ClientWebSocketResponse, text: str) -> None:
