@@ -19,7 +19,7 @@ from gateway.core.records import TokenRecord, utcnow
 from gateway.core.tokens import TokenSigner, generate_key
 from gateway.store.memory import MemoryStore
 from tests.helpers.api import assert_error
-from tests.helpers.gateway import Gateway, host_of
+from tests.helpers.gateway import Gateway, expires_in, host_of
 
 STATUSES = {"DEPLOYED", "DELETING", "TERMINATED"}
 TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{3})?Z$")
@@ -119,7 +119,7 @@ async def test_preview_lifecycle_and_shapes(gw: Gateway, upstream: int) -> None:
     status, token = await gw.call(
         "POST",
         "/sandboxes/sb/previews/web/tokens",
-        json={"metadata": {"name": ""}, "spec": {"expiresAt": _in(hours=1)}},
+        json={"metadata": {"name": ""}, "spec": {"expiresAt": expires_in(hours=1)}},
     )
     assert status == 200
     # PUT replaces the spec; the hostname (no prefixUrl) and the tokens stay.
@@ -164,7 +164,7 @@ async def test_force_replaces_a_prefix_clash_in_the_same_workspace(
     await gw.call(
         "POST",
         "/sandboxes/a/previews/one/tokens",
-        json={"metadata": {"name": "t1"}, "spec": {"expiresAt": _in(hours=1)}},
+        json={"metadata": {"name": "t1"}, "spec": {"expiresAt": expires_in(hours=1)}},
     )
     body = {"metadata": {"name": "two"}, "spec": {"port": upstream, "prefixUrl": "app"}}
     assert_error(*await gw.call("POST", "/sandboxes/b/previews", json=body), 409, "already uses")
@@ -328,10 +328,6 @@ async def test_names_that_cannot_exist_are_404(
 
 
 # ── tokens ──────────────────────────────────────────────────────────────────────────────────
-def _in(**delta: float) -> str:
-    return (datetime.now(UTC) + timedelta(**delta)).isoformat().replace("+00:00", "Z")
-
-
 async def _token(gw: Gateway, name: str, expires_at: str) -> tuple[int, Any]:
     return await gw.call(
         "POST",
@@ -371,16 +367,18 @@ async def test_token_expiry_is_read_leniently(gw: Gateway, upstream: int, expire
 async def test_token_rules(gw: Gateway, upstream: int) -> None:
     await gw.sandbox()
     await gw.preview(upstream, public=False)
-    status, body = await _token(gw, "token-1795990619488", _in(hours=1))  # the TS SDK's form
+    status, body = await _token(gw, "token-1795990619488", expires_in(hours=1))  # the TS SDK's form
     assert status == 200 and body["metadata"]["name"] == "token-1795990619488"
-    assert_error(*await _token(gw, "token-1795990619488", _in(hours=1)), 409, "already exists")
-    assert_error(*await _token(gw, "", _in(seconds=-5)), 400, "spec.expiresAt")
+    assert_error(
+        *await _token(gw, "token-1795990619488", expires_in(hours=1)), 409, "already exists"
+    )
+    assert_error(*await _token(gw, "", expires_in(seconds=-5)), 400, "spec.expiresAt")
     assert_error(*await _token(gw, "", "tomorrow"), 400, "spec.expiresAt")
-    assert_error(*await _token(gw, "Bad Name", _in(hours=1)), 400, "metadata.name")
+    assert_error(*await _token(gw, "Bad Name", expires_in(hours=1)), 400, "metadata.name")
     # A later expiry than the gateway allows is capped, not refused.
-    status, capped = await _token(gw, "", _in(days=400))
+    status, capped = await _token(gw, "", expires_in(days=400))
     assert status == 200
-    assert capped["spec"]["expiresAt"] < _in(days=31)
+    assert capped["spec"]["expiresAt"] < expires_in(days=31)
 
     status, message = await gw.call(
         "DELETE", "/sandboxes/sb/previews/web/tokens/token-1795990619488"
@@ -394,7 +392,7 @@ async def test_token_rules(gw: Gateway, upstream: int) -> None:
 async def test_token_list_computes_expired(gw: Gateway, upstream: int) -> None:
     await gw.sandbox()
     await gw.preview(upstream, public=False)
-    await _token(gw, "live", _in(hours=1))
+    await _token(gw, "live", expires_in(hours=1))
     # An expired token can't be made through the API (a past expiry is a 400), so one is put in
     # the store as a token that simply outlived its expiry.
     assert gw.running is not None
@@ -418,7 +416,7 @@ async def test_token_list_computes_expired(gw: Gateway, upstream: int) -> None:
 
 async def test_tokens_need_a_live_preview(gw: Gateway) -> None:
     await gw.sandbox()
-    assert_error(*await _token(gw, "", _in(hours=1)), 404, "web")
+    assert_error(*await _token(gw, "", expires_in(hours=1)), 404, "web")
     assert_error(*await gw.call("GET", "/sandboxes/sb/previews/web/tokens"), 404)
     assert_error(*await gw.call("DELETE", "/sandboxes/sb/previews/web/tokens/t"), 404)
 

@@ -380,18 +380,6 @@ async def until_status(gw: Gateway, host: str, status: int, **headers: str) -> N
             await asyncio.sleep(0.02)
 
 
-async def mint(gw: Gateway, preview: str) -> str:
-    expires = (datetime.now(UTC) + timedelta(hours=1)).isoformat().replace("+00:00", "Z")
-    status, body = await gw.call(
-        "POST",
-        f"/sandboxes/sb/previews/{preview}/tokens",
-        json={"metadata": {"name": ""}, "spec": {"expiresAt": expires}},
-    )
-    assert status == 200, body
-    token: str = body["spec"]["token"]
-    return token
-
-
 @contextlib.asynccontextmanager
 async def redis_stopped(server: RedisServer) -> AsyncIterator[None]:
     server.stop()
@@ -485,7 +473,7 @@ async def test_redis_stopped(
     ):
         public = await gw.public_preview(probe.port)
         private = host_of(await gw.preview(probe.port, name="secret", public=False))
-        token = await mint(gw, "secret")
+        token = (await gw.mint("secret"))["spec"]["token"]
         with_token = {"X-Blaxel-Preview-Token": token}
         assert (await get(gw, public)).status == 200
         assert (await get(gw, private, **with_token)).status == 200
@@ -531,7 +519,7 @@ async def test_redis_hung(redis_server: RedisServer, redis_prefix: str) -> None:
     ):
         public = await gw.public_preview(probe.port)
         private = host_of(await gw.preview(probe.port, name="secret", public=False))
-        token = await mint(gw, "secret")
+        token = (await gw.mint("secret"))["spec"]["token"]
         assert (await get(gw, public)).status == 200
         assert (await get(gw, private, **{"X-Blaxel-Preview-Token": token})).status == 200
 

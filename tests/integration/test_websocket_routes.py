@@ -5,7 +5,6 @@ with 1008 (proxy-anchors L9; threat model W11). With the embedded store and with
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -97,30 +96,19 @@ async def test_turning_a_preview_private_closes_its_public_sockets(
         await assert_alive(ws_api, "api")
 
 
-async def mint(gw: Gateway, preview: str) -> dict[str, Any]:
-    expires = (datetime.now(UTC) + timedelta(hours=1)).isoformat().replace("+00:00", "Z")
-    status, body = await gw.call(
-        "POST",
-        f"/sandboxes/sb/previews/{preview}/tokens",
-        json={"metadata": {"name": ""}, "spec": {"expiresAt": expires}},
-    )
-    assert status == 200, body
-    return body  # type: ignore[no-any-return]
-
-
 async def test_revoking_the_token_of_an_open_socket_closes_it(
     gw: Gateway, wsup: WsUpstream
 ) -> None:
     await gw.sandbox()
     web = host_of(await gw.preview(wsup.port, name="web", public=False))
-    first, second = await mint(gw, "web"), await mint(gw, "web")
+    first, second = await gw.mint("web"), await gw.mint("web")
     by_first = {"X-Blaxel-Preview-Token": first["spec"]["token"]}
     by_second = {"X-Blaxel-Preview-Token": second["spec"]["token"]}
     async with (
         connect(gw, web, headers=by_first) as ws_first,
         connect(gw, web, headers=by_second) as ws_second,
     ):
-        await mint(gw, "web")  # another token: the route changes, both sockets stay
+        await gw.mint("web")  # another token: the route changes, both sockets stay
         await assert_alive(ws_first, "first")
 
         hub = gw.running.hub if gw.running else None
