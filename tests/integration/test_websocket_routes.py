@@ -4,12 +4,12 @@ with 1008 (proxy-anchors L9; threat model W11). With the embedded store and with
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import aiohttp
 
 from tests.helpers.gateway import Gateway, host_of
+from tests.helpers.polling import eventually
 from tests.helpers.ws_client import connect, receive, receive_close
 from tests.helpers.ws_upstreams import WsUpstream, ws_upstream
 
@@ -132,10 +132,18 @@ async def test_a_store_outage_during_a_recheck_keeps_sockets_open(
     host = await gw.public_preview(wsup.port)
     async with connect(gw, host) as ws:
         assert gw.running is not None
+        lookup = gw.running.lookup
+
+        def failed_lookups() -> int:
+            # What gateway_store_errors{operation="route_lookup"} counts.
+            return lookup.stats["stale"] + lookup.stats["error"]
+
+        failed_before = failed_lookups()
         redis_server.pause()
         try:
-            gw.running.lookup.invalidate(host)  # drops the cache entry: the re-check must read
-            await asyncio.sleep(0.6)  # past the 0.3 s store timeout of that re-check
+            lookup.invalidate(host)  # drops the cache entry: the re-check must read
+            # The re-check's read has hit the store timeout: that is what must not cut the socket.
+            await eventually(lambda: failed_lookups() > failed_before)
             await assert_alive(ws, "through the outage")
         finally:
             redis_server.resume()
