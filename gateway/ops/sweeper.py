@@ -54,6 +54,8 @@ class Sweeper:
     interval_s: float
     deleted: int = 0
     """Objects this replica deleted (a metric; the multi-replica test adds them up)."""
+    rounds: int = 0
+    """Sweeps finished, failed ones included: a round counted here has counted its deletions."""
 
     async def run(self) -> None:
         while True:
@@ -62,7 +64,9 @@ class Sweeper:
                 swept = await sweep_expired(self.store)
             except Exception as exc:  # the store may be down; try again next round
                 logger.warning("expiry sweep failed: %s", type(exc).__name__)
+                self.rounds += 1
                 continue
             self.deleted += len(swept)
+            self.rounds += 1
             if swept:
                 logger.info("deleted %d expired sandboxes/previews", len(swept))
