@@ -40,7 +40,15 @@ from gateway.control.models import (
     token_out,
 )
 from gateway.core import hostnames
-from gateway.core.errors import GatewayError
+from gateway.core.errors import (
+    ApiKeyRequired,
+    BadRequest,
+    Conflict,
+    GatewayError,
+    NotFound,
+    PayloadTooLarge,
+    WorkspaceMismatch,
+)
 from gateway.core.netpolicy import IPNetwork, address_allowed, is_ip_literal
 from gateway.core.records import Preview, Sandbox, TokenRecord, utcnow
 from gateway.core.tokens import TokenSigner, new_token_id
@@ -52,19 +60,21 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-def error_response(
-    status: int, message: str, headers: dict[str, str] | None = None
-) -> web.Response:
+def _error_body(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
     return web.json_response(
         {"error": message, "code": status, "message": message}, status=status, headers=headers
     )
+
+
+def render(exc: GatewayError) -> web.Response:
+    """The control API's one error renderer: ``{"error", "code", "message"}``, ``code`` being
+    the HTTP status (the Blaxel SDKs read it)."""
+    headers: dict[str, str] = {}
+    if exc.status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    if exc.retry_after_s:
+        headers["Retry-After"] = str(exc.retry_after_s)
+    return _error_body(exc.status, exc.message, headers or None)
 
 
 @dataclass(frozen=True)
@@ -124,21 +134,17 @@ class ControlApi:
     async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             return await handler(request)
-        except ApiError as exc:
-            headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-            return error_response(exc.status, exc.message, headers)
         except GatewayError as exc:
-            headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s else None
-            return error_response(exc.status, exc.message, headers)
-        except web.HTTPException as exc:
+            return render(exc)
+        except web.HTTPException as exc:  # aiohttp's own: no such route, wrong method
             if exc.status < 400:
                 raise
             allow = exc.headers.get("Allow")  # 405 says which methods would do
             headers = {"Allow": allow} if allow else None
-            return error_response(exc.status, exc.reason or "error", headers)
+            return _error_body(exc.status, exc.reason or "error", headers)
         except Exception:
             log.exception("control API bug")
-            return error_response(500, "Internal error")
+            return render(GatewayError("Internal error"))
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -149,10 +155,10 @@ class ControlApi:
         )
         workspace = self._keys.workspace_for(key) if key else None
         if workspace is None:
-            raise ApiError(401, "A valid API key is required (Authorization: Bearer <key>).")
+            raise ApiKeyRequired()
         claimed = request.headers.get("X-Blaxel-Workspace")
         if claimed and claimed != workspace:
-            raise ApiError(403, "X-Blaxel-Workspace does not match the API key's workspace.")
+            raise WorkspaceMismatch()
         request[WORKSPACE] = workspace
         return await handler(request)
 
@@ -188,7 +194,7 @@ class ControlApi:
             existing = await self._live_sandbox(workspace, sandbox.name)
             if existing is not None:
                 return _ok(self._sandbox_out(existing))
-        raise ApiError(409, f"Sandbox {sandbox.name} already exists")
+        raise Conflict(f"Sandbox {sandbox.name} already exists")
 
     async def get_sandbox(self, request: web.Request) -> web.Response:
         return _ok(self._sandbox_out(await self._sandbox(request)))
@@ -197,14 +203,14 @@ class ControlApi:
         existing = await self._sandbox(request)
         body = await _body(request, SandboxIn)
         if body.metadata.name != existing.name:
-            raise ApiError(400, "metadata.name: must match the sandbox name in the path")
+            raise BadRequest("metadata.name: must match the sandbox name in the path")
         sandbox = self._sandbox_from(body, existing.workspace, existing=existing)
         # must_exist: a sandbox deleted while this PUT was on its way stays deleted.
         if (
             await self._store.put_sandbox(sandbox, create=False, must_exist=True)
             is not PutResult.OK
         ):
-            raise ApiError(404, f"Sandbox {sandbox.name} not found")
+            raise NotFound(f"Sandbox {sandbox.name} not found")
         return _ok(self._sandbox_out(sandbox))
 
     async def delete_sandbox(self, request: web.Request) -> web.Response:
@@ -212,7 +218,7 @@ class ControlApi:
         deleted = await self._store.delete_sandbox(request[WORKSPACE], name)
         if deleted is None or deleted.expired(utcnow()):
             # An expired sandbox is deleted all the same, but it was already "not found".
-            raise ApiError(404, f"Sandbox {name} not found")
+            raise NotFound(f"Sandbox {name} not found")
         return _ok(self._sandbox_out(deleted, status="TERMINATED"))
 
     # ── previews ──────────────────────────────────────────────────────────────────────────
@@ -241,7 +247,7 @@ class ControlApi:
         sandbox = await self._sandbox(request)
         body = await _body(request, PreviewIn)
         if body.metadata.name != _path(request, "previewName"):
-            raise ApiError(400, "metadata.name: must match the preview name in the path")
+            raise BadRequest("metadata.name: must match the preview name in the path")
 
         def replace(current: Preview) -> Preview:
             return self._preview_from(body, sandbox, existing=current)
@@ -254,7 +260,7 @@ class ControlApi:
         name = _path(request, "previewName")
         deleted = await self._store.delete_preview(sandbox.workspace, sandbox.name, name)
         if deleted is None or deleted.expired(utcnow()):
-            raise ApiError(404, f"Preview {name} not found")
+            raise NotFound(f"Preview {name} not found")
         # Deletion is synchronous, so DELETING is already over: the SDKs' poll gets 404 at once.
         return _ok(self._preview_out(deleted, status="DELETING"))
 
@@ -272,22 +278,22 @@ class ControlApi:
         try:
             expires_at = parse_expiry(body.spec.expires_at)
         except ValueError as exc:
-            raise ApiError(400, f"spec.expiresAt: {exc}") from exc
+            raise BadRequest(f"spec.expiresAt: {exc}") from exc
         if expires_at <= now:
-            raise ApiError(400, "spec.expiresAt: the expiry is in the past")
+            raise BadRequest("spec.expiresAt: the expiry is in the past")
         expires_at = min(expires_at, now + timedelta(seconds=self._c.token_max_lifetime_s))
         # The Python SDK always sends an empty name and needs one back to delete the token.
         name = body.metadata.name or f"token-{secrets.token_hex(4)}"
         if not PATH_NAMES["tokenName"].match(name):
-            raise ApiError(400, "metadata.name: use lower-case letters, digits and '-'")
+            raise BadRequest("metadata.name: use lower-case letters, digits and '-'")
         record = TokenRecord(name=name, jti=new_token_id(), expires_at=expires_at, created_at=now)
 
         def add(preview: Preview) -> Preview:
             if name in preview.tokens:
-                raise ApiError(409, f"Token {name} already exists")
+                raise Conflict(f"Token {name} already exists")
             live = {k: t for k, t in preview.tokens.items() if t.expires_at > now - TOKEN_RETENTION}
             if len(live) >= MAX_TOKENS_PER_PREVIEW:
-                raise ApiError(400, f"A preview may have at most {MAX_TOKENS_PER_PREVIEW} tokens")
+                raise BadRequest(f"A preview may have at most {MAX_TOKENS_PER_PREVIEW} tokens")
             return preview.model_copy(update={"tokens": {**live, name: record}, "updated_at": now})
 
         preview = await self._update_preview(request, add)
@@ -298,7 +304,7 @@ class ControlApi:
 
         def remove(preview: Preview) -> Preview:
             if name not in preview.tokens:
-                raise ApiError(404, f"Token {name} not found")
+                raise NotFound(f"Token {name} not found")
             tokens = {k: t for k, t in preview.tokens.items() if k != name}
             return preview.model_copy(update={"tokens": tokens, "updated_at": utcnow()})
 
@@ -316,7 +322,7 @@ class ControlApi:
         name = _path(request, "sandboxName")
         sandbox = await self._live_sandbox(request[WORKSPACE], name)
         if sandbox is None:
-            raise ApiError(404, f"Sandbox {name} not found")
+            raise NotFound(f"Sandbox {name} not found")
         return sandbox
 
     async def _preview(self, request: web.Request) -> Preview:
@@ -324,7 +330,7 @@ class ControlApi:
         name = _path(request, "previewName")
         preview = await self._store.get_preview(sandbox.workspace, sandbox.name, name)
         if preview is None or preview.expired(utcnow()):
-            raise ApiError(404, f"Preview {name} not found")
+            raise NotFound(f"Preview {name} not found")
         return preview
 
     # ── writes ────────────────────────────────────────────────────────────────────────────
@@ -346,7 +352,7 @@ class ControlApi:
             if attempt == 0 and await self._reap_conflict(result, updated):
                 continue
             self._raise_for(result, updated)
-        raise ApiError(409, "The preview is being changed concurrently; try again")
+        raise Conflict("The preview is being changed concurrently; try again")
 
     async def _reap(self, workspace: str, sandbox: str, preview: str | None = None) -> bool:
         """Delete the named sandbox, or else the preview, if it has expired (the sweeper may
@@ -379,29 +385,29 @@ class ControlApi:
     @staticmethod
     def _raise_for(result: PutResult, preview: Preview) -> None:
         if result is PutResult.NAME_EXISTS:
-            raise ApiError(409, f"Preview {preview.name} already exists")
+            raise Conflict(f"Preview {preview.name} already exists")
         if result is PutResult.HOST_TAKEN:
-            raise ApiError(409, f"Another preview already uses {preview.hostname}")
+            raise Conflict(f"Another preview already uses {preview.hostname}")
         if result is PutResult.NO_SANDBOX:
-            raise ApiError(404, f"Sandbox {preview.sandbox} not found")
+            raise NotFound(f"Sandbox {preview.sandbox} not found")
         if result is PutResult.CHANGED:
-            raise ApiError(404, f"Preview {preview.name} not found")
+            raise NotFound(f"Preview {preview.name} not found")
 
     # ── building records ──────────────────────────────────────────────────────────────────
     @staticmethod
     def _expiry(spec: Lifetime, created: datetime) -> datetime | None:
         expires_at = spec.expires_at(created)
         if expires_at is not None and expires_at <= utcnow():
-            raise ApiError(400, "spec.ttl/spec.expires: the expiry is already in the past")
+            raise BadRequest("spec.ttl/spec.expires: the expiry is already in the past")
         return expires_at
 
     def _sandbox_from(self, body: SandboxIn, workspace: str, existing: Sandbox | None) -> Sandbox:
         host = body.spec.target.host.strip().lower()
         if is_ip_literal(host):
             if not address_allowed(host, self._c.allowed_targets):
-                raise ApiError(400, "spec.target.host: outside the gateway's allowed_targets")
+                raise BadRequest("spec.target.host: outside the gateway's allowed_targets")
         elif not hostnames.is_valid_dns_name(host):
-            raise ApiError(400, "spec.target.host: must be an IP address or a DNS name")
+            raise BadRequest("spec.target.host: must be an IP address or a DNS name")
         now = utcnow()
         created = existing.created_at if existing else now
         return Sandbox(
@@ -420,15 +426,15 @@ class ControlApi:
         (uid, so tokens stay valid), its tokens and, without a prefixUrl, its random hostname."""
         spec = body.spec
         if spec.port in self._c.blocked_ports:
-            raise ApiError(400, f"spec.port: port {spec.port} is reserved and cannot be previewed")
+            raise BadRequest(f"spec.port: port {spec.port} is reserved and cannot be previewed")
         if spec.custom_domain:
-            raise ApiError(400, "spec.customDomain: custom domains are not supported yet")
+            raise BadRequest("spec.customDomain: custom domains are not supported yet")
         if spec.prefix_url:
             hostname = hostnames.prefix_hostname(
                 spec.prefix_url, sandbox.workspace, self._c.preview_domain
             )
             if not hostnames.is_valid_dns_name(hostname):
-                raise ApiError(400, "spec.prefixUrl: makes an invalid hostname")
+                raise BadRequest("spec.prefixUrl: makes an invalid hostname")
         elif existing is not None and existing.prefix_url is None:
             hostname = existing.hostname
         else:
@@ -493,7 +499,7 @@ def _path(request: web.Request, name: str) -> str:
     value = request.match_info[name]
     if not PATH_NAMES[name].match(value) or len(value) > 63:
         kind = name.removesuffix("Name").capitalize()
-        raise ApiError(404, f"{kind} {value[:80]!r} not found")
+        raise NotFound(f"{kind} {value[:80]!r} not found")
     return value
 
 
@@ -513,21 +519,21 @@ def _ok(data: Out | list[Out] | dict[str, Any]) -> web.Response:
 
 async def _body(request: web.Request, model: type[ModelT]) -> ModelT:
     if not request.body_exists:
-        raise ApiError(400, "A JSON body is required")
+        raise BadRequest("A JSON body is required")
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge as exc:
-        raise ApiError(413, "The request body is too large") from exc
+        raise PayloadTooLarge("The request body is too large") from exc
     try:
         data = json.loads(raw)
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
-        raise ApiError(400, "The body is not valid JSON") from exc
+        raise BadRequest("The body is not valid JSON") from exc
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise ApiError(400, _describe(exc)) from exc
+        raise BadRequest(_describe(exc)) from exc
     except RecursionError as exc:
-        raise ApiError(400, "The body is nested too deeply") from exc
+        raise BadRequest("The body is nested too deeply") from exc
 
 
 def _describe(exc: ValidationError) -> str:

@@ -17,6 +17,7 @@ FLUSH_ALL = "*"
 """Invalidation meaning "drop every cached entry" (sent after a resubscribe, when messages may
 have been lost)."""
 
+
 class PutResult(enum.Enum):
     OK = "ok"
     NAME_EXISTS = "name_exists"
@@ -51,5 +52,3 @@ class Store(Protocol):
     async def shared_secret(self, name: str, candidate: str) -> str: ...
     @property
     def errors(self) -> dict[str, int]: ...
-
-

@@ -147,5 +147,3 @@ class MemoryStore:
         for hostname in hostnames:
             for queue in self._subscribers:
                 queue.put_nowait(hostname)
-
-
