@@ -47,7 +47,7 @@ from gateway.core.errors import (
 )
 from gateway.core.records import Preview, Sandbox, TokenRecord, utcnow
 from gateway.core.tokens import TokenSigner
-from gateway.store.base import Store
+from gateway.store.base import Registry
 
 log = logging.getLogger("gateway.control")
 
@@ -90,7 +90,7 @@ class ControlApi:
     def __init__(
         self,
         config: ApiConfig,
-        store: Store,
+        store: Registry,
         keys: KeyRing,
         ready: Callable[[], Awaitable[bool]],
         signer: TokenSigner,

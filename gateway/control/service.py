@@ -32,7 +32,7 @@ from gateway.core.errors import BadRequest, Conflict, NotFound
 from gateway.core.netpolicy import IPNetwork, address_allowed, is_ip_literal
 from gateway.core.records import Preview, Sandbox, TokenRecord, utcnow
 from gateway.core.tokens import new_token_id
-from gateway.store.base import PutResult, Store
+from gateway.store.base import PutResult, Registry
 
 MAX_TOKENS_PER_PREVIEW = 256
 TOKEN_RETENTION = timedelta(days=1)
@@ -53,7 +53,7 @@ class ServiceConfig:
 
 class ControlService:
     def __init__(
-        self, config: ServiceConfig, store: Store, *, clock: Callable[[], datetime] = utcnow
+        self, config: ServiceConfig, store: Registry, *, clock: Callable[[], datetime] = utcnow
     ) -> None:
         self._config = config
         self._store = store
