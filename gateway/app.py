@@ -21,6 +21,7 @@ from aiohttp import web
 
 from gateway.control.api_keys import KeyRing
 from gateway.control.handlers import ApiConfig, ControlApi
+from gateway.control.service import ServiceConfig
 from gateway.core.admission import AdmissionPolicy
 from gateway.core.errors import RoutingUnavailable
 from gateway.core.tokens import SigningKey, TokenSigner, generate_key, parse_keys
@@ -223,13 +224,15 @@ async def serve(
 
     api = ControlApi(
         ApiConfig(
-            preview_domain=settings.preview_domain,
-            region=settings.region,
+            rules=ServiceConfig(
+                preview_domain=settings.preview_domain,
+                region=settings.region,
+                blocked_ports=settings.blocked_ports(),
+                allowed_targets=allowed,
+                token_max_lifetime_s=settings.token_max_lifetime_s,
+            ),
             public_scheme=settings.public_scheme,
             public_port=settings.effective_public_port,
-            blocked_ports=settings.blocked_ports(),
-            allowed_targets=allowed,
-            token_max_lifetime_s=settings.token_max_lifetime_s,
         ),
         store,
         keys,

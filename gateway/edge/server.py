@@ -27,6 +27,7 @@ from gateway.core.errors import (
     BadRequest,
     GatewayError,
     InvalidHost,
+    TargetNotAllowed,
     UnknownPreview,
     error_code,
 )
@@ -35,7 +36,7 @@ from gateway.core.netpolicy import IPNetwork, address_allowed, is_ip_literal
 from gateway.core.records import Route, utcnow
 from gateway.edge.http_relay import Outcome, RelayTimeouts, StreamAborted, relay
 from gateway.edge.pages import render
-from gateway.edge.upstream import TargetNotAllowed, target_url
+from gateway.edge.upstream import target_url
 from gateway.ops import log
 from gateway.store.lookup import RouteLookup
 
