@@ -28,7 +28,9 @@ from gateway.core.tokens import SigningKey, TokenSigner, generate_key, parse_key
 from gateway.edge.http_relay import RelayTimeouts
 from gateway.edge.server import Edge, EdgeConfig, EdgeServer
 from gateway.edge.upstream import create_session
-from gateway.edge.ws_relay import WebSocketHub, WsLimits
+from gateway.edge.ws_hub import WebSocketHub, WsLimits
+from gateway.edge.ws_readmit import Readmission
+from gateway.edge.ws_relay import WsRelay
 from gateway.ops import log
 from gateway.ops.metrics import CONTENT_TYPE, Metrics, StatsCollector
 from gateway.ops.settings import Settings
@@ -153,19 +155,17 @@ async def serve(
         connect_timeout_s=settings.upstream_connect_timeout_s,
         websocket=True,
     )
-    hub = WebSocketHub(
-        ws_session,
-        WsLimits(
-            idle_timeout_s=settings.ws_idle_timeout_s,
-            max_lifetime_s=settings.ws_max_lifetime_s,
-            ping_interval_s=settings.ws_ping_interval_s,
-            max_message_bytes=settings.ws_max_message_bytes,
-            connect_timeout_s=settings.upstream_connect_timeout_s,
-            handshake_timeout_s=settings.upstream_response_timeout_s,
-        ),
-        route_check=lookup.find,
-        admission_policy=admission_policy,
+    ws_limits = WsLimits(
+        idle_timeout_s=settings.ws_idle_timeout_s,
+        max_lifetime_s=settings.ws_max_lifetime_s,
+        ping_interval_s=settings.ws_ping_interval_s,
+        max_message_bytes=settings.ws_max_message_bytes,
+        handshake_timeout_s=settings.upstream_response_timeout_s,
     )
+    hub = WebSocketHub(
+        Readmission(lookup.find, admission_policy), close_timeout_s=ws_limits.close_timeout_s
+    )
+    ws_relay = WsRelay(ws_session, ws_limits, hub)
     lookup.add_listener(hub.on_invalidation)
     metrics = Metrics()
     metrics.add_collector(
@@ -199,7 +199,7 @@ async def serve(
         ),
         lookup,
         session,
-        websocket_relay=hub.relay,
+        websocket_relay=ws_relay.relay,
         observe=metrics.observe,
     )
     running: Running | None = None

@@ -117,6 +117,12 @@ class RoutingUnavailable(GatewayError):
     title = "Preview routing is temporarily unavailable"
 
 
+class ShuttingDown(GatewayError):
+    status = 503
+    code = "shutting_down"
+    title = "The gateway is restarting"
+
+
 # ── upstream ────────────────────────────────────────────────────────────────────────────────
 class UpstreamRefused(GatewayError):
     status = 502
@@ -140,6 +146,25 @@ class UpstreamBadResponse(GatewayError):
     status = 502
     code = "upstream_bad_response"
     title = "The app sent an invalid response"
+
+
+class UpgradeRefused(GatewayError):
+    """The app answered a WebSocket upgrade with a status of its own instead of 101. A status
+    from 300 to 599 is passed on to the client as the app's answer; any other (a 200 page, a
+    101 with a bad accept key) is not the app's to pass on, hence this class's 502."""
+
+    status = 502
+    code = "upgrade_refused"
+    title = "The app did not accept the WebSocket upgrade"
+
+    def __init__(self, upstream_status: int) -> None:
+        super().__init__(f"The app answered the upgrade with {upstream_status}.")
+        self.upstream_status = upstream_status
+
+    @property
+    def passed_on(self) -> bool:
+        """Whether the client gets the app's own status (a refusal or redirect)."""
+        return 300 <= self.upstream_status < 600
 
 
 class UpstreamTimedOut(GatewayError):
