@@ -19,6 +19,7 @@ from yarl import URL
 
 from gateway.core.errors import (
     GatewayError,
+    TargetNotAllowed,
     UpstreamBadResponse,
     UpstreamRefused,
     UpstreamTimedOut,
