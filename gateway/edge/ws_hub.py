@@ -26,7 +26,8 @@ from typing import Any, Protocol
 from gateway.core.errors import ShuttingDown
 from gateway.core.readmission import next_token_expiry
 from gateway.core.records import Route
-from gateway.core.ws_close import POLICY_VIOLATION
+from gateway.core.ws_close import GOING_AWAY, POLICY_VIOLATION
+from gateway.ops import log
 from gateway.store.base import FLUSH_ALL
 
 logger = logging.getLogger("gateway.websocket")
@@ -46,6 +47,29 @@ class WsLimits:
     """How long a side gets to answer our close frame before its connection is dropped."""
 
 
+@dataclass(frozen=True, slots=True)
+class TunnelEnd:
+    """How a tunnel ended: who closed it (client, upstream or gateway), with which code and
+    reason, and what passed (bytes each way as read from each side)."""
+
+    closed_by: str
+    code: int
+    reason: str
+    messages: int
+    bytes_up: int
+    bytes_down: int
+
+    def note(self, record: log.AccessRecord) -> None:
+        record.extra.update(
+            close_code=self.code,
+            close_reason=self.reason or None,
+            closed_by=self.closed_by,
+            messages=self.messages,
+            ws_bytes_up=self.bytes_up,
+            ws_bytes_down=self.bytes_down,
+        )
+
+
 class Tunnel(Protocol):
     """What the hub needs of an open WebSocket."""
 
@@ -55,6 +79,17 @@ class Tunnel(Protocol):
 
     def buffered_bytes(self) -> int:
         """Bytes written towards the client that its socket has not taken yet."""
+
+
+class RawTunnel(Tunnel, Protocol):
+    """A tunnel that owns both connections (``ws_tunnel.WsTunnel``)."""
+
+    @property
+    def done(self) -> asyncio.Future[TunnelEnd]: ...
+
+    def start(self) -> None: ...
+
+    def abort(self) -> None: ...
 
 
 class Readmit(Protocol):
@@ -83,11 +118,12 @@ class _Entry:
         self.credentials = credentials
         self.checked_to = time.time()
         """Wall-clock time up to which token expiries have triggered a re-admission."""
-        self.wake: asyncio.Future[None] | None = None
+        self.wake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        """Resolved by an invalidation or a token expiry; replaced after each re-admission."""
         self.timer: asyncio.TimerHandle | None = None
 
     def rouse(self) -> None:
-        if self.wake is not None and not self.wake.done():
+        if not self.wake.done():
             self.wake.set_result(None)
 
     def expired(self) -> None:
@@ -150,6 +186,31 @@ class WebSocketHub:
             if not peers:
                 del self._live[e.route.hostname]
 
+    async def run_tunnel(
+        self,
+        tunnel: RawTunnel,
+        route: Route,
+        host: str,
+        record: log.AccessRecord,
+        credentials: object = None,
+    ) -> TunnelEnd | None:
+        """Register ``tunnel`` (so drain and re-admission reach it), start it, wait for its end
+        and note that end in the access record. ``credentials`` is what the upgrade was
+        admitted with, for re-admission. None when cancelled: the connections are cut then."""
+        record.status = record.status or 101
+        with self.registered(tunnel, route, host, credentials):
+            tunnel.start()
+            if self._draining:
+                tunnel.close(GOING_AWAY, "gateway shutting down", timeout_s=self._close_timeout_s)
+            try:
+                await self.readmit_until(tunnel, tunnel.done)
+            finally:
+                if not tunnel.done.done():
+                    tunnel.abort()  # cancelled: neither connection may leak
+        end = tunnel.done.result()
+        end.note(record)
+        return end
+
     async def readmit_until(self, tunnel: Tunnel, ended: asyncio.Future[Any]) -> None:
         """Re-admit a registered ``tunnel`` on every invalidation and token expiry until
         ``ended`` resolves (it is never cancelled from here); close it with 1008 when it would
@@ -157,13 +218,14 @@ class WebSocketHub:
         entry = self._all[tunnel]
         loop = asyncio.get_running_loop()
         while not ended.done():
-            entry.wake = loop.create_future()
             self._arm_expiry(entry, loop)
             await asyncio.wait((ended, entry.wake), return_when=asyncio.FIRST_COMPLETED)
             if entry.timer is not None:
                 entry.timer.cancel()
             if ended.done():
                 return
+            # Armed before the check: a change during the lookup is checked again after it.
+            entry.wake = loop.create_future()
             why = await self._why_closed(entry)
             if why is not None:
                 tunnel.close(POLICY_VIOLATION, why)

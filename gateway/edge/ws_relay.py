@@ -46,7 +46,7 @@ from gateway.core.ws_close import (
     wire_reason,
 )
 from gateway.edge.upstream import RedirectRefused, translate_errors
-from gateway.edge.ws_hub import WebSocketHub, WsLimits
+from gateway.edge.ws_hub import TunnelEnd, WebSocketHub, WsLimits
 from gateway.ops import log
 
 __all__ = [
@@ -162,14 +162,14 @@ class WsRelay:
                     tunnel.end(ABNORMAL, "client connection lost", "client")
                     await self._close_both(tunnel)
                 # Even if cancelled again while closing: close_all waits on the registry.
-                record.extra.update(
-                    close_code=tunnel.close_code,
-                    close_reason=tunnel.close_reason or None,
+                TunnelEnd(
                     closed_by=tunnel.closed_by,
+                    code=tunnel.close_code or 0,
+                    reason=tunnel.close_reason,
                     messages=tunnel.messages,
-                    ws_bytes_up=tunnel.bytes_up,
-                    ws_bytes_down=tunnel.bytes_down,
-                )
+                    bytes_up=tunnel.bytes_up,
+                    bytes_down=tunnel.bytes_down,
+                ).note(record)
         return client
 
     async def _connect(
