@@ -26,7 +26,7 @@ from gateway.core.admission import AdmissionPolicy
 from gateway.core.errors import RoutingUnavailable
 from gateway.core.tokens import SigningKey, TokenSigner, generate_key, parse_keys
 from gateway.edge.http_relay import RelayTimeouts
-from gateway.edge.listener import EdgeListener, build_protocol_edge
+from gateway.edge.proto_server import EdgeListener, build_protocol_edge
 from gateway.edge.server import Edge, EdgeConfig, EdgeServer
 from gateway.edge.upstream import create_session
 from gateway.edge.ws_hub import WebSocketHub, WsLimits
@@ -206,7 +206,9 @@ async def serve(
     )
     protocol_edge: EdgeListener | None = None
     if settings.edge_impl == "protocol":
-        protocol_edge = build_protocol_edge(settings, edge_config, lookup, allowed, metrics.observe)
+        protocol_edge = build_protocol_edge(
+            settings, edge_config, lookup, allowed, metrics.observe, hub, ws_limits
+        )
     running: Running | None = None
 
     last_store_ok = asyncio.get_running_loop().time()

@@ -136,12 +136,6 @@ class UpstreamRefused(GatewayError):
     title = "Nothing is listening on this port"
 
 
-class TargetNotAllowed(GatewayError):
-    status = 502
-    code = "target_not_allowed"
-    title = "The sandbox address is not allowed"
-
-
 class UpstreamUnreachable(GatewayError):
     status = 502
     code = "upstream_unreachable"

@@ -62,6 +62,7 @@ class Relay:
         timeouts: RelayTimeouts,
         edits: ResponseEdits,
         close_after: bool,
+        upgrade: bool = False,
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self.client = client
@@ -77,6 +78,9 @@ class Relay:
         self.started = False
         """The response head went to the client: failures from now on can only cut it."""
         self.reusable = False
+        self.upgrade = upgrade
+        self.switched: tuple[ResponseHead, bytes] | None = None
+        """A WebSocket handshake the upstream accepted: its 101 head and the bytes after it."""
         self.aborted = False
         self.close_client = close_after
         # request body
@@ -151,6 +155,10 @@ class Relay:
                 self._head = bytearray(rest)
                 continue
             if resp.status == 101:
+                if self.upgrade:
+                    self.switched = (resp, rest)
+                    self._end()
+                    return
                 self._fail(UpstreamBadResponse("The app switched protocols on a plain request."))
                 return
             self._start_response(resp, rest)
@@ -334,7 +342,7 @@ class Relay:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if not self.reusable:
+        if not self.reusable and self.switched is None:
             self.conn.close()
         if not self.done.done():
             self.done.set_result(None)

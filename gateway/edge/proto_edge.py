@@ -11,6 +11,9 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from multidict import CIMultiDict
+
+from gateway.core import admission
 from gateway.core.errors import (
     BadRequest,
     GatewayError,
@@ -26,15 +29,20 @@ from gateway.core.planner import (
     PlannerConfig,
     RequestHead,
     Respond,
+    Upgrade,
     first_header,
     inspect,
     plan,
+    shape_response,
 )
+from gateway.core.records import Route
 from gateway.edge.exchange import Relay
 from gateway.edge.pages import closes_connection, render_bytes, status_phrase
 from gateway.edge.pool import UpstreamConnection, UpstreamPool
 from gateway.edge.server import EdgeConfig, _random_ids
 from gateway.edge.upstream_errors import closed_without_answer
+from gateway.edge.ws_hub import WebSocketHub, WsLimits
+from gateway.edge.ws_tunnel import WsTunnel
 from gateway.ops import log
 from gateway.store.lookup import RouteLookup
 
@@ -49,9 +57,11 @@ class ProtocolEdge:
         planner: PlannerConfig,
         lookup: RouteLookup,
         pool: UpstreamPool,
+        ws: tuple[UpstreamPool, WsLimits, WebSocketHub],
         observe: Callable[[log.AccessRecord], None] | None = None,
     ) -> None:
         self.config = config
+        self.ws_pool, self.ws_limits, self.hub = ws
         self._planner = planner
         self._lookup = lookup
         self.pool = pool
@@ -72,7 +82,7 @@ class ProtocolEdge:
         try:
             relay = await self._handle(client, head, record, started)
             if relay is not None:
-                record.status = relay.status
+                record.status = record.status or relay.status
                 if relay.aborted:
                     record.error_code = "upstream_aborted"
                     log.edge.warning("upstream aborted mid-response (preview %s)", record.preview)
@@ -123,10 +133,10 @@ class ProtocolEdge:
             return None
         record.upstream = f"{route.sandbox}:{route.port}"
         record.overhead_ms = round((loop.time() - started) * 1000, 3)
+        sent = loop.time()
         if not isinstance(decision, Forward):
             record.kind = "websocket"
-            raise NotImplementedError  # see _upgrade
-        sent = loop.time()
+            return await self._upgrade(client, inspected, decision, route, record)
         relay = await self._relay(client, inspected, decision)
         record.upstream_ms = round((loop.time() - sent) * 1000, 2)
         return relay
@@ -148,6 +158,59 @@ class ProtocolEdge:
             if relay.error is not None:
                 raise relay.error
             return relay
+
+    async def _upgrade(
+        self,
+        client: ClientConnection,
+        inspected: Inspected,
+        up: Upgrade,
+        route: Route,
+        record: log.AccessRecord,
+    ) -> Relay:
+        """The handshake goes upstream; a 101 turns both connections into a ``WsTunnel``, any
+        other answer is relayed as an ordinary response."""
+        conn = await self.ws_pool.acquire(up.target_host, up.port, fresh=True)
+        try:
+            relay = Relay(
+                client,
+                conn,
+                method="GET",
+                body=0,
+                chunked=False,
+                timeouts=self.config.timeouts,
+                edits=up.edits,
+                close_after=True,
+                upgrade=True,
+            )
+            conn.attach(relay)
+            conn.write(up.head)
+            client.attach(relay, expect_continue=False)
+            relay.arm()
+            await relay.done
+            if relay.error is not None:
+                raise relay.error
+            if relay.switched is None or conn.transport is None:
+                return relay
+            resp, rest = relay.switched
+            relay.status = record.status = 101
+            headers = shape_response(101, resp.headers, up.edits, upgrade=True)
+            client.transport.write(_head_bytes(101, headers))
+            extensions = first_header(resp.headers, "sec-websocket-extensions") or ""
+            conn.detach()
+            tunnel = WsTunnel(
+                client.transport,
+                conn.transport,
+                self.ws_limits,
+                client_buffered=client.hand_over(),
+                upstream_buffered=rest,
+                compressed="permessage-deflate" in extensions.lower(),
+            )
+            await self.hub.run_tunnel(
+                tunnel, route, inspected.host, record, _credentials(inspected)
+            )
+            return relay
+        finally:
+            self.ws_pool.release(conn, reusable=False)
 
     def _start(
         self, client: ClientConnection, conn: UpstreamConnection, inspected: Inspected, fwd: Forward
@@ -175,14 +238,32 @@ class ProtocolEdge:
         return render_bytes(exc, accept, head=head.method == "HEAD", extra=extra)
 
     def _answer(self, client: ClientConnection, answer: Respond) -> bytes:
-        lines = [f"HTTP/1.1 {answer.status} {status_phrase(answer.status)}\r\n"]
-        lines += [f"{name}: {value}\r\n" for name, value in answer.headers]
-        lines.append(client.date_header())
-        lines.append("Content-Length: 0\r\n")
+        extra = client.date_header() + "Content-Length: 0\r\n"
         if not client.keep_alive:
-            lines.append("Connection: close\r\n")
-        lines.append("\r\n")
-        return "".join(lines).encode("latin-1", "replace")
+            extra += "Connection: close\r\n"
+        return _head_bytes(answer.status, answer.headers, extra)
+
+
+def _head_bytes(status: int, headers: list[tuple[str, str]], extra: str = "") -> bytes:
+    lines = [f"HTTP/1.1 {status} {status_phrase(status)}\r\n"]
+    lines += [f"{name}: {value}\r\n" for name, value in headers]
+    lines.append(extra)
+    lines.append("\r\n")
+    return "".join(lines).encode("latin-1", "replace")
+
+
+def _credentials(inspected: Inspected) -> admission.Inbound:
+    """What the hub re-admits the tunnel with on every invalidation (the aiohttp relay's form)."""
+    facts = inspected.admission
+    return admission.Inbound(
+        method=facts.method,
+        headers=CIMultiDict(inspected.head.headers),
+        raw_path=facts.raw_path,
+        raw_query=facts.raw_query,
+        host_header=facts.host_header,
+        scheme=facts.scheme,
+        websocket=True,
+    )
 
 
 _UNANSWERED = closed_without_answer().code

@@ -25,7 +25,6 @@ from gateway.core.errors import (
     UpstreamTimedOut,
     UpstreamUnreachable,
 )
-from gateway.core.errors import TargetNotAllowed as TargetNotAllowed
 from gateway.core.netpolicy import IPNetwork, address_allowed, is_ip_literal
 
 
