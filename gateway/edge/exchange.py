@@ -34,6 +34,8 @@ from gateway.edge.http_relay import RelayTimeouts
 from gateway.edge.pages import status_phrase
 from gateway.edge.pool import UpstreamConnection
 
+NOT_UPGRADED = UpstreamBadResponse("The app did not accept the WebSocket upgrade on this path.")
+
 
 class Client(Protocol):
     """What the exchange needs of the client connection (``listener.ClientConnection``)."""
@@ -161,6 +163,11 @@ class Relay:
                     return
                 self._fail(UpstreamBadResponse("The app switched protocols on a plain request."))
                 return
+            if self.upgrade and resp.status < 300:
+                # A page (a dev server without WebSocket support on this path): no tunnel, and
+                # not the app's status to pass on.
+                self._fail(NOT_UPGRADED)
+                return
             self._start_response(resp, rest)
             return
 
@@ -173,6 +180,10 @@ class Relay:
         headers = shape_response(
             resp.status, resp.headers, self.edits, chunked=chunked and client_11
         )
+        if self.upgrade:
+            # The app refused the upgrade: its answer, marked as the app's.
+            headers = [(k, v) for k, v in headers if k.lower() != "x-blaxel-source"]
+            headers.append(("X-Blaxel-Source", "app"))
         framing = ""
         if chunked:
             self._scanner = ChunkedScanner()

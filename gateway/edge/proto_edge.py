@@ -7,6 +7,8 @@ record, metrics and request ids are kept as ``server.Edge.handle`` keeps them.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -36,7 +38,7 @@ from gateway.core.planner import (
     shape_response,
 )
 from gateway.core.records import Route
-from gateway.edge.exchange import Relay
+from gateway.edge.exchange import NOT_UPGRADED, Relay
 from gateway.edge.pages import closes_connection, render_bytes, status_phrase
 from gateway.edge.pool import UpstreamConnection, UpstreamPool
 from gateway.edge.server import EdgeConfig, _random_ids
@@ -169,6 +171,7 @@ class ProtocolEdge:
     ) -> Relay:
         """The handshake goes upstream; a 101 turns both connections into a ``WsTunnel``, any
         other answer is relayed as an ordinary response."""
+        self.hub.refuse_if_draining()
         conn = await self.ws_pool.acquire(up.target_host, up.port, fresh=True)
         try:
             relay = Relay(
@@ -190,8 +193,12 @@ class ProtocolEdge:
             if relay.error is not None:
                 raise relay.error
             if relay.switched is None or conn.transport is None:
+                record.extra["upstream_refused"] = relay.status
                 return relay
             resp, rest = relay.switched
+            key = first_header(inspected.head.headers, "sec-websocket-key") or ""
+            if first_header(resp.headers, "sec-websocket-accept") != _accept_key(key):
+                raise NOT_UPGRADED
             relay.status = record.status = 101
             headers = shape_response(101, resp.headers, up.edits, upgrade=True)
             client.transport.write(_head_bytes(101, headers))
@@ -250,6 +257,15 @@ def _head_bytes(status: int, headers: list[tuple[str, str]], extra: str = "") ->
     lines.append(extra)
     lines.append("\r\n")
     return "".join(lines).encode("latin-1", "replace")
+
+
+def _accept_key(key: str) -> str:
+    """The Sec-WebSocket-Accept that proves the upstream read this handshake (RFC 6455 §4.2.2)."""
+    digest = hashlib.sha1((key.strip() + _WS_GUID).encode(), usedforsecurity=False).digest()
+    return base64.b64encode(digest).decode()
+
+
+_WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
 def _credentials(inspected: Inspected) -> admission.Inbound:
