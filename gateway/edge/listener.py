@@ -337,6 +337,8 @@ class ClientConnection(asyncio.Protocol):
     def drain(self) -> None:
         if not self._busy:
             self._close()
+        # Busy: the response in flight says Connection: close, and the connection ends with it.
+        self.keep_alive = False
 
 
 _DISCARD_MAX = 0x100000
