@@ -22,7 +22,7 @@ from gateway.core.errors import (
 )
 from gateway.edge.pool import UpstreamConnection, UpstreamPool
 from gateway.edge.upstream_errors import dial_error
-from tests.helpers.probes import wait_for
+from tests.helpers.polling import eventually as wait_for
 
 LOOPBACK = [ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")]
 
