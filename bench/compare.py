@@ -32,7 +32,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.compare", description=__doc__)
     p.add_argument("--edge", choices=("aiohttp", "protocol", "both"), default="both")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the rate points")
-    p.add_argument("--duration", type=float, default=4.0, help="seconds per rate point")
+    p.add_argument("--duration", type=float, default=3.0, help="seconds per rate point")
     p.add_argument("--connections", type=int, default=50, help="wrk connections, small bodies")
     p.add_argument("--large-connections", type=int, default=8, help="wrk connections, 1 MiB")
     p.add_argument("--ws-connections", type=int, default=8)
@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": _facts_line(facts),
         "settings": " ".join(f"--{k.replace('_', '-')}={v}" for k, v in _settings(args).items()),
         "targets": bench.targets(),
+        "transfer_mib": args.transfer_mib,
         "results": results,
         "profile": profiles,
         "wall_s": time.monotonic() - wall,

@@ -32,9 +32,13 @@ HEADERS = (
     f"new conn/s {X}nginx",
     f"WS msg/s {X}nginx",
     "KiB per idle WS",
-    "1 GiB download RSS growth MiB",
-    "1 GiB upload RSS growth MiB",
+    "{size} download RSS growth MiB",
+    "{size} upload RSS growth MiB",
 )
+
+
+def size_label(mib: int) -> str:
+    return f"{mib >> 10} GiB" if mib % 1024 == 0 else f"{mib} MiB"
 
 
 def _get(results: dict[str, Any], scenario: str, target: str, key: str) -> float | None:
@@ -128,7 +132,9 @@ def markdown(run: dict[str, Any]) -> str:
         f"- wall time {run['wall_s']:.0f} s; other people's processes used "
         f"{run['load']['others_pct']} % of the machine's CPU during the run",
         "",
-        "| target | " + " | ".join(HEADERS) + " |",
+        "| target | "
+        + " | ".join(h.format(size=size_label(run["transfer_mib"])) for h in HEADERS)
+        + " |",
         "| --- |" + " ---: |" * len(HEADERS),
     ]
     for target in targets:

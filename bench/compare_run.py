@@ -36,9 +36,10 @@ from bench.rounds import merge_rounds
 RATE = ("small", "private_header", "private_cookie", "new_conn", "large", "ws_echo")
 MEMORY = ("ws_idle", "download", "upload")
 SCENARIOS = RATE + MEMORY
-PRIVATE = {"private_header", "private_cookie"}
+PRIVATE = {"private_header", "private_cookie"}  # gateways only: nginx has no token check
 TOKEN_HEADER = "X-Blaxel-Preview-Token"
 TOKEN_COOKIE = "bl_preview_token"
+Raw = dict[str, dict[str, list[dict[str, Any]]]]  # scenario -> target -> one result per round
 
 
 @dataclass
@@ -231,17 +232,14 @@ class Compare:
 
     async def ws_echo(self, t: Target) -> dict[str, Any]:
         a = self.args
-        cpu = cpu_seconds(t.ws.pid)
-        result: dict[str, Any] = await ws_load.echo_throughput(
+        return await ws_load.echo_throughput(
             t.ws.port,
             t.ws.host,
             connections=a.ws_connections,
             window=a.ws_window,
             duration_s=a.duration,
+            cpu_pid=t.ws.pid,
         )
-        cpu = cpu_seconds(t.ws.pid) - cpu  # includes the warm-up: an upper bound
-        result["cpu_us_per_msg"] = round(cpu / result["messages"] * 1e6, 1)
-        return result
 
     async def ws_idle(self, t: Target) -> dict[str, Any]:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
@@ -260,46 +258,41 @@ class Compare:
 
     # ── the run ─────────────────────────────────────────────────────────────────────────────
     async def run(self, chosen: list[str]) -> dict[str, Any]:
-        plan, names = self.plan(), self.targets()
-        raw: dict[str, dict[str, list[dict[str, Any]]]] = {
-            s: {n: [] for n in names} for s in chosen
-        }
+        names = self.targets()
+        raw: Raw = {s: {n: [] for n in names} for s in chosen}
         rate = [s for s in RATE if s in chosen]
         for r in range(self.args.rounds if rate else 0):
             for name in names:
-                await self.round(
-                    r,
-                    name,
-                    [s for s in rate if name.startswith("gateway") or s not in PRIVATE],
-                    plan,
-                    raw,
-                )
+                mine = [s for s in rate if name.startswith("gateway") or s not in PRIVATE]
+                await self.round(r, name, mine, raw, warm=True)
         for scenario in (s for s in MEMORY if s in chosen):
-            for name in names:
-                await self.round(0, name, [scenario], plan, raw, env=self.env_for(scenario))
+            for name in names:  # a fresh gateway each: its RSS is this scenario's alone
+                await self.round(0, name, [scenario], raw, env=self.env_for(scenario))
         out: dict[str, Any] = {
             s: {n: merge_rounds(runs) for n, runs in per.items() if runs} for s, per in raw.items()
         }
         if self.args.profile:
-            out["profile"] = {}
-            for name in (n for n in names if n.startswith("gateway")):
-                out["profile"][name] = await self.profile(name)
+            out["profile"] = {n: await self.profile(n) for n in names if n.startswith("gateway")}
         return out
+
+    async def warm_up(self, t: Target) -> None:
+        # Fills the gateway's upstream pool and route cache, and nginx's keep-alive cache.
+        await self.wrk(t.static, "/small", connections=self.args.connections, duration_s=1).run()
 
     async def round(
         self,
         r: int,
         name: str,
         scenarios: list[str],
-        plan: dict[str, Callable[[Target], Awaitable[dict[str, Any]]]],
-        raw: dict[str, dict[str, list[dict[str, Any]]]],
+        raw: Raw,
         env: dict[str, str] | None = None,
+        warm: bool = False,
     ) -> None:
+        plan = self.plan()
         try:
             async with self.target(name, env) as t:
-                await self.wrk(
-                    t.static, "/small", connections=self.args.connections, duration_s=1
-                ).run()
+                if warm:
+                    await self.warm_up(t)
                 for scenario in scenarios:
                     started = time.monotonic()
                     try:
@@ -309,26 +302,25 @@ class Compare:
                     raw[scenario][name].append(result)
                     shown = {k: v for k, v in result.items() if k in SHOWN}
                     took = time.monotonic() - started
-                    print(
-                        f"   {r + 1} {name:16} {scenario:15} {took:4.1f}s {shown}",
-                        flush=True,
-                    )
+                    print(f"   {r + 1} {name:16} {scenario:15} {took:4.1f}s {shown}", flush=True)
         except Exception as exc:  # the target did not start: every scenario of it failed
             for scenario in scenarios:
                 raw[scenario][name].append({"error": f"{type(exc).__name__}: {exc}"})
             print(f"   {r + 1} {name:16} failed: {exc}", flush=True)
 
     async def profile(self, name: str) -> dict[str, Any]:
-        async with self.target(name) as t:
-            await self.wrk(
-                t.static, "/small", connections=self.args.connections, duration_s=1
-            ).run()
-            load = self.wrk(
-                t.static, "/small", connections=self.args.connections, duration_s=self.args.duration
-            )
-            return await profile.record(
-                t.static.pid, load, self.args.duration, self.work_dir, cpus=self.load_cpus
-            )
+        a = self.args
+        try:
+            async with self.target(name) as t:
+                await self.warm_up(t)
+                load = self.wrk(
+                    t.static, "/small", connections=a.connections, duration_s=a.duration
+                )
+                return await profile.record(
+                    t.static.pid, load, a.duration, self.work_dir, cpus=self.load_cpus
+                )
+        except Exception as exc:
+            return {"error": f"{type(exc).__name__}: {exc}"}
 
 
 SHOWN = {

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import cast
 
+from bench.procs import cpu_seconds
 from bench.ws_echo import parse_frame
 
 PAYLOAD = b"x" * 32
@@ -104,9 +105,10 @@ class EchoClient(asyncio.Protocol):
 
 
 async def echo_throughput(
-    port: int, host: str, *, connections: int, window: int, duration_s: float
+    port: int, host: str, *, connections: int, window: int, duration_s: float, cpu_pid: int = 0
 ) -> dict[str, float]:
-    """Messages echoed per second over ``duration_s``, after a short warm-up."""
+    """Messages echoed per second over ``duration_s``, after a short warm-up; with ``cpu_pid``,
+    also that process's CPU µs per message over the same window."""
     loop = asyncio.get_running_loop()
     counter = Counter()
     clients: list[EchoClient] = []
@@ -124,9 +126,11 @@ async def echo_throughput(
         for client in clients:
             client.start()
         await asyncio.sleep(min(1.0, duration_s / 4))  # warm-up: pools, caches, TCP windows
+        cpu = cpu_seconds(cpu_pid) if cpu_pid else 0.0
         start_count, started = counter.echoed, time.perf_counter()
         await asyncio.sleep(duration_s)
         echoed, elapsed = counter.echoed - start_count, time.perf_counter() - started
+        cpu = cpu_seconds(cpu_pid) - cpu if cpu_pid else 0.0
         counter.sending = False
     finally:
         for client in clients:
@@ -146,4 +150,5 @@ async def echo_throughput(
         "messages": echoed,
         "seconds": round(elapsed, 3),
         "msg_per_s": round(echoed / elapsed, 1),
+        **({"cpu_us_per_msg": round(cpu / echoed * 1e6, 2)} if cpu_pid else {}),
     }
