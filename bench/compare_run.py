@@ -75,6 +75,7 @@ class Compare:
         self.work_dir = work_dir
         self.children: list[Child] = []
         self.load_cpus, self.server_cpus = pinning()
+        self.own_cpus = os.sched_getaffinity(0)
         nginx_bin, wrk_bin = nginx.binary(), wrk.binary()
         if not nginx_bin or not wrk_bin:
             raise SystemExit("nginx and wrk are required: apt-get install -y nginx-light wrk")
@@ -125,6 +126,8 @@ class Compare:
             with contextlib.suppress(Exception):
                 child.stop()
         self.children.clear()
+        # CpuLedger counts the machine's capacity from this process's affinity: give it back.
+        os.sched_setaffinity(0, self.own_cpus)
 
     # ── targets ─────────────────────────────────────────────────────────────────────────────
     def targets(self) -> list[str]:
