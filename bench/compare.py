@@ -117,4 +117,8 @@ def _facts_line(f: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # every child has been stopped by then (the finally in main)
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
