@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from gateway.core.records import utcnow
-from gateway.store.base import Store
+from gateway.store.base import Registry
 
 logger = logging.getLogger("gateway.sweeper")
 
@@ -21,7 +21,7 @@ Expired = tuple[str, str, str | None]
 """(workspace, sandbox, preview or None for the sandbox itself)."""
 
 
-async def sweep_expired(store: Store, now: Callable[[], datetime] = utcnow) -> list[Expired]:
+async def sweep_expired(store: Registry, now: Callable[[], datetime] = utcnow) -> list[Expired]:
     """Delete what has expired; return what this call deleted.
 
     Deletes are transactions, so when several replicas sweep at once each object is deleted by
@@ -50,10 +50,12 @@ async def sweep_expired(store: Store, now: Callable[[], datetime] = utcnow) -> l
 class Sweeper:
     """Runs ``sweep_expired`` every ``interval_s`` on one replica."""
 
-    store: Store
+    store: Registry
     interval_s: float
     deleted: int = 0
     """Objects this replica deleted (a metric; the multi-replica test adds them up)."""
+    rounds: int = 0
+    """Sweeps finished, failed ones included: a round counted here has counted its deletions."""
 
     async def run(self) -> None:
         while True:
@@ -62,7 +64,9 @@ class Sweeper:
                 swept = await sweep_expired(self.store)
             except Exception as exc:  # the store may be down; try again next round
                 logger.warning("expiry sweep failed: %s", type(exc).__name__)
+                self.rounds += 1
                 continue
             self.deleted += len(swept)
+            self.rounds += 1
             if swept:
                 logger.info("deleted %d expired sandboxes/previews", len(swept))

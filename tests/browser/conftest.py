@@ -18,7 +18,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -32,7 +31,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, TEST_KEY, TEST_KEYS, GatewayProcess, unused_port
+from tests.helpers.ports import unused_port
+from tests.helpers.process import GatewayProcess
 
 BROWSER_DIR = Path(__file__).resolve().parent
 APPS = BROWSER_DIR / "apps"
@@ -353,66 +353,6 @@ def dev_server(browser_prerequisites: None, tmp_path: Path) -> Iterator[Any]:
             shutil.rmtree(server.app_dir, ignore_errors=True)
         with contextlib.suppress(OSError):
             WORK.rmdir()  # only when no other run is using it
-
-
-# ── the gateway ─────────────────────────────────────────────────────────────────────────────
-def spawn_gateway_on(
-    tmp_path: Path, edge_port: int, api_port: int, env: dict[str, str]
-) -> GatewayProcess:
-    """tests/conftest.spawn_gateway on given ports (it always picks new ones, and waits for
-    /readyz on those even when ``env`` overrides them), for restarting a gateway in place."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    full_env.update(
-        GATEWAY_BIND="127.0.0.1",
-        GATEWAY_EDGE_PORT=str(edge_port),
-        GATEWAY_API_PORT=str(api_port),
-        GATEWAY_API_KEYS=TEST_KEYS,
-        GATEWAY_ALLOWED_TARGETS="127.0.0.0/8",
-        PYTHONUNBUFFERED="1",
-        **env,
-    )
-    log_path = tmp_path / f"gateway-{edge_port}-restarted-{uuid.uuid4().hex[:6]}.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway"],
-            cwd=ROOT,
-            env=full_env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-    gp = GatewayProcess(proc, edge_port, api_port, TEST_KEY, log_path)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"gateway exited early:\n{gp.output()}")
-        with (
-            contextlib.suppress(OSError),
-            socket.create_connection(("127.0.0.1", api_port), 0.2) as s,
-        ):
-            s.sendall(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            if b" 200 " in s.recv(64):
-                return gp
-        time.sleep(0.05)
-    proc.kill()
-    proc.wait()
-    raise RuntimeError(f"gateway did not become ready:\n{gp.output()}")
-
-
-@pytest.fixture
-def gateway_on_ports(tmp_path: Path) -> Iterator[Any]:
-    started: list[GatewayProcess] = []
-
-    def start(edge_port: int, api_port: int, env: dict[str, str]) -> GatewayProcess:
-        gp = spawn_gateway_on(tmp_path, edge_port, api_port, env)
-        started.append(gp)
-        return gp
-
-    try:
-        yield start
-    finally:
-        for gp in started:
-            gp.kill()
 
 
 # ── a proxy without WebSocket support (the negative control) ──────────────────────────────────

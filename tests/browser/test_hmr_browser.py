@@ -20,7 +20,8 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.browser.conftest import KINDS, Api, DevServer, Driver, DriverError, save_result
-from tests.conftest import GatewayProcess, RedisServer
+from tests.helpers.process import GatewayProcess
+from tests.helpers.redis_server import RedisServer
 
 pytestmark = pytest.mark.browser
 
@@ -171,7 +172,6 @@ def test_hmr_after_a_gateway_restart(
     kind: str,
     visibility: str,
     gateway_process: Callable[..., GatewayProcess],
-    gateway_on_ports: Callable[..., GatewayProcess],
     redis_server: RedisServer,
     dev_server: Callable[..., DevServer],
     hmr_driver: Driver,
@@ -198,7 +198,7 @@ def test_hmr_after_a_gateway_restart(
         before = len(first["sockets"])
 
         assert gp.terminate() == 0, gp.output()[-3000:]
-        gp2 = gateway_on_ports(gp.edge_port, gp.api_port, env)
+        gp2 = gateway_process(env=env, ports=(gp.edge_port, gp.api_port))
         try:
             back = hmr_driver.call(
                 "reconnect", session=session, sinceSocket=before, timeout_ms=OPEN_TIMEOUT_MS[kind]

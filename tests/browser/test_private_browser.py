@@ -15,7 +15,6 @@ import http.client
 import json
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -24,7 +23,8 @@ import pytest
 from gateway.core.tokens import LEEWAY_S
 from tests.browser.conftest import Api, Driver, DriverError, save_result
 from tests.browser.private_app import LOGO_SIZE, PrivateApp
-from tests.conftest import GatewayProcess
+from tests.helpers.gateway import expires_in
+from tests.helpers.process import GatewayProcess
 
 pytestmark = pytest.mark.browser
 
@@ -93,11 +93,10 @@ def preview(
 # ── helpers ─────────────────────────────────────────────────────────────────────────────────
 def mint(api: Api, *, seconds: float, preview: str = "web") -> tuple[str, str]:
     """A token through the API; returns (name, token)."""
-    expires = (datetime.now(UTC) + timedelta(seconds=seconds)).isoformat().replace("+00:00", "Z")
     status, body = api.call(
         "POST",
         f"/sandboxes/sb/previews/{preview}/tokens",
-        {"metadata": {"name": ""}, "spec": {"expiresAt": expires}},
+        {"metadata": {"name": ""}, "spec": {"expiresAt": expires_in(seconds=seconds)}},
     )
     assert status == 200, f"minting a token: {status} {body}"
     return str(body["metadata"]["name"]), str(body["spec"]["token"])

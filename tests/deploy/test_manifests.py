@@ -103,6 +103,10 @@ def _port_number(container: dict[str, Any], port: int | str) -> int:
 
 def test_validator_is_installed() -> None:
     _require_tools()
+    assert kubernetes_validate is not None and yaml is not None
+    # It ships the schemas of every version the manifests are checked against: none is fetched.
+    shipped = set(kubernetes_validate.utils.all_versions())
+    assert set(K8S_VERSIONS) <= shipped, f"schemas missing for {set(K8S_VERSIONS) - shipped}"
 
 
 def test_kustomization_lists_every_manifest() -> None:

@@ -14,7 +14,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import OTHER_KEY, ROOT, GatewayProcess, host_of
+from tests.helpers.gateway import OTHER_KEY, ROOT, host_of
+from tests.helpers.process import GatewayProcess
 
 pytestmark = pytest.mark.e2e
 

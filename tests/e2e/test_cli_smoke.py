@@ -18,7 +18,8 @@ import aiohttp
 import aiohttp.http_parser
 import pytest
 
-from tests.conftest import GatewayProcess, host_of
+from tests.helpers.gateway import host_of
+from tests.helpers.process import GatewayProcess
 
 pytestmark = pytest.mark.e2e
 

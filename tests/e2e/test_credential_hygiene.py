@@ -10,7 +10,8 @@ from urllib.parse import quote
 
 import aiohttp
 
-from tests.conftest import TEST_KEY
+from tests.helpers.gateway import TEST_KEY
+from tests.helpers.polling import WAIT_S
 
 
 async def test_no_credential_reaches_any_log_line(gateway_process: Any, upstream: int) -> None:
@@ -40,27 +41,31 @@ async def test_no_credential_reaches_any_log_line(gateway_process: Any, upstream
         ) as r:
             token = (await r.json())["spec"]["token"]
         with_host = {"Host": host}
-        requests: list[tuple[str, dict[str, str]]] = [
-            (f"/q?bl_preview_token={quote(token)}", {}),
-            (f"/nav?bl_preview_token={token}", {"Sec-Fetch-Mode": "navigate"}),
-            ("/h", {"X-Blaxel-Preview-Token": token}),
-            ("/c", {"Cookie": f"bl_preview_token={token}"}),
+        # Each transport with the status that proves the gateway took it all the way: admitted
+        # and forwarded (200), redirected with the cookie set (303) or refused (401).
+        requests: list[tuple[str, dict[str, str], int]] = [
+            (f"/q?bl_preview_token={quote(token)}", {}, 200),
+            (f"/nav?bl_preview_token={token}", {"Sec-Fetch-Mode": "navigate"}, 303),
+            ("/h", {"X-Blaxel-Preview-Token": token}, 200),
+            ("/c", {"Cookie": f"bl_preview_token={token}"}, 200),
             (
                 "/r",
                 {"X-Blaxel-Preview-Token": token, "Referer": f"{edge}/?bl_preview_token={token}"},
+                200,
             ),
-            ("/bad", {"X-Blaxel-Preview-Token": token + "x"}),
-            (f"/bad?bl_preview_token={token}x", {}),
+            ("/bad", {"X-Blaxel-Preview-Token": token + "x"}, 401),
+            (f"/bad?bl_preview_token={token}x", {}, 401),
         ]
-        for path, headers in requests:
+        for path, headers, status in requests:
             async with http.get(
                 edge + path, headers={**with_host, **headers}, allow_redirects=False
             ) as r:
                 await r.read()
-                assert r.status in (200, 303, 401)
+                assert r.status == status, (path, r.status)
         async with http.ws_connect(f"{edge}/ws?bl_preview_token={token}", headers=with_host) as ws:
             await ws.send_str("x")
-            await ws.receive()
+            msg = await ws.receive(timeout=WAIT_S)
+            assert (msg.type, msg.data) == (aiohttp.WSMsgType.TEXT, "x")
         async with http.get(
             f"{api}/sandboxes/sb/previews/web/tokens",
             headers={"Authorization": f"Bearer {TEST_KEY}"},

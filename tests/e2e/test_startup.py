@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 from urllib.request import Request, urlopen
 
-from tests.conftest import ROOT, unused_port
+from tests.helpers.gateway import ROOT
+from tests.helpers.ports import unused_port
 
 
 def run(env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:

@@ -9,26 +9,21 @@ import contextlib
 import os
 import signal
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 import pytest
 
-from tests.conftest import GatewayProcess, host_of
-from tests.helpers.ws_client import WAIT_S, eventually
+from tests.helpers.gateway import host_of
+from tests.helpers.polling import WAIT_S, eventually
+from tests.helpers.process import GatewayProcess
 from tests.helpers.ws_raw import RawWebSocket
-from tests.helpers.ws_upstreams import WsUpstream, ws_upstream
+from tests.helpers.ws_upstreams import WsUpstream
 
 pytestmark = pytest.mark.e2e
 
 SpawnGateway = Callable[..., GatewayProcess]
-
-
-@pytest.fixture
-async def wsup() -> AsyncIterator[WsUpstream]:
-    async with ws_upstream() as up:
-        yield up
 
 
 async def public_preview(gp: GatewayProcess, port: int) -> str:

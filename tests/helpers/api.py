@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Gateway, run_gateway
+from tests.helpers.gateway import Gateway, run_gateway
 
 ERROR_KEYS = {"error", "code", "message"}
 

@@ -151,10 +151,3 @@ async def counting_listener(host: str = "127.0.0.1", port: int = 0) -> AsyncIter
     finally:
         server.close()
         await server.wait_closed()
-
-
-async def wait_for(predicate: Callable[[], bool], *, bound_s: float = 10.0) -> None:
-    """Poll until ``predicate()`` holds; TimeoutError after the bound (a safety net only)."""
-    async with asyncio.timeout(bound_s):
-        while not predicate():
-            await asyncio.sleep(0.01)

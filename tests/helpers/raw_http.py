@@ -139,3 +139,8 @@ async def read_until_closed(reader: asyncio.StreamReader) -> bytes:
                 break
             chunks.append(chunk)
     return b"".join(chunks)
+
+
+def chunked(*pieces: bytes) -> bytes:
+    """A chunked body of ``pieces``, with the terminating zero-size chunk."""
+    return b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"

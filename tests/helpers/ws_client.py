@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
 
-from tests.conftest import Gateway
-
-WAIT_S = 10.0
-"""Upper bound for any one event a test waits for: generous, so a slow machine never flakes,
-and finite, so a missing event fails instead of hanging."""
+from tests.helpers.gateway import Gateway
+from tests.helpers.polling import WAIT_S
 
 
 def connect(
@@ -44,15 +40,3 @@ async def hello(ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
     data: dict[str, Any] = json.loads(msg.data)
     data["header_map"] = {k.lower(): v for k, v in data["headers"]}
     return data
-
-
-async def eventually(check: Callable[[], bool | Awaitable[bool]], timeout: float = WAIT_S) -> None:
-    """Poll ``check`` until it holds; fail after ``timeout`` (an upper bound, not a measure)."""
-    async with asyncio.timeout(timeout):
-        while True:
-            result = check()
-            if not isinstance(result, bool):
-                result = await result
-            if result:
-                return
-            await asyncio.sleep(0.02)

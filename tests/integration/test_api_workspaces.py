@@ -5,28 +5,16 @@ through the keys file without a restart."""
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gateway.control.openapi import ENDPOINTS
-from tests.conftest import OTHER_KEY, Gateway, host_of
 from tests.helpers.api import api_gateway, assert_error
+from tests.helpers.gateway import OTHER_KEY, Gateway, expires_in, host_of
 
 NAMES = {"{sandboxName}": "sb", "{previewName}": "web", "{tokenName}": "tok"}
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def gw(request: pytest.FixtureRequest) -> AsyncIterator[Gateway]:
-    async with api_gateway(request.param, request) as gateway:
-        yield gateway
-
-
-def _expiry() -> str:
-    return (datetime.now(UTC) + timedelta(hours=1)).isoformat().replace("+00:00", "Z")
 
 
 def _body(handler: str, port: int) -> dict[str, Any] | None:
@@ -36,7 +24,7 @@ def _body(handler: str, port: int) -> dict[str, Any] | None:
         "put_sandbox": {"metadata": {"name": "sb"}, "spec": {"target": {"host": "127.0.0.7"}}},
         "create_preview": {"metadata": {"name": "web"}, "spec": {"port": port}},
         "put_preview": {"metadata": {"name": "web"}, "spec": {"port": port, "public": True}},
-        "create_token": {"metadata": {"name": "tok"}, "spec": {"expiresAt": _expiry()}},
+        "create_token": {"metadata": {"name": "tok"}, "spec": {"expiresAt": expires_in(hours=1)}},
     }.get(handler)
 
 
@@ -100,7 +88,7 @@ async def test_same_names_in_two_workspaces_stay_apart(gw: Gateway, upstream: in
     status, token = await gw.call(
         "POST",
         "/sandboxes/sb/previews/web/tokens",
-        json={"metadata": {"name": ""}, "spec": {"expiresAt": _expiry()}},
+        json={"metadata": {"name": ""}, "spec": {"expiresAt": expires_in(hours=1)}},
     )
     assert status == 200
     theirs_host = host_of(theirs["/sandboxes/sb/previews/web"])

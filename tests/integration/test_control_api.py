@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,21 +15,20 @@ from gateway.control import openapi
 from gateway.control.api_keys import KeyRing
 from gateway.control.handlers import ApiConfig, ControlApi
 from gateway.control.models import PreviewIn, SandboxIn, TokenIn
+from gateway.control.service import ServiceConfig
 from gateway.core.records import TokenRecord, utcnow
 from gateway.core.tokens import TokenSigner, generate_key
 from gateway.store.memory import MemoryStore
-from tests.conftest import Gateway, host_of
-from tests.helpers.api import api_gateway, assert_error
+from tests.helpers.api import assert_error
+from tests.helpers.gateway import Gateway, expires_in, host_of
 
 STATUSES = {"DEPLOYED", "DELETING", "TERMINATED"}
 TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{3})?Z$")
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def gw(request: pytest.FixtureRequest) -> AsyncIterator[Gateway]:
-    """The gateway with each store: the API must not depend on which one is behind it."""
-    async with api_gateway(request.param, request, reserved_ports="2375") as gateway:
-        yield gateway
+@pytest.fixture
+def gw_settings() -> dict[str, Any]:
+    return {"reserved_ports": "2375"}
 
 
 def assert_preview(body: dict[str, Any], name: str, sandbox: str = "sb") -> None:
@@ -122,7 +120,7 @@ async def test_preview_lifecycle_and_shapes(gw: Gateway, upstream: int) -> None:
     status, token = await gw.call(
         "POST",
         "/sandboxes/sb/previews/web/tokens",
-        json={"metadata": {"name": ""}, "spec": {"expiresAt": _in(hours=1)}},
+        json={"metadata": {"name": ""}, "spec": {"expiresAt": expires_in(hours=1)}},
     )
     assert status == 200
     # PUT replaces the spec; the hostname (no prefixUrl) and the tokens stay.
@@ -167,7 +165,7 @@ async def test_force_replaces_a_prefix_clash_in_the_same_workspace(
     await gw.call(
         "POST",
         "/sandboxes/a/previews/one/tokens",
-        json={"metadata": {"name": "t1"}, "spec": {"expiresAt": _in(hours=1)}},
+        json={"metadata": {"name": "t1"}, "spec": {"expiresAt": expires_in(hours=1)}},
     )
     body = {"metadata": {"name": "two"}, "spec": {"port": upstream, "prefixUrl": "app"}}
     assert_error(*await gw.call("POST", "/sandboxes/b/previews", json=body), 409, "already uses")
@@ -331,10 +329,6 @@ async def test_names_that_cannot_exist_are_404(
 
 
 # ── tokens ──────────────────────────────────────────────────────────────────────────────────
-def _in(**delta: float) -> str:
-    return (datetime.now(UTC) + timedelta(**delta)).isoformat().replace("+00:00", "Z")
-
-
 async def _token(gw: Gateway, name: str, expires_at: str) -> tuple[int, Any]:
     return await gw.call(
         "POST",
@@ -374,16 +368,18 @@ async def test_token_expiry_is_read_leniently(gw: Gateway, upstream: int, expire
 async def test_token_rules(gw: Gateway, upstream: int) -> None:
     await gw.sandbox()
     await gw.preview(upstream, public=False)
-    status, body = await _token(gw, "token-1795990619488", _in(hours=1))  # the TS SDK's form
+    status, body = await _token(gw, "token-1795990619488", expires_in(hours=1))  # the TS SDK's form
     assert status == 200 and body["metadata"]["name"] == "token-1795990619488"
-    assert_error(*await _token(gw, "token-1795990619488", _in(hours=1)), 409, "already exists")
-    assert_error(*await _token(gw, "", _in(seconds=-5)), 400, "spec.expiresAt")
+    assert_error(
+        *await _token(gw, "token-1795990619488", expires_in(hours=1)), 409, "already exists"
+    )
+    assert_error(*await _token(gw, "", expires_in(seconds=-5)), 400, "spec.expiresAt")
     assert_error(*await _token(gw, "", "tomorrow"), 400, "spec.expiresAt")
-    assert_error(*await _token(gw, "Bad Name", _in(hours=1)), 400, "metadata.name")
+    assert_error(*await _token(gw, "Bad Name", expires_in(hours=1)), 400, "metadata.name")
     # A later expiry than the gateway allows is capped, not refused.
-    status, capped = await _token(gw, "", _in(days=400))
+    status, capped = await _token(gw, "", expires_in(days=400))
     assert status == 200
-    assert capped["spec"]["expiresAt"] < _in(days=31)
+    assert capped["spec"]["expiresAt"] < expires_in(days=31)
 
     status, message = await gw.call(
         "DELETE", "/sandboxes/sb/previews/web/tokens/token-1795990619488"
@@ -397,7 +393,7 @@ async def test_token_rules(gw: Gateway, upstream: int) -> None:
 async def test_token_list_computes_expired(gw: Gateway, upstream: int) -> None:
     await gw.sandbox()
     await gw.preview(upstream, public=False)
-    await _token(gw, "live", _in(hours=1))
+    await _token(gw, "live", expires_in(hours=1))
     # An expired token can't be made through the API (a past expiry is a 400), so one is put in
     # the store as a token that simply outlived its expiry.
     assert gw.running is not None
@@ -421,7 +417,7 @@ async def test_token_list_computes_expired(gw: Gateway, upstream: int) -> None:
 
 async def test_tokens_need_a_live_preview(gw: Gateway) -> None:
     await gw.sandbox()
-    assert_error(*await _token(gw, "", _in(hours=1)), 404, "web")
+    assert_error(*await _token(gw, "", expires_in(hours=1)), 404, "web")
     assert_error(*await gw.call("GET", "/sandboxes/sb/previews/web/tokens"), 404)
     assert_error(*await gw.call("DELETE", "/sandboxes/sb/previews/web/tokens/t"), 404)
 
@@ -437,7 +433,7 @@ async def test_openapi_is_served_without_a_key_and_documents_every_route(gw: Gat
         return True
 
     api = ControlApi(
-        ApiConfig("preview.localhost", "local", "http", 8080, frozenset({80}), []),
+        ApiConfig(ServiceConfig("preview.localhost", "local", frozenset({80}), []), "http", 8080),
         MemoryStore(),
         KeyRing([]),
         ready,

@@ -7,7 +7,9 @@ import asyncio
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Gateway, RedisServer, run_gateway, unused_port
+from tests.helpers.gateway import Gateway, run_gateway
+from tests.helpers.ports import unused_port
+from tests.helpers.redis_server import RedisServer
 
 
 async def scrape(gw: Gateway) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -12,7 +12,7 @@ from urllib.parse import quote
 import aiohttp
 import pytest
 
-from tests.conftest import Gateway, host_of
+from tests.helpers.gateway import Gateway, host_of
 
 COOKIE = "bl_preview_token"
 
@@ -23,25 +23,6 @@ async def private_preview(gw: Gateway, port: int, name: str = "web", sandbox: st
         await gw.sandbox(sandbox)
     body = await gw.preview(port, sandbox=sandbox, name=name, public=False)
     return host_of(body)
-
-
-async def mint(
-    gw: Gateway,
-    preview: str = "web",
-    sandbox: str = "sb",
-    *,
-    minutes: int = 60,
-    key: str | None = None,
-) -> dict[str, Any]:
-    expires = (datetime.now(UTC) + timedelta(minutes=minutes)).isoformat().replace("+00:00", "Z")
-    status, body = await gw.call(
-        "POST",
-        f"/sandboxes/{sandbox}/previews/{preview}/tokens",
-        key=key,
-        json={"metadata": {"name": ""}, "spec": {"expiresAt": expires}},
-    )
-    assert status == 200, body
-    return body  # type: ignore[no-any-return]
 
 
 async def get(
@@ -76,7 +57,7 @@ async def test_missing_token_is_401_and_never_reaches_the_app(
 
 async def test_header_token_is_forwarded_without_the_token(gateway: Gateway, upstream: int) -> None:
     host = await private_preview(gateway, upstream)
-    token = (await mint(gateway))["spec"]["token"]
+    token = (await gateway.mint())["spec"]["token"]
     status, _, body, _ = await get(
         gateway,
         host,
@@ -92,7 +73,7 @@ async def test_header_token_is_forwarded_without_the_token(gateway: Gateway, ups
 
 async def test_query_token_sets_cookie_and_is_stripped(gateway: Gateway, upstream: int) -> None:
     host = await private_preview(gateway, upstream)
-    token = (await mint(gateway))["spec"]["token"]
+    token = (await gateway.mint())["spec"]["token"]
     status, _, body, response = await get(
         gateway, host, f"/a?x=1&bl_preview_token={token}&y=2", Cookie="app=1; other=2"
     )
@@ -111,7 +92,7 @@ async def test_navigation_with_query_token_redirects_without_it(
     gateway: Gateway, upstream: int
 ) -> None:
     host = await private_preview(gateway, upstream)
-    token = (await mint(gateway))["spec"]["token"]
+    token = (await gateway.mint())["spec"]["token"]
     status, headers, _, _ = await get(
         gateway,
         host,
@@ -126,7 +107,7 @@ async def test_navigation_with_query_token_redirects_without_it(
 
 async def test_cookie_admits_and_is_stripped(gateway: Gateway, upstream: int) -> None:
     host = await private_preview(gateway, upstream)
-    token = (await mint(gateway))["spec"]["token"]
+    token = (await gateway.mint())["spec"]["token"]
     status, _, body, _ = await get(gateway, host, Cookie=f"a=1; {COOKIE}={token}; b=2")
     assert status == 200
     assert echoed(body)["header_map"]["cookie"] == "a=1; b=2"
@@ -135,7 +116,7 @@ async def test_cookie_admits_and_is_stripped(gateway: Gateway, upstream: int) ->
 async def test_token_of_one_preview_never_opens_another(gateway: Gateway, upstream: int) -> None:
     host_a = await private_preview(gateway, upstream, name="a")
     host_b = await private_preview(gateway, upstream, name="b")
-    token_a = (await mint(gateway, "a"))["spec"]["token"]
+    token_a = (await gateway.mint("a"))["spec"]["token"]
     assert (await get(gateway, host_a, **{"X-Blaxel-Preview-Token": token_a}))[0] == 200
     status, headers, _, _ = await get(gateway, host_b, **{"X-Blaxel-Preview-Token": token_a})
     assert status == 401 and headers["X-Blaxel-Error-Code"] == "token_wrong_preview"
@@ -158,7 +139,7 @@ async def test_bad_tokens_are_told_apart(
 
 async def test_revoked_token_stops_working_at_once(gateway: Gateway, upstream: int) -> None:
     host = await private_preview(gateway, upstream)
-    minted = await mint(gateway)
+    minted = await gateway.mint()
     token = minted["spec"]["token"]
     assert (await get(gateway, host, **{"X-Blaxel-Preview-Token": token}))[0] == 200
     status, body = await gateway.call(
@@ -196,7 +177,7 @@ async def test_websocket_upgrade_needs_a_token_before_the_upgrade(
     with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
         await gateway.session.ws_connect(gateway.edge("/ws"), headers={"Host": host})
     assert refused.value.status == 401
-    token = (await mint(gateway))["spec"]["token"]
+    token = (await gateway.mint())["spec"]["token"]
     async with gateway.session.ws_connect(
         gateway.edge(f"/ws?hello=1&bl_preview_token={token}&v=1"), headers={"Host": host}
     ) as ws:
@@ -207,7 +188,7 @@ async def test_websocket_upgrade_needs_a_token_before_the_upgrade(
 
 async def test_cookie_websocket_needs_the_preview_origin(gateway: Gateway, upstream: int) -> None:
     host = await private_preview(gateway, upstream)
-    token = (await mint(gateway))["spec"]["token"]
+    token = (await gateway.mint())["spec"]["token"]
     cookie = f"{COOKIE}={token}"
     with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
         await gateway.session.ws_connect(
@@ -305,8 +286,8 @@ async def test_sibling_token_cookie_does_not_block_the_right_one(
 ) -> None:
     host_a = await private_preview(gateway, upstream, name="a")
     await private_preview(gateway, upstream, name="b")
-    token_a = (await mint(gateway, "a"))["spec"]["token"]
-    token_b = (await mint(gateway, "b"))["spec"]["token"]
+    token_a = (await gateway.mint("a"))["spec"]["token"]
+    token_b = (await gateway.mint("b"))["spec"]["token"]
     status, _, _, _ = await get(gateway, host_a, Cookie=f"{COOKIE}={token_b}; {COOKIE}={token_a}")
     assert status == 200
 
@@ -314,14 +295,14 @@ async def test_sibling_token_cookie_does_not_block_the_right_one(
 async def test_revocation_reaches_every_replica(
     redis_server: Any, redis_prefix: str, upstream: int
 ) -> None:
-    from tests.conftest import run_gateway
+    from tests.helpers.gateway import run_gateway
 
     async with (
         run_gateway(redis_url=redis_server.url, redis_prefix=redis_prefix) as a,
         run_gateway(redis_url=redis_server.url, redis_prefix=redis_prefix) as b,
     ):
         host = await private_preview(a, upstream)
-        minted = await mint(a)
+        minted = await a.mint()
         token = minted["spec"]["token"]
         assert (await get(b, host, **{"X-Blaxel-Preview-Token": token}))[
             0
@@ -349,7 +330,7 @@ async def test_a_websocket_closes_when_its_token_runs_out(gateway: Gateway, upst
         json={"metadata": {"name": "short"}, "spec": {"expiresAt": soon}},
     )
     assert status == 200
-    long_lived = (await mint(gateway))["spec"]["token"]
+    long_lived = (await gateway.mint())["spec"]["token"]
     async with (
         gateway.session.ws_connect(
             gateway.edge("/ws"),

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
-from tests.conftest import Gateway, RedisServer, run_gateway
+from tests.helpers.gateway import Gateway, run_gateway
+from tests.helpers.redis_server import RedisServer
 
 
 async def readyz(gw: Gateway) -> int:

@@ -26,8 +26,10 @@ from gateway.store.base import FLUSH_ALL
 from gateway.store.lookup import RouteLookup
 from gateway.store.memory import MemoryStore
 from gateway.store.redis import RedisStore, connect_redis
-from tests.conftest import Gateway, RedisServer, host_of, run_gateway
-from tests.helpers.probes import probe_upstream, wait_for
+from tests.helpers.gateway import Gateway, host_of, run_gateway
+from tests.helpers.polling import eventually
+from tests.helpers.probes import probe_upstream
+from tests.helpers.redis_server import RedisServer
 
 HOST = "abc.eu.preview.test"
 
@@ -106,7 +108,7 @@ async def test_concurrent_misses_share_one_store_read() -> None:
     store.gate.clear()
     routes = lookup(store, ttl_s=0.0)  # no caching: only coalescing can save reads
     finds = [asyncio.get_running_loop().create_task(routes.find(HOST)) for _ in range(100)]
-    await wait_for(lambda: store.waiting == 1)
+    await eventually(lambda: store.waiting == 1)
     assert not any(f.done() for f in finds)
     store.gate.set()
     results = await asyncio.gather(*finds)
@@ -152,7 +154,7 @@ async def test_a_cancelled_caller_does_not_strand_the_others() -> None:
     routes = lookup(store)
     loop = asyncio.get_running_loop()
     first = loop.create_task(routes.find(HOST))
-    await wait_for(lambda: store.waiting == 1)
+    await eventually(lambda: store.waiting == 1)
     others = [loop.create_task(routes.find(HOST)) for _ in range(5)]
     await asyncio.sleep(0)
     first.cancel()  # its client went away
@@ -208,7 +210,7 @@ async def test_a_read_racing_an_invalidation_is_not_cached() -> None:
     store.gate.clear()
     routes = lookup(store)
     pending = asyncio.get_running_loop().create_task(routes.find(HOST))
-    await wait_for(lambda: store.waiting == 1)
+    await eventually(lambda: store.waiting == 1)
     routes.invalidate(HOST)  # the route changed while the read was in flight
     store.gate.set()
     assert await pending is not None
@@ -378,18 +380,6 @@ async def until_status(gw: Gateway, host: str, status: int, **headers: str) -> N
             await asyncio.sleep(0.02)
 
 
-async def mint(gw: Gateway, preview: str) -> str:
-    expires = (datetime.now(UTC) + timedelta(hours=1)).isoformat().replace("+00:00", "Z")
-    status, body = await gw.call(
-        "POST",
-        f"/sandboxes/sb/previews/{preview}/tokens",
-        json={"metadata": {"name": ""}, "spec": {"expiresAt": expires}},
-    )
-    assert status == 200, body
-    token: str = body["spec"]["token"]
-    return token
-
-
 @contextlib.asynccontextmanager
 async def redis_stopped(server: RedisServer) -> AsyncIterator[None]:
     server.stop()
@@ -483,7 +473,7 @@ async def test_redis_stopped(
     ):
         public = await gw.public_preview(probe.port)
         private = host_of(await gw.preview(probe.port, name="secret", public=False))
-        token = await mint(gw, "secret")
+        token = (await gw.mint("secret"))["spec"]["token"]
         with_token = {"X-Blaxel-Preview-Token": token}
         assert (await get(gw, public)).status == 200
         assert (await get(gw, private, **with_token)).status == 200
@@ -529,7 +519,7 @@ async def test_redis_hung(redis_server: RedisServer, redis_prefix: str) -> None:
     ):
         public = await gw.public_preview(probe.port)
         private = host_of(await gw.preview(probe.port, name="secret", public=False))
-        token = await mint(gw, "secret")
+        token = (await gw.mint("secret"))["spec"]["token"]
         assert (await get(gw, public)).status == 200
         assert (await get(gw, private, **{"X-Blaxel-Preview-Token": token})).status == 200
 

@@ -21,7 +21,7 @@ from gateway.core.records import Keys, Preview, Route, Sandbox, TokenRecord, utc
 from gateway.store.base import FLUSH_ALL, PutResult, Store
 from gateway.store.memory import MemoryStore
 from gateway.store.redis import RedisStore, connect_redis
-from tests.conftest import RedisServer
+from tests.helpers.redis_server import RedisServer
 
 WS = "ws1"
 OTHER_WS = "ws2"

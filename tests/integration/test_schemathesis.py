@@ -22,8 +22,10 @@ from schemathesis.config import SchemathesisConfig
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from gateway.control import openapi
-from tests.conftest import TEST_KEY, GatewayProcess, RedisServer, spawn_gateway
 from tests.helpers.api import ERROR_KEYS
+from tests.helpers.gateway import TEST_KEY
+from tests.helpers.process import GatewayProcess, spawn_gateway
+from tests.helpers.redis_server import RedisServer
 
 SEED = 20261130
 CONFIG = {

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import aiohttp
 
-from tests.conftest import Gateway
+from tests.helpers.gateway import Gateway
 
 
 async def test_public_preview_round_trip(gateway: Gateway, upstream: int) -> None:

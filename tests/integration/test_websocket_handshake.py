@@ -4,20 +4,13 @@ what the upstream chose (subprotocol, extensions) or the upstream's refusal as p
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 
-from tests.conftest import Gateway, run_gateway, unused_port
+from tests.helpers.gateway import Gateway, run_gateway
+from tests.helpers.ports import unused_port
 from tests.helpers.ws_client import connect, hello, receive
 from tests.helpers.ws_raw import RawWebSocket
-from tests.helpers.ws_upstreams import WsUpstream, silent_server, ws_upstream
-
-
-@pytest.fixture
-async def wsup() -> AsyncIterator[WsUpstream]:
-    async with ws_upstream() as up:
-        yield up
+from tests.helpers.ws_upstreams import WsUpstream, silent_server
 
 
 async def test_query_origin_cookies_and_subprotocol_reach_the_app(

@@ -8,22 +8,16 @@ import asyncio
 import base64
 import contextlib
 import hashlib
-from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
 
 from gateway.edge.ws_relay import wire_close_code, wire_reason
-from tests.conftest import Gateway, run_gateway
-from tests.helpers.ws_client import WAIT_S, connect, eventually, receive, receive_close
+from tests.helpers.gateway import Gateway, run_gateway
+from tests.helpers.polling import WAIT_S, eventually
+from tests.helpers.ws_client import connect, receive, receive_close
 from tests.helpers.ws_raw import OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, RawWebSocket
-from tests.helpers.ws_upstreams import WsUpstream, ws_upstream
-
-
-@pytest.fixture
-async def wsup() -> AsyncIterator[WsUpstream]:
-    async with ws_upstream() as up:
-        yield up
+from tests.helpers.ws_upstreams import WsUpstream
 
 
 # ── close codes ─────────────────────────────────────────────────────────────────────────────

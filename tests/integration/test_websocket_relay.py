@@ -6,23 +6,16 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-from collections.abc import AsyncIterator
 
 import aiohttp
-import pytest
 
-from tests.conftest import Gateway, run_gateway
-from tests.helpers.ws_client import WAIT_S, connect, eventually, receive, receive_close
+from tests.helpers.gateway import Gateway, run_gateway
+from tests.helpers.polling import WAIT_S, eventually
+from tests.helpers.ws_client import connect, receive, receive_close
 from tests.helpers.ws_raw import OP_BINARY, OP_CONT, OP_PING, OP_PONG, OP_TEXT, RawWebSocket
-from tests.helpers.ws_upstreams import WsUpstream, ws_upstream
+from tests.helpers.ws_upstreams import WsUpstream
 
 MiB = 1024 * 1024
-
-
-@pytest.fixture
-async def wsup() -> AsyncIterator[WsUpstream]:
-    async with ws_upstream() as up:
-        yield up
 
 
 async def test_text_and_binary_keep_their_type_both_ways(

@@ -4,35 +4,14 @@ with 1008 (proxy-anchors L9; threat model W11). With the embedded store and with
 
 from __future__ import annotations
 
-import asyncio
-import secrets
-from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
-import pytest
 
-from tests.conftest import Gateway, host_of, run_gateway
+from tests.helpers.gateway import Gateway, host_of
+from tests.helpers.polling import eventually
 from tests.helpers.ws_client import connect, receive, receive_close
 from tests.helpers.ws_upstreams import WsUpstream, ws_upstream
-
-
-@pytest.fixture
-async def wsup() -> AsyncIterator[WsUpstream]:
-    async with ws_upstream() as up:
-        yield up
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def gw(request: pytest.FixtureRequest) -> AsyncIterator[Gateway]:
-    """The in-process gateway, on the embedded store or on Redis (invalidations by pub/sub)."""
-    overrides: dict[str, Any] = {}
-    if request.param == "redis":
-        server = request.getfixturevalue("redis_server")
-        overrides = {"redis_url": server.url, "redis_prefix": f"t{secrets.token_hex(4)}:"}
-    async with run_gateway(**overrides) as gateway:
-        yield gateway
 
 
 async def assert_alive(ws: aiohttp.ClientWebSocketResponse, text: str) -> None:
@@ -117,30 +96,19 @@ async def test_turning_a_preview_private_closes_its_public_sockets(
         await assert_alive(ws_api, "api")
 
 
-async def mint(gw: Gateway, preview: str) -> dict[str, Any]:
-    expires = (datetime.now(UTC) + timedelta(hours=1)).isoformat().replace("+00:00", "Z")
-    status, body = await gw.call(
-        "POST",
-        f"/sandboxes/sb/previews/{preview}/tokens",
-        json={"metadata": {"name": ""}, "spec": {"expiresAt": expires}},
-    )
-    assert status == 200, body
-    return body  # type: ignore[no-any-return]
-
-
 async def test_revoking_the_token_of_an_open_socket_closes_it(
     gw: Gateway, wsup: WsUpstream
 ) -> None:
     await gw.sandbox()
     web = host_of(await gw.preview(wsup.port, name="web", public=False))
-    first, second = await mint(gw, "web"), await mint(gw, "web")
+    first, second = await gw.mint("web"), await gw.mint("web")
     by_first = {"X-Blaxel-Preview-Token": first["spec"]["token"]}
     by_second = {"X-Blaxel-Preview-Token": second["spec"]["token"]}
     async with (
         connect(gw, web, headers=by_first) as ws_first,
         connect(gw, web, headers=by_second) as ws_second,
     ):
-        await mint(gw, "web")  # another token: the route changes, both sockets stay
+        await gw.mint("web")  # another token: the route changes, both sockets stay
         await assert_alive(ws_first, "first")
 
         hub = gw.running.hub if gw.running else None
@@ -164,10 +132,18 @@ async def test_a_store_outage_during_a_recheck_keeps_sockets_open(
     host = await gw.public_preview(wsup.port)
     async with connect(gw, host) as ws:
         assert gw.running is not None
+        lookup = gw.running.lookup
+
+        def failed_lookups() -> int:
+            # What gateway_store_errors{operation="route_lookup"} counts.
+            return lookup.stats["stale"] + lookup.stats["error"]
+
+        failed_before = failed_lookups()
         redis_server.pause()
         try:
-            gw.running.lookup.invalidate(host)  # drops the cache entry: the re-check must read
-            await asyncio.sleep(0.6)  # past the 0.3 s store timeout of that re-check
+            lookup.invalidate(host)  # drops the cache entry: the re-check must read
+            # The re-check's read has hit the store timeout: that is what must not cut the socket.
+            await eventually(lambda: failed_lookups() > failed_before)
             await assert_alive(ws, "through the outage")
         finally:
             redis_server.resume()

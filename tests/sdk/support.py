@@ -11,7 +11,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.conftest import GatewayProcess
+from tests.helpers.process import GatewayProcess
 
 FLOW_PREFIX = "FLOW-RESULT "
 SANDBOX = "sdk-sb"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import GatewayProcess
+from tests.helpers.process import GatewayProcess
 from tests.sdk.support import SANDBOX, register_sandbox, run_flow, sdk_env
 
 pytestmark = pytest.mark.e2e

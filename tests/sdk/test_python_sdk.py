@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, GatewayProcess
+from tests.helpers.gateway import ROOT
+from tests.helpers.process import GatewayProcess
 from tests.sdk.support import SANDBOX, register_sandbox, run_flow, sdk_env
 
 pytestmark = pytest.mark.e2e
