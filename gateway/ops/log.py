@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass, field, fields
 
 access = logging.getLogger("gateway.access")
 edge = logging.getLogger("gateway.edge")
-control = logging.getLogger("gateway.control")
 
 
 @dataclass(slots=True)
