@@ -23,7 +23,7 @@ from aiohttp import web
 from gateway.control.api_keys import KeyRing
 from gateway.control.handlers import ApiConfig, ControlApi
 from gateway.control.service import ControlService, ServiceConfig
-from gateway.core.admission import AdmissionPolicy
+from gateway.core.admission import AdmissionConfig
 from gateway.core.errors import RoutingUnavailable
 from gateway.core.netpolicy import IPNetwork
 from gateway.core.tokens import SigningKey, TokenSigner, generate_key, parse_keys
@@ -146,8 +146,8 @@ def upstream_session(
     )
 
 
-def admission_for(settings: Settings, signer: TokenSigner) -> AdmissionPolicy:
-    return AdmissionPolicy(
+def admission_for(settings: Settings, signer: TokenSigner) -> AdmissionConfig:
+    return AdmissionConfig(
         signer=signer,
         cookie_samesite=settings.cookie_samesite,
         allowed_origins=settings.ws_allowed_origins,
@@ -166,7 +166,7 @@ def ws_limits(settings: Settings) -> WsLimits:
 
 
 def edge_config(
-    settings: Settings, allowed: list[IPNetwork], admission: AdmissionPolicy
+    settings: Settings, allowed: list[IPNetwork], admission: AdmissionConfig
 ) -> EdgeConfig:
     return EdgeConfig(
         preview_domain=settings.preview_domain,
