@@ -69,8 +69,8 @@ class Edge:
         self._observe = observe
         self._next_id = _random_ids().__next__
         self._target_allowed: dict[str, bool] = {}
-        """``_check_target``'s verdict per sandbox address: parsing the address with ``ipaddress``
-        on every request cost ~4 µs. A pure function of the address and the (frozen) config."""
+        """``_check_target``'s verdicts by sandbox address, so ``ipaddress`` does not parse it on
+        every request (docs/benchmarks.md). Pure in the address and the frozen config."""
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         record = log.AccessRecord(
@@ -250,8 +250,8 @@ _TARGET_CACHE_MAX = 4096
 
 
 def _random_ids() -> Iterator[str]:
-    """16-hex-digit request ids from a block of 512 drawn at once: one ``secrets`` call (a
-    getrandom syscall) per request cost ~2 % of a small proxied GET. Each id is still 8 bytes from
+    """16-hex-digit request ids from a block of 512 drawn at once, rather than one ``secrets``
+    call (a getrandom syscall) per request (docs/benchmarks.md). Each id is still 8 bytes from
     the CSPRNG, used once."""
     while True:
         block = secrets.token_hex(8 * 512)
