@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import unquote
 
-from gateway.core import header_policy as policy
+from gateway.core import header_policy
 from gateway.core.errors import OriginRejected, TokenRejected, TokenRequired
 from gateway.core.records import Route
 from gateway.core.tokens import TokenSigner
@@ -30,7 +30,7 @@ MAX_COOKIE_TRIES = 4
 @dataclass(frozen=True, slots=True)
 class Inbound:
     method: str
-    headers: policy.Headers
+    headers: header_policy.Headers
     raw_path: str
     raw_query: str
     host_header: str
@@ -59,10 +59,17 @@ Decision = Preflight | Forward | Redirect
 
 
 @dataclass(frozen=True, slots=True)
-class AdmissionPolicy:
+class AdmissionConfig:
+    """What admission decides with: the token signer, the cookie it sets, the origins a
+    WebSocket may come from."""
+
     signer: TokenSigner
     cookie_samesite: str
     allowed_origins: Sequence[str]
+
+
+AdmissionPolicy = AdmissionConfig
+"""The old name, kept while the new data path (issue 9) still imports it."""
 
 
 def is_preflight(inbound: Inbound) -> bool:
@@ -78,13 +85,13 @@ def preflight_headers(route: Route) -> dict[str, str]:
     own = route.response_headers.items()
     out = {k: v for k, v in own if k.lower().startswith("access-control-")}
     present = {k.lower() for k in out}
-    for name, value in policy.CORS_DEFAULTS.items():
+    for name, value in header_policy.CORS_DEFAULTS.items():
         if name.lower() not in present:
             out[name] = value
     return out
 
 
-def decide(inbound: Inbound, route: Route, policy_: AdmissionPolicy, now: datetime) -> Decision:
+def decide(inbound: Inbound, route: Route, config: AdmissionConfig, now: datetime) -> Decision:
     if is_preflight(inbound):
         # Browsers send preflights without credentials, so they cannot carry a token; Blaxel
         # answers them itself, without auth, and so do we. Nothing reaches the sandbox.
@@ -94,13 +101,13 @@ def decide(inbound: Inbound, route: Route, policy_: AdmissionPolicy, now: dateti
 
     header_token = inbound.headers.get(TOKEN_HEADER)
     if header_token is not None:
-        _check(header_token.strip(), route, policy_, now)
+        _check(header_token.strip(), route, config, now)
         return Forward()
 
-    query_token = query_param(inbound.raw_query, policy.TOKEN_QUERY_PARAM)
+    query_token = query_param(inbound.raw_query, header_policy.TOKEN_QUERY_PARAM)
     if query_token is not None:
-        expires = _check(query_token, route, policy_, now)
-        cookie = token_cookie(query_token, inbound.scheme, policy_.cookie_samesite, expires, now)
+        expires = _check(query_token, route, config, now)
+        cookie = token_cookie(query_token, inbound.scheme, config.cookie_samesite, expires, now)
         if _is_navigation(inbound):
             # The token leaves the address bar, the history and every later Referer.
             return Redirect(clean_location(inbound.raw_path, inbound.raw_query), cookie)
@@ -112,20 +119,20 @@ def decide(inbound: Inbound, route: Route, policy_: AdmissionPolicy, now: dateti
     first_error: TokenRejected | None = None
     for token in cookies[:MAX_COOKIE_TRIES]:
         try:
-            _check(token, route, policy_, now)
+            _check(token, route, config, now)
         except TokenRejected as exc:
             first_error = first_error or exc
             continue
         if inbound.websocket:
-            _check_origin(inbound, policy_)
+            _check_origin(inbound, config)
         return Forward()
     assert first_error is not None
     raise first_error
 
 
-def _check(token: str, route: Route, policy_: AdmissionPolicy, now: datetime) -> float:
+def _check(token: str, route: Route, config: AdmissionConfig, now: datetime) -> float:
     """Verify and check revocation; return the token's expiry (epoch seconds)."""
-    jti = policy_.signer.verify(token, preview_uid=route.preview_uid, now=now)
+    jti = config.signer.verify(token, preview_uid=route.preview_uid, now=now)
     expires = route.tokens.get(jti)
     if expires is None:
         raise TokenRejected("token_revoked", "The preview token has been revoked.")
@@ -140,12 +147,12 @@ def _is_navigation(inbound: Inbound) -> bool:
     )
 
 
-def _check_origin(inbound: Inbound, policy_: AdmissionPolicy) -> None:
+def _check_origin(inbound: Inbound, config: AdmissionConfig) -> None:
     """A cookie rides along with any site's ``new WebSocket(...)``; only the preview's own
     origin and configured embedders may use it (cross-site WebSocket hijacking)."""
     origin = inbound.headers.get("Origin", "").strip().lower()
     own = {f"http://{inbound.host_header}", f"https://{inbound.host_header}"}
-    allowed = own | {o.strip().lower().rstrip("/") for o in policy_.allowed_origins}
+    allowed = own | {o.strip().lower().rstrip("/") for o in config.allowed_origins}
     if origin not in allowed:
         raise OriginRejected("This WebSocket's origin may not use the preview cookie.")
 
@@ -159,12 +166,12 @@ def query_param(raw_query: str, name: str) -> str | None:
     return None
 
 
-def cookie_tokens(headers: policy.Headers) -> list[str]:
+def cookie_tokens(headers: header_policy.Headers) -> list[str]:
     tokens = []
     for header in headers.getall("Cookie", ()):
         for pair in header.split(";"):
             name, sep, value = pair.strip().partition("=")
-            if sep and name in policy.TOKEN_COOKIE_NAMES and value:
+            if sep and name in header_policy.TOKEN_COOKIE_NAMES and value:
                 tokens.append(value.strip('"'))
     return tokens
 
@@ -193,5 +200,5 @@ def clean_location(raw_path: str, raw_query: str) -> str:
     """A relative redirect target with the token removed. It starts with exactly one ``/``:
     ``//evil.test`` or ``/\\evil.test`` would send the browser to another host."""
     path = "/" + raw_path.translate(_URL_IGNORED).lstrip("/\\")
-    query = policy.strip_token_param(raw_query)
+    query = header_policy.strip_token_param(raw_query)
     return path + ("?" + query if query else "")
