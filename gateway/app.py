@@ -21,13 +21,16 @@ from aiohttp import web
 
 from gateway.control.api_keys import KeyRing
 from gateway.control.handlers import ApiConfig, ControlApi
+from gateway.control.service import ServiceConfig
 from gateway.core.admission import AdmissionPolicy
 from gateway.core.errors import RoutingUnavailable
 from gateway.core.tokens import SigningKey, TokenSigner, generate_key, parse_keys
 from gateway.edge.http_relay import RelayTimeouts
 from gateway.edge.server import Edge, EdgeConfig, EdgeServer
 from gateway.edge.upstream import create_session
-from gateway.edge.ws_relay import WebSocketHub, WsLimits
+from gateway.edge.ws_hub import WebSocketHub, WsLimits
+from gateway.edge.ws_readmit import Readmission
+from gateway.edge.ws_relay import WsRelay
 from gateway.ops import log
 from gateway.ops.metrics import CONTENT_TYPE, Metrics, StatsCollector
 from gateway.ops.settings import Settings
@@ -152,19 +155,17 @@ async def serve(
         connect_timeout_s=settings.upstream_connect_timeout_s,
         websocket=True,
     )
-    hub = WebSocketHub(
-        ws_session,
-        WsLimits(
-            idle_timeout_s=settings.ws_idle_timeout_s,
-            max_lifetime_s=settings.ws_max_lifetime_s,
-            ping_interval_s=settings.ws_ping_interval_s,
-            max_message_bytes=settings.ws_max_message_bytes,
-            connect_timeout_s=settings.upstream_connect_timeout_s,
-            handshake_timeout_s=settings.upstream_response_timeout_s,
-        ),
-        route_check=lookup.find,
-        admission_policy=admission_policy,
+    ws_limits = WsLimits(
+        idle_timeout_s=settings.ws_idle_timeout_s,
+        max_lifetime_s=settings.ws_max_lifetime_s,
+        ping_interval_s=settings.ws_ping_interval_s,
+        max_message_bytes=settings.ws_max_message_bytes,
+        handshake_timeout_s=settings.upstream_response_timeout_s,
     )
+    hub = WebSocketHub(
+        Readmission(lookup.find, admission_policy), close_timeout_s=ws_limits.close_timeout_s
+    )
+    ws_relay = WsRelay(ws_session, ws_limits, hub)
     lookup.add_listener(hub.on_invalidation)
     metrics = Metrics()
     metrics.add_collector(
@@ -198,7 +199,7 @@ async def serve(
         ),
         lookup,
         session,
-        websocket_relay=hub.relay,
+        websocket_relay=ws_relay.relay,
         observe=metrics.observe,
     )
     running: Running | None = None
@@ -223,13 +224,15 @@ async def serve(
 
     api = ControlApi(
         ApiConfig(
-            preview_domain=settings.preview_domain,
-            region=settings.region,
+            rules=ServiceConfig(
+                preview_domain=settings.preview_domain,
+                region=settings.region,
+                blocked_ports=settings.blocked_ports(),
+                allowed_targets=allowed,
+                token_max_lifetime_s=settings.token_max_lifetime_s,
+            ),
             public_scheme=settings.public_scheme,
             public_port=settings.effective_public_port,
-            blocked_ports=settings.blocked_ports(),
-            allowed_targets=allowed,
-            token_max_lifetime_s=settings.token_max_lifetime_s,
         ),
         store,
         keys,

@@ -6,9 +6,8 @@ workspace's objects answer 404, so names do not leak. ``/healthz``, ``/readyz`` 
 ``/v0/openapi.json`` need no key. The routes come from ``openapi.ENDPOINTS``, which the OpenAPI
 document describes.
 
-Expiry: whatever has expired is answered 404 and left out of lists even before the sweeper
-(``app.sweep_expired``) deletes it; a create that collides with an expired name or hostname
-deletes the expired object first, so "GET, then POST on 404" always works.
+The domain rules (expiry, compare-and-swap, token retention, hostname choice) are in
+``control.service``; these handlers translate between HTTP and it, and render its errors.
 """
 
 from __future__ import annotations
@@ -16,10 +15,9 @@ from __future__ import annotations
 import json
 import logging
 import re
-import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -28,23 +26,28 @@ from pydantic import BaseModel, ValidationError
 from gateway.control import openapi
 from gateway.control.api_keys import KeyRing
 from gateway.control.models import (
-    Lifetime,
     Out,
     PreviewIn,
     SandboxIn,
     Status,
     TokenIn,
-    parse_expiry,
     preview_out,
     sandbox_out,
     token_out,
 )
+from gateway.control.service import ControlService, ServiceConfig
 from gateway.core import hostnames
-from gateway.core.errors import GatewayError
-from gateway.core.netpolicy import IPNetwork, address_allowed, is_ip_literal
+from gateway.core.errors import (
+    ApiKeyRequired,
+    BadRequest,
+    GatewayError,
+    NotFound,
+    PayloadTooLarge,
+    WorkspaceMismatch,
+)
 from gateway.core.records import Preview, Sandbox, TokenRecord, utcnow
-from gateway.core.tokens import TokenSigner, new_token_id
-from gateway.store.base import PutResult, Store
+from gateway.core.tokens import TokenSigner
+from gateway.store.base import Registry
 
 log = logging.getLogger("gateway.control")
 
@@ -52,38 +55,34 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-def error_response(
-    status: int, message: str, headers: dict[str, str] | None = None
-) -> web.Response:
+def _error_body(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
     return web.json_response(
         {"error": message, "code": status, "message": message}, status=status, headers=headers
     )
 
 
+def render(exc: GatewayError) -> web.Response:
+    """The control API's one error renderer: ``{"error", "code", "message"}``, ``code`` being
+    the HTTP status (the Blaxel SDKs read it)."""
+    headers: dict[str, str] = {}
+    if exc.status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    if exc.retry_after_s:
+        headers["Retry-After"] = str(exc.retry_after_s)
+    return _error_body(exc.status, exc.message, headers or None)
+
+
 @dataclass(frozen=True)
 class ApiConfig:
-    preview_domain: str
-    region: str
+    rules: ServiceConfig
+    """What the service needs; the rest is how the API answers over HTTP."""
     public_scheme: str
     public_port: int
-    blocked_ports: frozenset[int]
-    allowed_targets: list[IPNetwork]
-    token_max_lifetime_s: int = 30 * 86400
     max_body_bytes: int = 1024 * 1024
 
 
 WORKSPACE = web.RequestKey("workspace", str)
 PATH_NAMES = {k: re.compile(v) for k, v in openapi.PATH_PATTERNS.items()}
-MAX_TOKENS_PER_PREVIEW = 256
-TOKEN_RETENTION = timedelta(days=1)
-"""Expired tokens stay listed (with `expired: true`) this long, then are pruned on a write."""
 UNAUTHENTICATED = frozenset({"/healthz", "/readyz", openapi.OPENAPI_PATH})
 
 
@@ -91,14 +90,15 @@ class ControlApi:
     def __init__(
         self,
         config: ApiConfig,
-        store: Store,
+        store: Registry,
         keys: KeyRing,
         ready: Callable[[], Awaitable[bool]],
         signer: TokenSigner,
     ) -> None:
-        self._c = config
+        self._config = config
         self._signer = signer
-        self._store = store
+        self.service = ControlService(config.rules, store)
+        """The domain rules; the handlers below only translate HTTP to and from it."""
         self._keys = keys
         self._ready = ready
         self._public_port = config.public_port
@@ -110,7 +110,7 @@ class ControlApi:
     # ── app ───────────────────────────────────────────────────────────────────────────────
     def app(self) -> web.Application:
         app = web.Application(
-            middlewares=[self._errors, self._auth], client_max_size=self._c.max_body_bytes
+            middlewares=[self._errors, self._auth], client_max_size=self._config.max_body_bytes
         )
         r = app.router
         r.add_get("/healthz", self.healthz)
@@ -124,21 +124,17 @@ class ControlApi:
     async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             return await handler(request)
-        except ApiError as exc:
-            headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-            return error_response(exc.status, exc.message, headers)
         except GatewayError as exc:
-            headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s else None
-            return error_response(exc.status, exc.message, headers)
-        except web.HTTPException as exc:
+            return render(exc)
+        except web.HTTPException as exc:  # aiohttp's own: no such route, wrong method
             if exc.status < 400:
                 raise
             allow = exc.headers.get("Allow")  # 405 says which methods would do
             headers = {"Allow": allow} if allow else None
-            return error_response(exc.status, exc.reason or "error", headers)
+            return _error_body(exc.status, exc.reason or "error", headers)
         except Exception:
             log.exception("control API bug")
-            return error_response(500, "Internal error")
+            return render(GatewayError("Internal error"))
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -149,10 +145,10 @@ class ControlApi:
         )
         workspace = self._keys.workspace_for(key) if key else None
         if workspace is None:
-            raise ApiError(401, "A valid API key is required (Authorization: Bearer <key>).")
+            raise ApiKeyRequired()
         claimed = request.headers.get("X-Blaxel-Workspace")
         if claimed and claimed != workspace:
-            raise ApiError(403, "X-Blaxel-Workspace does not match the API key's workspace.")
+            raise WorkspaceMismatch()
         request[WORKSPACE] = workspace
         return await handler(request)
 
@@ -170,69 +166,39 @@ class ControlApi:
 
     # ── sandboxes ─────────────────────────────────────────────────────────────────────────
     async def list_sandboxes(self, request: web.Request) -> web.Response:
-        sandboxes = await self._store.list_sandboxes(request[WORKSPACE])
-        now = utcnow()
-        return _ok([self._sandbox_out(s) for s in sandboxes if not s.expired(now)])
+        return _ok([sandbox_out(s) for s in await self.service.sandboxes(request[WORKSPACE])])
 
     async def create_sandbox(self, request: web.Request) -> web.Response:
         body = await _body(request, SandboxIn)
-        workspace = request[WORKSPACE]
-        sandbox = self._sandbox_from(body, workspace, existing=None)
-        result = await self._store.put_sandbox(sandbox, create=True)
-        if result is not PutResult.OK and await self._reap(workspace, sandbox.name):
-            # The name was held by an expired sandbox, now gone: try once more.
-            result = await self._store.put_sandbox(sandbox, create=True)
-        if result is PutResult.OK:
-            return _ok(self._sandbox_out(sandbox))
-        if _flag(request, "createIfNotExist"):
-            existing = await self._live_sandbox(workspace, sandbox.name)
-            if existing is not None:
-                return _ok(self._sandbox_out(existing))
-        raise ApiError(409, f"Sandbox {sandbox.name} already exists")
+        if_not_exists = _flag(request, "createIfNotExist")
+        sandbox = await self.service.create_sandbox(
+            request[WORKSPACE], body, if_not_exists=if_not_exists
+        )
+        return _ok(sandbox_out(sandbox))
 
     async def get_sandbox(self, request: web.Request) -> web.Response:
-        return _ok(self._sandbox_out(await self._sandbox(request)))
+        return _ok(sandbox_out(await self._sandbox(request)))
 
     async def put_sandbox(self, request: web.Request) -> web.Response:
         existing = await self._sandbox(request)
         body = await _body(request, SandboxIn)
-        if body.metadata.name != existing.name:
-            raise ApiError(400, "metadata.name: must match the sandbox name in the path")
-        sandbox = self._sandbox_from(body, existing.workspace, existing=existing)
-        # must_exist: a sandbox deleted while this PUT was on its way stays deleted.
-        if (
-            await self._store.put_sandbox(sandbox, create=False, must_exist=True)
-            is not PutResult.OK
-        ):
-            raise ApiError(404, f"Sandbox {sandbox.name} not found")
-        return _ok(self._sandbox_out(sandbox))
+        return _ok(sandbox_out(await self.service.replace_sandbox(existing, body)))
 
     async def delete_sandbox(self, request: web.Request) -> web.Response:
         name = _path(request, "sandboxName")
-        deleted = await self._store.delete_sandbox(request[WORKSPACE], name)
-        if deleted is None or deleted.expired(utcnow()):
-            # An expired sandbox is deleted all the same, but it was already "not found".
-            raise ApiError(404, f"Sandbox {name} not found")
-        return _ok(self._sandbox_out(deleted, status="TERMINATED"))
+        deleted = await self.service.delete_sandbox(request[WORKSPACE], name)
+        return _ok(sandbox_out(deleted, status="TERMINATED"))
 
     # ── previews ──────────────────────────────────────────────────────────────────────────
     async def list_previews(self, request: web.Request) -> web.Response:
-        sandbox = await self._sandbox(request)
-        previews = await self._store.list_previews(sandbox.workspace, sandbox.name)
-        now = utcnow()
-        return _ok([self._preview_out(p) for p in previews if not p.expired(now)])
+        previews = await self.service.previews(await self._sandbox(request))
+        return _ok([self._preview_out(p) for p in previews])
 
     async def create_preview(self, request: web.Request) -> web.Response:
         sandbox = await self._sandbox(request)
         body = await _body(request, PreviewIn)
-        preview = self._preview_from(body, sandbox, existing=None)
         force = _flag(request, "force")
-        result = await self._store.put_preview(preview, create=True, force=force)
-        if result is not PutResult.OK and await self._reap_conflict(result, preview):
-            # The name or hostname was held by an expired preview, now gone: try once more.
-            result = await self._store.put_preview(preview, create=True, force=force)
-        self._raise_for(result, preview)
-        return _ok(self._preview_out(preview))
+        return _ok(self._preview_out(await self.service.create_preview(sandbox, body, force=force)))
 
     async def get_preview(self, request: web.Request) -> web.Response:
         return _ok(self._preview_out(await self._preview(request)))
@@ -240,21 +206,14 @@ class ControlApi:
     async def put_preview(self, request: web.Request) -> web.Response:
         sandbox = await self._sandbox(request)
         body = await _body(request, PreviewIn)
-        if body.metadata.name != _path(request, "previewName"):
-            raise ApiError(400, "metadata.name: must match the preview name in the path")
-
-        def replace(current: Preview) -> Preview:
-            return self._preview_from(body, sandbox, existing=current)
-
-        updated = await self._update_preview(request, replace, force=_flag(request, "force"))
+        name = _path(request, "previewName")
+        force = _flag(request, "force")
+        updated = await self.service.replace_preview(sandbox, name, body, force=force)
         return _ok(self._preview_out(updated))
 
     async def delete_preview(self, request: web.Request) -> web.Response:
         sandbox = await self._sandbox(request)
-        name = _path(request, "previewName")
-        deleted = await self._store.delete_preview(sandbox.workspace, sandbox.name, name)
-        if deleted is None or deleted.expired(utcnow()):
-            raise ApiError(404, f"Preview {name} not found")
+        deleted = await self.service.delete_preview(sandbox, _path(request, "previewName"))
         # Deletion is synchronous, so DELETING is already over: the SDKs' poll gets 404 at once.
         return _ok(self._preview_out(deleted, status="DELETING"))
 
@@ -262,210 +221,40 @@ class ControlApi:
     async def list_tokens(self, request: web.Request) -> web.Response:
         preview = await self._preview(request)
         now = utcnow()
-        records = sorted(preview.tokens.values(), key=lambda t: t.created_at)
-        return _ok([self._token_out(preview, t, now) for t in records])
+        return _ok([self._token_out(preview, t, now) for t in self.service.tokens(preview)])
 
     async def create_token(self, request: web.Request) -> web.Response:
-        await self._preview(request)  # 404 before 400: don't validate for what isn't there
+        preview = await self._preview(request)  # 404 before 400: don't validate what isn't there
         body = await _body(request, TokenIn)
-        now = utcnow()
-        try:
-            expires_at = parse_expiry(body.spec.expires_at)
-        except ValueError as exc:
-            raise ApiError(400, f"spec.expiresAt: {exc}") from exc
-        if expires_at <= now:
-            raise ApiError(400, "spec.expiresAt: the expiry is in the past")
-        expires_at = min(expires_at, now + timedelta(seconds=self._c.token_max_lifetime_s))
-        # The Python SDK always sends an empty name and needs one back to delete the token.
-        name = body.metadata.name or f"token-{secrets.token_hex(4)}"
-        if not PATH_NAMES["tokenName"].match(name):
-            raise ApiError(400, "metadata.name: use lower-case letters, digits and '-'")
-        record = TokenRecord(name=name, jti=new_token_id(), expires_at=expires_at, created_at=now)
-
-        def add(preview: Preview) -> Preview:
-            if name in preview.tokens:
-                raise ApiError(409, f"Token {name} already exists")
-            live = {k: t for k, t in preview.tokens.items() if t.expires_at > now - TOKEN_RETENTION}
-            if len(live) >= MAX_TOKENS_PER_PREVIEW:
-                raise ApiError(400, f"A preview may have at most {MAX_TOKENS_PER_PREVIEW} tokens")
-            return preview.model_copy(update={"tokens": {**live, name: record}, "updated_at": now})
-
-        preview = await self._update_preview(request, add)
-        return _ok(self._token_out(preview, record, now))
+        preview, record = await self.service.create_token(
+            preview.workspace, preview.sandbox, preview.name, body
+        )
+        return _ok(self._token_out(preview, record, utcnow()))
 
     async def delete_token(self, request: web.Request) -> web.Response:
         name = _path(request, "tokenName")
-
-        def remove(preview: Preview) -> Preview:
-            if name not in preview.tokens:
-                raise ApiError(404, f"Token {name} not found")
-            tokens = {k: t for k, t in preview.tokens.items() if k != name}
-            return preview.model_copy(update={"tokens": tokens, "updated_at": utcnow()})
-
-        await self._update_preview(request, remove)
-        # Revocation is immediate: the route no longer lists the token, and every replica's
-        # cache entry for the hostname was invalidated by the same write.
+        workspace, sandbox, preview = self._preview_path(request)
+        await self.service.delete_token(workspace, sandbox, preview, name)
         return _ok({"message": "Preview token deleted successfully"})
 
     # ── reads ─────────────────────────────────────────────────────────────────────────────
-    async def _live_sandbox(self, workspace: str, name: str) -> Sandbox | None:
-        sandbox = await self._store.get_sandbox(workspace, name)
-        return None if sandbox is None or sandbox.expired(utcnow()) else sandbox
-
     async def _sandbox(self, request: web.Request) -> Sandbox:
-        name = _path(request, "sandboxName")
-        sandbox = await self._live_sandbox(request[WORKSPACE], name)
-        if sandbox is None:
-            raise ApiError(404, f"Sandbox {name} not found")
-        return sandbox
+        return await self.service.sandbox(request[WORKSPACE], _path(request, "sandboxName"))
+
+    @staticmethod
+    def _preview_path(request: web.Request) -> tuple[str, str, str]:
+        """Workspace, sandbox and preview named by the request (in this order, as the 404s)."""
+        sandbox = _path(request, "sandboxName")
+        return request[WORKSPACE], sandbox, _path(request, "previewName")
 
     async def _preview(self, request: web.Request) -> Preview:
-        sandbox = await self._sandbox(request)
-        name = _path(request, "previewName")
-        preview = await self._store.get_preview(sandbox.workspace, sandbox.name, name)
-        if preview is None or preview.expired(utcnow()):
-            raise ApiError(404, f"Preview {name} not found")
-        return preview
-
-    # ── writes ────────────────────────────────────────────────────────────────────────────
-    async def _update_preview(
-        self, request: web.Request, change: Callable[[Preview], Preview], *, force: bool = False
-    ) -> Preview:
-        """Read, change and write a preview, retrying when another write got in between (so a
-        token minted meanwhile is never lost)."""
-        for attempt in range(8):
-            current = await self._preview(request)
-            updated = change(current)
-            result = await self._store.put_preview(
-                updated, create=False, force=force, expect_revision=current.revision
-            )
-            if result is PutResult.OK:
-                return updated
-            if result is PutResult.CHANGED:
-                continue
-            if attempt == 0 and await self._reap_conflict(result, updated):
-                continue
-            self._raise_for(result, updated)
-        raise ApiError(409, "The preview is being changed concurrently; try again")
-
-    async def _reap(self, workspace: str, sandbox: str, preview: str | None = None) -> bool:
-        """Delete the named sandbox, or else the preview, if it has expired (the sweeper may
-        not have come by yet). True if it had expired, whoever deleted it: the caller may then
-        retry, as the name is free."""
-        now = utcnow()
-        sb = await self._store.get_sandbox(workspace, sandbox)
-        if sb is not None and sb.expired(now):
-            # Deleted only if still expired inside the store's transaction: never a sandbox
-            # that someone recreated under this name in between.
-            await self._store.delete_sandbox(workspace, sandbox, only_expired_at=now)
-            return True
-        if preview is None:
-            return False
-        pv = await self._store.get_preview(workspace, sandbox, preview)
-        if pv is not None and pv.expired(now):
-            await self._store.delete_preview(workspace, sandbox, preview, only_expired_at=now)
-            return True
-        return False
-
-    async def _reap_conflict(self, result: PutResult, preview: Preview) -> bool:
-        if result is PutResult.NAME_EXISTS:
-            return await self._reap(preview.workspace, preview.sandbox, preview.name)
-        if result is PutResult.HOST_TAKEN:
-            holder = await self._store.get_route(preview.hostname)
-            if holder is not None and holder.expired(utcnow()):
-                return await self._reap(holder.workspace, holder.sandbox, holder.preview)
-        return False
-
-    @staticmethod
-    def _raise_for(result: PutResult, preview: Preview) -> None:
-        if result is PutResult.NAME_EXISTS:
-            raise ApiError(409, f"Preview {preview.name} already exists")
-        if result is PutResult.HOST_TAKEN:
-            raise ApiError(409, f"Another preview already uses {preview.hostname}")
-        if result is PutResult.NO_SANDBOX:
-            raise ApiError(404, f"Sandbox {preview.sandbox} not found")
-        if result is PutResult.CHANGED:
-            raise ApiError(404, f"Preview {preview.name} not found")
-
-    # ── building records ──────────────────────────────────────────────────────────────────
-    @staticmethod
-    def _expiry(spec: Lifetime, created: datetime) -> datetime | None:
-        expires_at = spec.expires_at(created)
-        if expires_at is not None and expires_at <= utcnow():
-            raise ApiError(400, "spec.ttl/spec.expires: the expiry is already in the past")
-        return expires_at
-
-    def _sandbox_from(self, body: SandboxIn, workspace: str, existing: Sandbox | None) -> Sandbox:
-        host = body.spec.target.host.strip().lower()
-        if is_ip_literal(host):
-            if not address_allowed(host, self._c.allowed_targets):
-                raise ApiError(400, "spec.target.host: outside the gateway's allowed_targets")
-        elif not hostnames.is_valid_dns_name(host):
-            raise ApiError(400, "spec.target.host: must be an IP address or a DNS name")
-        now = utcnow()
-        created = existing.created_at if existing else now
-        return Sandbox(
-            workspace=workspace,
-            name=body.metadata.name,
-            target_host=host,
-            created_at=created,
-            updated_at=now,
-            expires_at=self._expiry(body.spec, created),
-            ttl=body.spec.ttl,
-            labels=body.metadata.labels or {},
-        )
-
-    def _preview_from(self, body: PreviewIn, sandbox: Sandbox, existing: Preview | None) -> Preview:
-        """A preview from a request body. A replacement (``existing``) keeps its identity
-        (uid, so tokens stay valid), its tokens and, without a prefixUrl, its random hostname."""
-        spec = body.spec
-        if spec.port in self._c.blocked_ports:
-            raise ApiError(400, f"spec.port: port {spec.port} is reserved and cannot be previewed")
-        if spec.custom_domain:
-            raise ApiError(400, "spec.customDomain: custom domains are not supported yet")
-        if spec.prefix_url:
-            hostname = hostnames.prefix_hostname(
-                spec.prefix_url, sandbox.workspace, self._c.preview_domain
-            )
-            if not hostnames.is_valid_dns_name(hostname):
-                raise ApiError(400, "spec.prefixUrl: makes an invalid hostname")
-        elif existing is not None and existing.prefix_url is None:
-            hostname = existing.hostname
-        else:
-            hostname = hostnames.random_hostname(
-                hostnames.random_preview_id(), self._c.region, self._c.preview_domain
-            )
-        now = utcnow()
-        created = existing.created_at if existing else now
-        values: dict[str, Any] = {}
-        if existing is not None:
-            values = {"uid": existing.uid, "revision": existing.revision, "tokens": existing.tokens}
-        return Preview(
-            workspace=sandbox.workspace,
-            sandbox=sandbox.name,
-            name=body.metadata.name,
-            port=spec.port,
-            public=spec.public,
-            hostname=hostname,
-            prefix_url=spec.prefix_url,
-            custom_domain=spec.custom_domain,
-            request_headers=spec.request_headers or {},
-            response_headers=spec.response_headers or {},
-            created_at=created,
-            updated_at=now,
-            expires_at=self._expiry(spec, created),
-            ttl=spec.ttl,
-            expires=spec.expires,
-            **values,
-        )
+        return await self.service.preview(*self._preview_path(request))
 
     # ── answers ───────────────────────────────────────────────────────────────────────────
-    def _sandbox_out(self, sandbox: Sandbox, status: Status = "DEPLOYED") -> Out:
-        return sandbox_out(sandbox, status=status)
-
     def _preview_out(self, preview: Preview, status: Status = "DEPLOYED") -> Out:
-        url = hostnames.public_url(preview.hostname, self._c.public_scheme, self._public_port)
-        return preview_out(preview, url=url, region=self._c.region, status=status)
+        config = self._config
+        url = hostnames.public_url(preview.hostname, config.public_scheme, self._public_port)
+        return preview_out(preview, url=url, region=config.rules.region, status=status)
 
     def _token_out(self, preview: Preview, token: TokenRecord, now: datetime) -> Out:
         # Only the claims are stored; the token is signed again for every answer.
@@ -493,7 +282,7 @@ def _path(request: web.Request, name: str) -> str:
     value = request.match_info[name]
     if not PATH_NAMES[name].match(value) or len(value) > 63:
         kind = name.removesuffix("Name").capitalize()
-        raise ApiError(404, f"{kind} {value[:80]!r} not found")
+        raise NotFound(f"{kind} {value[:80]!r} not found")
     return value
 
 
@@ -513,21 +302,21 @@ def _ok(data: Out | list[Out] | dict[str, Any]) -> web.Response:
 
 async def _body(request: web.Request, model: type[ModelT]) -> ModelT:
     if not request.body_exists:
-        raise ApiError(400, "A JSON body is required")
+        raise BadRequest("A JSON body is required")
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge as exc:
-        raise ApiError(413, "The request body is too large") from exc
+        raise PayloadTooLarge("The request body is too large") from exc
     try:
         data = json.loads(raw)
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
-        raise ApiError(400, "The body is not valid JSON") from exc
+        raise BadRequest("The body is not valid JSON") from exc
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise ApiError(400, _describe(exc)) from exc
+        raise BadRequest(_describe(exc)) from exc
     except RecursionError as exc:
-        raise ApiError(400, "The body is nested too deeply") from exc
+        raise BadRequest("The body is nested too deeply") from exc
 
 
 def _describe(exc: ValidationError) -> str:

@@ -1,9 +1,9 @@
 """Failures the gateway answers with a response instead of a traceback.
 
 Every leaf declares the status it maps to and a stable machine code. One renderer per listener
-turns them into responses (``edge_pages`` for preview traffic, ``control_api`` for JSON); handlers
-never build error responses by hand. Messages are written for the client: they never carry a
-sandbox address, a token or a library's exception text.
+turns them into responses (``edge.pages`` for preview traffic, ``control.handlers`` for the
+control API's JSON); handlers never build error responses by hand. Messages are written for
+the client: they never carry a sandbox address, a token or a library's exception text.
 """
 
 from __future__ import annotations
@@ -38,6 +38,34 @@ class MethodNotAllowed(GatewayError):
     status = 405
     code = "method_not_allowed"
     title = "Method not allowed"
+
+
+class ApiKeyRequired(GatewayError):
+    status = 401
+    code = "api_key_required"
+    title = "A valid API key is required (Authorization: Bearer <key>)."
+
+
+class WorkspaceMismatch(GatewayError):
+    status = 403
+    code = "workspace_mismatch"
+    title = "X-Blaxel-Workspace does not match the API key's workspace."
+
+
+class NotFound(GatewayError):
+    """A control-API object (sandbox, preview, token) that does not exist for this key."""
+
+    status = 404
+    code = "not_found"
+    title = "Not found"
+
+
+class Conflict(GatewayError):
+    """A control-API write that collides with what exists: a name, a hostname, a racing write."""
+
+    status = 409
+    code = "conflict"
+    title = "Conflict"
 
 
 class RequestTimedOut(GatewayError):
@@ -89,10 +117,10 @@ class RoutingUnavailable(GatewayError):
     title = "Preview routing is temporarily unavailable"
 
 
-class Overloaded(GatewayError):
+class ShuttingDown(GatewayError):
     status = 503
-    code = "overloaded"
-    title = "Too many connections"
+    code = "shutting_down"
+    title = "The gateway is restarting"
 
 
 # ── upstream ────────────────────────────────────────────────────────────────────────────────
@@ -100,6 +128,12 @@ class UpstreamRefused(GatewayError):
     status = 502
     code = "upstream_refused"
     title = "Nothing is listening on this port"
+
+
+class TargetNotAllowed(GatewayError):
+    status = 502
+    code = "target_not_allowed"
+    title = "The sandbox address is not allowed"
 
 
 class UpstreamUnreachable(GatewayError):
@@ -112,6 +146,25 @@ class UpstreamBadResponse(GatewayError):
     status = 502
     code = "upstream_bad_response"
     title = "The app sent an invalid response"
+
+
+class UpgradeRefused(GatewayError):
+    """The app answered a WebSocket upgrade with a status of its own instead of 101. A status
+    from 300 to 599 is passed on to the client as the app's answer; any other (a 200 page, a
+    101 with a bad accept key) is not the app's to pass on, hence this class's 502."""
+
+    status = 502
+    code = "upgrade_refused"
+    title = "The app did not accept the WebSocket upgrade"
+
+    def __init__(self, upstream_status: int) -> None:
+        super().__init__(f"The app answered the upgrade with {upstream_status}.")
+        self.upstream_status = upstream_status
+
+    @property
+    def passed_on(self) -> bool:
+        """Whether the client gets the app's own status (a refusal or redirect)."""
+        return 300 <= self.upstream_status < 600
 
 
 class UpstreamTimedOut(GatewayError):

@@ -27,6 +27,7 @@ from gateway.core.errors import (
     BadRequest,
     GatewayError,
     InvalidHost,
+    TargetNotAllowed,
     UnknownPreview,
     error_code,
 )
@@ -35,13 +36,15 @@ from gateway.core.netpolicy import IPNetwork, address_allowed, is_ip_literal
 from gateway.core.records import Route, utcnow
 from gateway.edge.http_relay import Outcome, RelayTimeouts, StreamAborted, relay
 from gateway.edge.pages import render
-from gateway.edge.upstream import TargetNotAllowed, target_url
+from gateway.edge.upstream import target_url
 from gateway.ops import log
 from gateway.store.lookup import RouteLookup
 
 WebSocketRelay = Callable[
-    [web.BaseRequest, Route, URL, CIMultiDict[str], log.AccessRecord], Awaitable[web.StreamResponse]
+    [web.BaseRequest, Route, URL, CIMultiDict[str], log.AccessRecord, admission.Inbound],
+    Awaitable[web.StreamResponse],
 ]
+"""Relays an admitted upgrade; the ``Inbound`` it was admitted with is kept for re-admission."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,20 +142,16 @@ class Edge:
             route.preview,
         )
         websocket = policy.is_websocket_upgrade(request.method, request.headers)
-        decision = admission.decide(
-            admission.Inbound(
-                method=request.method,
-                headers=request.headers,
-                raw_path=request.rel_url.raw_path,
-                raw_query=request.rel_url.raw_query_string,
-                host_header=request.headers.get("Host", "").lower().rstrip("."),
-                scheme="https" if request.secure else self._c.public_scheme,
-                websocket=websocket,
-            ),
-            route,
-            self._c.admission,
-            utcnow(),
+        inbound = admission.Inbound(
+            method=request.method,
+            headers=request.headers,
+            raw_path=request.rel_url.raw_path,
+            raw_query=request.rel_url.raw_query_string,
+            host_header=request.headers.get("Host", "").lower().rstrip("."),
+            scheme="https" if request.secure else self._c.public_scheme,
+            websocket=websocket,
         )
+        decision = admission.decide(inbound, route, self._c.admission, utcnow())
         # Answers the gateway writes itself name it as their server (as error pages do), or
         # aiohttp would announce "Python/3.x aiohttp/3.y".
         if isinstance(decision, admission.Preflight):
@@ -192,7 +191,7 @@ class Edge:
         record.overhead_ms = round((loop.time() - started) * 1000, 3)
         if websocket and self._ws is not None:
             record.kind = "websocket"
-            return await self._ws(request, route, url, upstream_headers, record)
+            return await self._ws(request, route, url, upstream_headers, record, inbound)
 
         # Any other Upgrade (h2c, ...) was dropped as hop-by-hop: served as plain HTTP/1.1.
         def shape(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]:

@@ -19,18 +19,13 @@ from yarl import URL
 
 from gateway.core.errors import (
     GatewayError,
+    TargetNotAllowed,
     UpstreamBadResponse,
     UpstreamRefused,
     UpstreamTimedOut,
     UpstreamUnreachable,
 )
 from gateway.core.netpolicy import IPNetwork, address_allowed, is_ip_literal
-
-
-class TargetNotAllowed(GatewayError):
-    status = 502
-    code = "target_not_allowed"
-    title = "The sandbox address is not allowed"
 
 
 class AddressNotAllowed(OSError):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from gateway.core.records import utcnow
-from gateway.store.base import Store
+from gateway.store.base import Registry
 
 logger = logging.getLogger("gateway.sweeper")
 
@@ -21,7 +21,7 @@ Expired = tuple[str, str, str | None]
 """(workspace, sandbox, preview or None for the sandbox itself)."""
 
 
-async def sweep_expired(store: Store, now: Callable[[], datetime] = utcnow) -> list[Expired]:
+async def sweep_expired(store: Registry, now: Callable[[], datetime] = utcnow) -> list[Expired]:
     """Delete what has expired; return what this call deleted.
 
     Deletes are transactions, so when several replicas sweep at once each object is deleted by
@@ -50,7 +50,7 @@ async def sweep_expired(store: Store, now: Callable[[], datetime] = utcnow) -> l
 class Sweeper:
     """Runs ``sweep_expired`` every ``interval_s`` on one replica."""
 
-    store: Store
+    store: Registry
     interval_s: float
     deleted: int = 0
     """Objects this replica deleted (a metric; the multi-replica test adds them up)."""

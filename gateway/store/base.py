@@ -1,5 +1,9 @@
 """The routing table's contract: what every store offers, tested by one contract suite.
 
+Three views of it: ``RouteSource`` (what the edge reads), ``Registry`` (what the control service
+and the sweeper write) and ``Store`` (both, plus what the app needs to run one). The rules of a
+write are in ``store.rules``, shared by both implementations.
+
 Two implementations: ``store.memory.MemoryStore`` (embedded, single node) and
 ``store.redis.RedisStore`` (shared by many replicas).
 """
@@ -17,6 +21,7 @@ FLUSH_ALL = "*"
 """Invalidation meaning "drop every cached entry" (sent after a resubscribe, when messages may
 have been lost)."""
 
+
 class PutResult(enum.Enum):
     OK = "ok"
     NAME_EXISTS = "name_exists"
@@ -26,10 +31,20 @@ class PutResult(enum.Enum):
     """The preview changed since it was read (or vanished); read it again and retry."""
 
 
-class Store(Protocol):
-    async def ping(self) -> None: ...
-    async def close(self) -> None: ...
+class RouteSource(Protocol):
+    """All the edge needs: routes by hostname, and word of which ones changed."""
+
     async def get_route(self, hostname: str) -> Route | None: ...
+    def invalidations(self) -> AsyncIterator[str]: ...
+
+
+class Registry(Protocol):
+    """Sandboxes and previews, for the control service and the sweeper."""
+
+    async def get_route(self, hostname: str) -> Route | None:
+        """The route at a hostname: which preview holds it."""
+        ...
+
     async def get_sandbox(self, workspace: str, name: str) -> Sandbox | None: ...
     async def list_sandboxes(self, workspace: str) -> list[Sandbox]: ...
     async def put_sandbox(
@@ -47,9 +62,13 @@ class Store(Protocol):
         self, workspace: str, sandbox: str, name: str, *, only_expired_at: datetime | None = None
     ) -> Preview | None: ...
     async def expired(self, now: datetime) -> list[tuple[str, str, str | None]]: ...
-    def invalidations(self) -> AsyncIterator[str]: ...
+
+
+class Store(RouteSource, Registry, Protocol):
+    """A whole store, for the app that builds, shares and closes it."""
+
+    async def ping(self) -> None: ...
+    async def close(self) -> None: ...
     async def shared_secret(self, name: str, candidate: str) -> str: ...
     @property
     def errors(self) -> dict[str, int]: ...
-
-

@@ -18,7 +18,7 @@ from gateway.core.errors import RoutingUnavailable
 from gateway.core.hostnames import wildcard_candidates
 from gateway.core.records import Route, utcnow
 from gateway.core.route_cache import RouteCache
-from gateway.store.base import FLUSH_ALL, Store
+from gateway.store.base import FLUSH_ALL, RouteSource
 
 log = logging.getLogger("gateway.routing")
 
@@ -28,7 +28,7 @@ InvalidationListener = Callable[[str], None]
 class RouteLookup:
     def __init__(
         self,
-        store: Store,
+        store: RouteSource,
         *,
         timeout_s: float,
         ttl_s: float,

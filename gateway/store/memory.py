@@ -8,6 +8,7 @@ from datetime import datetime
 
 from gateway.core.records import Preview, Route, Sandbox
 from gateway.store.base import PutResult
+from gateway.store.rules import deletable, plan_preview_put, plan_sandbox_put
 
 
 class MemoryStore:
@@ -43,10 +44,11 @@ class MemoryStore:
         self, sandbox: Sandbox, *, create: bool, must_exist: bool = False
     ) -> PutResult:
         key = (sandbox.workspace, sandbox.name)
-        if create and key in self._sandboxes:
-            return PutResult.NAME_EXISTS
-        if must_exist and key not in self._sandboxes:
-            return PutResult.NO_SANDBOX
+        result = plan_sandbox_put(
+            exists=key in self._sandboxes, create=create, must_exist=must_exist
+        )
+        if result is not PutResult.OK:
+            return result
         self._sandboxes[key] = sandbox
         touched = []
         for preview in self._previews_of(sandbox.workspace, sandbox.name):
@@ -58,10 +60,7 @@ class MemoryStore:
     async def delete_sandbox(
         self, workspace: str, name: str, *, only_expired_at: datetime | None = None
     ) -> Sandbox | None:
-        current = self._sandboxes.get((workspace, name))
-        if current is None or (
-            only_expired_at is not None and not current.expired(only_expired_at)
-        ):
+        if not deletable(self._sandboxes.get((workspace, name)), only_expired_at):
             return None
         sandbox = self._sandboxes.pop((workspace, name))
         touched = []
@@ -81,37 +80,31 @@ class MemoryStore:
     async def put_preview(
         self, preview: Preview, *, create: bool, force: bool, expect_revision: int | None = None
     ) -> PutResult:
-        sandbox = self._sandboxes.get((preview.workspace, preview.sandbox))
-        if sandbox is None:
-            return PutResult.NO_SANDBOX
         key = (preview.workspace, preview.sandbox, preview.name)
-        old = self._previews.get(key)
-        if create and old is not None:
-            return PutResult.NAME_EXISTS
-        if expect_revision is not None and (old is None or old.revision != expect_revision):
-            return PutResult.CHANGED
-        preview = preview.model_copy(update={"revision": old.revision + 1 if old else 0})
-        holder = self._routes.get(preview.hostname)
-        touched = [preview.hostname]
-        if holder is not None and (holder.workspace, holder.sandbox, holder.preview) != key:
-            if not force or holder.workspace != preview.workspace:
-                return PutResult.HOST_TAKEN
-            self._previews.pop((holder.workspace, holder.sandbox, holder.preview), None)
-        if old is not None and old.hostname != preview.hostname:
-            self._routes.pop(old.hostname, None)
-            touched.append(old.hostname)
-        self._previews[key] = preview
-        self._routes[preview.hostname] = Route.build(sandbox, preview)
-        self._publish(touched)
+        write = plan_preview_put(
+            preview,
+            sandbox=self._sandboxes.get((preview.workspace, preview.sandbox)),
+            old=self._previews.get(key),
+            holder=self._routes.get(preview.hostname),
+            create=create,
+            force=force,
+            expect_revision=expect_revision,
+        )
+        if isinstance(write, PutResult):
+            return write
+        if write.evict is not None:
+            self._previews.pop(write.evict, None)
+        if write.old_hostname is not None:
+            self._routes.pop(write.old_hostname, None)
+        self._previews[key] = write.stored
+        self._routes[preview.hostname] = write.route
+        self._publish(write.touched)
         return PutResult.OK
 
     async def delete_preview(
         self, workspace: str, sandbox: str, name: str, *, only_expired_at: datetime | None = None
     ) -> Preview | None:
-        current = self._previews.get((workspace, sandbox, name))
-        if current is None or (
-            only_expired_at is not None and not current.expired(only_expired_at)
-        ):
+        if not deletable(self._previews.get((workspace, sandbox, name)), only_expired_at):
             return None
         preview = self._previews.pop((workspace, sandbox, name), None)
         if preview is not None:
@@ -147,5 +140,3 @@ class MemoryStore:
         for hostname in hostnames:
             for queue in self._subscribers:
                 queue.put_nowait(hostname)
-
-

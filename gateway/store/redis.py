@@ -25,6 +25,7 @@ from redis.exceptions import RedisError, WatchError
 from gateway.core.errors import RoutingUnavailable
 from gateway.core.records import Keys, Preview, Route, Sandbox
 from gateway.store.base import FLUSH_ALL, PutResult
+from gateway.store.rules import deletable, plan_preview_put, plan_sandbox_put
 
 log = logging.getLogger("gateway.routing")
 
@@ -57,56 +58,58 @@ class RedisStore:
         *,
         ping_interval_s: float = 5.0,
     ) -> None:
-        self._r = client
+        self._client = client
         # Pub/sub blocks on reads for as long as nothing is published, so it needs a client
         # without the short socket timeout of the request path.
         self._sub = subscriber
         self.errors = {"command": 0, "transaction": 0, "subscriber": 0}
         """Redis failures by kind of operation, for the ``gateway_store_errors`` metric."""
-        self._k = Keys(prefix)
+        self._keys = Keys(prefix)
         self._ping_interval_s = ping_interval_s
         """How long the subscription may be quiet before it is pinged (a dead link shows up)."""
 
     async def ping(self) -> None:
-        await self._call(self._r.ping())
+        await self._call(self._client.ping())
 
     async def close(self) -> None:
-        await self._r.aclose()
+        await self._client.aclose()
         await self._sub.aclose()
 
     async def get_route(self, hostname: str) -> Route | None:
-        return _load(Route, await self._call(self._r.get(self._k.route(hostname))))
+        return _load(Route, await self._call(self._client.get(self._keys.route(hostname))))
 
     async def get_sandbox(self, workspace: str, name: str) -> Sandbox | None:
-        return _load(Sandbox, await self._call(self._r.get(self._k.sandbox(workspace, name))))
+        return _load(
+            Sandbox, await self._call(self._client.get(self._keys.sandbox(workspace, name)))
+        )
 
     async def list_sandboxes(self, workspace: str) -> list[Sandbox]:
-        names = await self._call(self._r.smembers(self._k.sandboxes(workspace)))
-        keys = [self._k.sandbox(workspace, _text(n)) for n in sorted(names)]
+        names = await self._call(self._client.smembers(self._keys.sandboxes(workspace)))
+        keys = [self._keys.sandbox(workspace, _text(n)) for n in sorted(names)]
         return await self._mget(Sandbox, keys)
 
     async def put_sandbox(
         self, sandbox: Sandbox, *, create: bool, must_exist: bool = False
     ) -> PutResult:
         ws, name = sandbox.workspace, sandbox.name
-        sb_key, pvs_key = self._k.sandbox(ws, name), self._k.previews(ws, name)
+        sb_key, pvs_key = self._keys.sandbox(ws, name), self._keys.previews(ws, name)
 
         async def attempt(pipe: aioredis.client.Pipeline) -> PutResult:
             await pipe.watch(sb_key, pvs_key)
             if create or must_exist:
                 exists = bool(await pipe.exists(sb_key))
-                if create and exists:
-                    return PutResult.NAME_EXISTS
-                if must_exist and not exists:
-                    return PutResult.NO_SANDBOX
+                result = plan_sandbox_put(exists=exists, create=create, must_exist=must_exist)
+                if result is not PutResult.OK:
+                    return result
             previews = await self._previews_in(pipe, ws, name)
             pipe.multi()
             pipe.set(sb_key, sandbox.model_dump_json())
-            pipe.sadd(self._k.sandboxes(ws), name)
-            self._track_expiry(pipe, self._k.sandbox(ws, name), sandbox.expires_at)
+            pipe.sadd(self._keys.sandboxes(ws), name)
+            self._track_expiry(pipe, self._keys.sandbox(ws, name), sandbox.expires_at)
             for preview in previews:
                 pipe.set(
-                    self._k.route(preview.hostname), Route.build(sandbox, preview).model_dump_json()
+                    self._keys.route(preview.hostname),
+                    Route.build(sandbox, preview).model_dump_json(),
                 )
             self._publish(pipe, [p.hostname for p in previews])
             await pipe.execute()
@@ -117,24 +120,22 @@ class RedisStore:
     async def delete_sandbox(
         self, workspace: str, name: str, *, only_expired_at: datetime | None = None
     ) -> Sandbox | None:
-        sb_key, pvs_key = self._k.sandbox(workspace, name), self._k.previews(workspace, name)
+        sb_key, pvs_key = self._keys.sandbox(workspace, name), self._keys.previews(workspace, name)
 
         async def attempt(pipe: aioredis.client.Pipeline) -> Sandbox | None:
             await pipe.watch(sb_key, pvs_key)
             sandbox = _load(Sandbox, await pipe.get(sb_key))
-            if sandbox is None:
+            if sandbox is None or not deletable(sandbox, only_expired_at):
                 return None
-            if only_expired_at is not None and not sandbox.expired(only_expired_at):
-                return None  # recreated or renewed since it was found expired
             previews = await self._previews_in(pipe, workspace, name)
             pipe.multi()
             pipe.delete(sb_key, pvs_key)
-            pipe.srem(self._k.sandboxes(workspace), name)
-            pipe.zrem(self._k.expiries(), sb_key)
+            pipe.srem(self._keys.sandboxes(workspace), name)
+            pipe.zrem(self._keys.expiries(), sb_key)
             for preview in previews:
-                pv_key = self._k.preview(workspace, name, preview.name)
-                pipe.delete(pv_key, self._k.route(preview.hostname))
-                pipe.zrem(self._k.expiries(), pv_key)
+                pv_key = self._keys.preview(workspace, name, preview.name)
+                pipe.delete(pv_key, self._keys.route(preview.hostname))
+                pipe.zrem(self._keys.expiries(), pv_key)
             self._publish(pipe, [p.hostname for p in previews])
             await pipe.execute()
             return sandbox
@@ -143,57 +144,47 @@ class RedisStore:
 
     async def get_preview(self, workspace: str, sandbox: str, name: str) -> Preview | None:
         return _load(
-            Preview, await self._call(self._r.get(self._k.preview(workspace, sandbox, name)))
+            Preview,
+            await self._call(self._client.get(self._keys.preview(workspace, sandbox, name))),
         )
 
     async def list_previews(self, workspace: str, sandbox: str) -> list[Preview]:
-        names = await self._call(self._r.smembers(self._k.previews(workspace, sandbox)))
-        keys = [self._k.preview(workspace, sandbox, _text(n)) for n in sorted(names)]
+        names = await self._call(self._client.smembers(self._keys.previews(workspace, sandbox)))
+        keys = [self._keys.preview(workspace, sandbox, _text(n)) for n in sorted(names)]
         return await self._mget(Preview, keys)
 
     async def put_preview(
         self, preview: Preview, *, create: bool, force: bool, expect_revision: int | None = None
     ) -> PutResult:
         ws, sb, name = preview.workspace, preview.sandbox, preview.name
-        sb_key, pv_key = self._k.sandbox(ws, sb), self._k.preview(ws, sb, name)
-        route_key = self._k.route(preview.hostname)
+        sb_key, pv_key = self._keys.sandbox(ws, sb), self._keys.preview(ws, sb, name)
+        route_key = self._keys.route(preview.hostname)
 
         async def attempt(pipe: aioredis.client.Pipeline) -> PutResult:
             await pipe.watch(sb_key, pv_key, route_key)
-            sandbox = _load(Sandbox, await pipe.get(sb_key))
-            if sandbox is None:
-                return PutResult.NO_SANDBOX
-            old = _load(Preview, await pipe.get(pv_key))
-            if create and old is not None:
-                return PutResult.NAME_EXISTS
-            if expect_revision is not None and (old is None or old.revision != expect_revision):
-                return PutResult.CHANGED
-            stored = preview.model_copy(update={"revision": old.revision + 1 if old else 0})
-            holder = _load(Route, await pipe.get(route_key))
-            evict: str | None = None
-            if holder is not None and (holder.workspace, holder.sandbox, holder.preview) != (
-                ws,
-                sb,
-                name,
-            ):
-                if not force or holder.workspace != ws:
-                    return PutResult.HOST_TAKEN
-                evict = self._k.preview(holder.workspace, holder.sandbox, holder.preview)
-                await pipe.watch(evict)
+            write = plan_preview_put(
+                preview,
+                sandbox=_load(Sandbox, await pipe.get(sb_key)),
+                old=_load(Preview, await pipe.get(pv_key)),
+                holder=_load(Route, await pipe.get(route_key)),
+                create=create,
+                force=force,
+                expect_revision=expect_revision,
+            )
+            if isinstance(write, PutResult):
+                return write
+            if write.evict is not None:
+                await pipe.watch(self._keys.preview(*write.evict))
             pipe.multi()
-            touched = [preview.hostname]
-            if evict is not None and holder is not None:
-                pipe.delete(evict)
-                pipe.srem(self._k.previews(holder.workspace, holder.sandbox), holder.preview)
-                pipe.zrem(self._k.expiries(), evict)
-            if old is not None and old.hostname != preview.hostname:
-                pipe.delete(self._k.route(old.hostname))
-                touched.append(old.hostname)
-            pipe.set(pv_key, stored.model_dump_json())
-            pipe.sadd(self._k.previews(ws, sb), name)
-            pipe.set(route_key, Route.build(sandbox, stored).model_dump_json())
+            if write.evict is not None:
+                self._unlink_preview(pipe, *write.evict)
+            if write.old_hostname is not None:
+                pipe.delete(self._keys.route(write.old_hostname))
+            pipe.set(pv_key, write.stored.model_dump_json())
+            pipe.sadd(self._keys.previews(ws, sb), name)
+            pipe.set(route_key, write.route.model_dump_json())
             self._track_expiry(pipe, pv_key, preview.expires_at)
-            self._publish(pipe, touched)
+            self._publish(pipe, write.touched)
             await pipe.execute()
             return PutResult.OK
 
@@ -202,19 +193,16 @@ class RedisStore:
     async def delete_preview(
         self, workspace: str, sandbox: str, name: str, *, only_expired_at: datetime | None = None
     ) -> Preview | None:
-        pv_key = self._k.preview(workspace, sandbox, name)
+        pv_key = self._keys.preview(workspace, sandbox, name)
 
         async def attempt(pipe: aioredis.client.Pipeline) -> Preview | None:
             await pipe.watch(pv_key)
             preview = _load(Preview, await pipe.get(pv_key))
-            if preview is None:
+            if preview is None or not deletable(preview, only_expired_at):
                 return None
-            if only_expired_at is not None and not preview.expired(only_expired_at):
-                return None  # recreated or renewed since it was found expired
             pipe.multi()
-            pipe.delete(pv_key, self._k.route(preview.hostname))
-            pipe.srem(self._k.previews(workspace, sandbox), name)
-            pipe.zrem(self._k.expiries(), pv_key)
+            self._unlink_preview(pipe, workspace, sandbox, name)
+            pipe.delete(self._keys.route(preview.hostname))
             self._publish(pipe, [preview.hostname])
             await pipe.execute()
             return preview
@@ -222,10 +210,12 @@ class RedisStore:
         return await self._transaction(attempt)
 
     async def expired(self, now: datetime) -> list[tuple[str, str, str | None]]:
-        keys = await self._call(self._r.zrangebyscore(self._k.expiries(), "-inf", now.timestamp()))
+        keys = await self._call(
+            self._client.zrangebyscore(self._keys.expiries(), "-inf", now.timestamp())
+        )
         found: list[tuple[str, str, str | None]] = []
         for raw in keys:
-            kind, _, rest = _text(raw).removeprefix(self._k.prefix).partition(":")
+            kind, _, rest = _text(raw).removeprefix(self._keys.prefix).partition(":")
             parts = rest.split(":")
             if kind == "sb" and len(parts) == 2:
                 found.append((parts[0], parts[1], None))
@@ -242,7 +232,7 @@ class RedisStore:
         while True:
             pubsub = self._sub.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(self._k.invalidations)
+                await pubsub.subscribe(self._keys.invalidations)
                 yield FLUSH_ALL
                 while True:
                     message = await pubsub.get_message(timeout=self._ping_interval_s)
@@ -272,9 +262,9 @@ class RedisStore:
 
     async def shared_secret(self, name: str, candidate: str) -> str:
         """The first replica's candidate wins (SET NX); every replica then uses it."""
-        key = f"{self._k.prefix}secret:{name}"
-        await self._call(self._r.set(key, candidate, nx=True))
-        return _text(await self._call(self._r.get(key)))
+        key = f"{self._keys.prefix}secret:{name}"
+        await self._call(self._client.set(key, candidate, nx=True))
+        return _text(await self._call(self._client.get(key)))
 
     # ── helpers ────────────────────────────────────────────────────────────────────────────
     async def _call(self, awaitable: Awaitable[T]) -> T:
@@ -287,7 +277,7 @@ class RedisStore:
     async def _transaction(self, attempt: Callable[[aioredis.client.Pipeline], Awaitable[T]]) -> T:
         for _ in range(16):
             try:
-                async with self._r.pipeline(transaction=True) as pipe:
+                async with self._client.pipeline(transaction=True) as pipe:
                     return await attempt(pipe)
             except WatchError:
                 continue
@@ -308,8 +298,8 @@ class RedisStore:
         retry. Otherwise a sandbox update would write a route from the stale copy, and a sandbox
         delete would remove the old hostname's route and leave the new one behind.
         """
-        names = await pipe.smembers(self._k.previews(workspace, sandbox))
-        keys = [self._k.preview(workspace, sandbox, _text(n)) for n in sorted(names)]
+        names = await pipe.smembers(self._keys.previews(workspace, sandbox))
+        keys = [self._keys.preview(workspace, sandbox, _text(n)) for n in sorted(names)]
         if keys:
             await pipe.watch(*keys)
         previews = []
@@ -322,20 +312,30 @@ class RedisStore:
     async def _mget(self, model: type[M], keys: list[str]) -> list[M]:
         if not keys:
             return []
-        values = await self._call(self._r.mget(keys))
+        values = await self._call(self._client.mget(keys))
         return [m for m in (_load(model, v) for v in values) if m is not None]
 
     def _track_expiry(
         self, pipe: aioredis.client.Pipeline, key: str, expires_at: datetime | None
     ) -> None:
         if expires_at is None:
-            pipe.zrem(self._k.expiries(), key)
+            pipe.zrem(self._keys.expiries(), key)
         else:
-            pipe.zadd(self._k.expiries(), {key: expires_at.timestamp()})
+            pipe.zadd(self._keys.expiries(), {key: expires_at.timestamp()})
+
+    def _unlink_preview(
+        self, pipe: aioredis.client.Pipeline, workspace: str, sandbox: str, name: str
+    ) -> None:
+        """Queue the removal of a preview's record, its listing and its expiry (not its route,
+        which the caller deletes or overwrites)."""
+        key = self._keys.preview(workspace, sandbox, name)
+        pipe.delete(key)
+        pipe.srem(self._keys.previews(workspace, sandbox), name)
+        pipe.zrem(self._keys.expiries(), key)
 
     def _publish(self, pipe: aioredis.client.Pipeline, hostnames: Iterable[str]) -> None:
         for hostname in hostnames:
-            pipe.publish(self._k.invalidations, hostname)
+            pipe.publish(self._keys.invalidations, hostname)
 
 
 def _load(model: type[M], raw: bytes | str | None) -> M | None:

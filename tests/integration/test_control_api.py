@@ -15,6 +15,7 @@ from gateway.control import openapi
 from gateway.control.api_keys import KeyRing
 from gateway.control.handlers import ApiConfig, ControlApi
 from gateway.control.models import PreviewIn, SandboxIn, TokenIn
+from gateway.control.service import ServiceConfig
 from gateway.core.records import TokenRecord, utcnow
 from gateway.core.tokens import TokenSigner, generate_key
 from gateway.store.memory import MemoryStore
@@ -432,7 +433,7 @@ async def test_openapi_is_served_without_a_key_and_documents_every_route(gw: Gat
         return True
 
     api = ControlApi(
-        ApiConfig("preview.localhost", "local", "http", 8080, frozenset({80}), []),
+        ApiConfig(ServiceConfig("preview.localhost", "local", frozenset({80}), []), "http", 8080),
         MemoryStore(),
         KeyRing([]),
         ready,

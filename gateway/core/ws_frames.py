@@ -1,0 +1,293 @@
+"""An incremental RFC 6455 frame scanner for a relay that moves raw bytes, and the few frames
+the gateway writes itself.
+
+The scanner is fed the bytes one peer sent, in whatever pieces they arrived, and says which of
+them may go on to the other peer as they are. It reads frame headers only: data payloads are
+never unmasked, copied or decoded (compressed ones included: the peers chose the extension).
+Control frames are small (at most 125 bytes of payload), so they are gathered whole and
+unmasked: the relay must see a pong's payload to tell the answers to its own pings, and a close
+frame's code and reason.
+
+``scan`` stops wherever the caller has something to do: at a control frame, a failure, the end of
+the bytes, or (when asked) at the next frame boundary, where the gateway may insert a frame of
+its own without splitting one of the peer's.
+"""
+
+from __future__ import annotations
+
+import secrets
+import struct
+
+from gateway.core.ws_close import (
+    MESSAGE_TOO_BIG,
+    NO_STATUS,
+    PROTOCOL_ERROR,
+    wire_reason,
+)
+
+OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+INVALID_PAYLOAD = 1007
+
+# What ``scan`` returns first, saying what the bytes up to its second value were.
+FORWARD = 0
+"""``prefix`` and then ``data[pos:end]`` are whole or partial data frames: pass them on."""
+CONTROL = 1
+"""``data[pos:end]`` (after any held bytes) completed a control frame: see ``control``."""
+NEED_MORE = 2
+"""Everything up to ``end`` was taken in to complete a header: nothing to pass on yet."""
+FAILED = 3
+"""The peer broke the protocol at ``pos``: ``failure`` holds the close code and reason."""
+
+_MAX_CONTROL = 125
+_MAX_HEAD = 14  # 2 + 8 (64-bit length) + 4 (mask key)
+_MAX_HELD = _MAX_HEAD + _MAX_CONTROL
+_STOP = -1
+
+
+class Control:
+    """A whole control frame as it arrived (``raw``), and its unmasked payload."""
+
+    __slots__ = ("opcode", "payload", "raw")
+
+    def __init__(self, opcode: int, payload: bytes, raw: bytes) -> None:
+        self.opcode = opcode
+        self.payload = payload
+        self.raw = raw
+
+    @property
+    def close_code(self) -> int:
+        """The status of a close frame; 1005 when it carries none."""
+        return struct.unpack_from("!H", self.payload)[0] if len(self.payload) >= 2 else NO_STATUS
+
+    @property
+    def close_reason(self) -> str:
+        return self.payload[2:].decode("utf-8", errors="replace")
+
+
+def unmask(payload: bytes, key: bytes) -> bytes:
+    """XOR with the 4-byte key (for control payloads: at most 125 bytes)."""
+    return bytes(b ^ key[i & 3] for i, b in enumerate(payload))
+
+
+def _head(b0: int, n: int, mask: bool) -> bytes:
+    flag = 0x80 if mask else 0
+    if n < 126:
+        return bytes((b0, flag | n))
+    if n < 1 << 16:
+        return bytes((b0, flag | 126)) + struct.pack("!H", n)
+    return bytes((b0, flag | 127)) + struct.pack("!Q", n)
+
+
+def build_frame(
+    opcode: int, payload: bytes = b"", *, mask: bool, key: bytes | None = None
+) -> bytes:
+    """One final frame; masked (with a random key unless given) toward an upstream, whose
+    client the gateway is."""
+    head = _head(0x80 | opcode, len(payload), mask)
+    if not mask:
+        return head + payload
+    key = secrets.token_bytes(4) if key is None else key
+    return head + key + unmask(payload, key)
+
+
+def ping_frame(payload: bytes, *, mask: bool, key: bytes | None = None) -> bytes:
+    return build_frame(OP_PING, payload, mask=mask, key=key)
+
+
+def pong_frame(payload: bytes, *, mask: bool, key: bytes | None = None) -> bytes:
+    return build_frame(OP_PONG, payload, mask=mask, key=key)
+
+
+def close_frame(code: int, reason: str = "", *, mask: bool, key: bytes | None = None) -> bytes:
+    """A close frame with ``code`` (one allowed on the wire) and ``reason`` cut to fit."""
+    return build_frame(OP_CLOSE, struct.pack("!H", code) + wire_reason(reason), mask=mask, key=key)
+
+
+def _parse_head(buf: bytes, off: int) -> tuple[int, int, int, bytes] | None:
+    """(first byte, payload length, header length, mask key) of the header at ``off``; None
+    when ``buf`` ends before the header does."""
+    avail = len(buf) - off
+    if avail < 2:
+        return None
+    b0, b1 = buf[off], buf[off + 1]
+    n = b1 & 0x7F
+    size = 2
+    if n == 126:
+        size = 4
+        if avail < size:
+            return None
+        n = struct.unpack_from("!H", buf, off + 2)[0]
+    elif n == 127:
+        size = 10
+        if avail < size:
+            return None
+        n = struct.unpack_from("!Q", buf, off + 2)[0]
+    if b1 & 0x80:
+        if avail < size + 4:
+            return None
+        return b0, n, size + 4, bytes(buf[off + size : off + size + 4])
+    return b0, n, size, b""
+
+
+class FrameScanner:
+    """Reads one direction of a WebSocket. ``masked``: frames from a client (which must be
+    masked) rather than from a server (which must not be). ``compressed``: permessage-deflate
+    was negotiated, so RSV1 may mark a message's first frame."""
+
+    __slots__ = (
+        "_held",
+        "_in_message",
+        "_masked",
+        "_max",
+        "_message",
+        "_remaining",
+        "_rsv_allowed",
+        "control",
+        "data_frames",
+        "failure",
+        "messages",
+        "prefix",
+    )
+
+    def __init__(self, *, masked: bool, max_message_bytes: int = 0, compressed: bool = False):
+        self._masked = masked
+        self._max = max_message_bytes
+        self._rsv_allowed = 0x40 if compressed else 0
+        self._held = b""
+        self._remaining = 0
+        self._message = 0
+        self._in_message = False
+        self.prefix = b""
+        self.control: Control | None = None
+        self.failure: tuple[int, str] | None = None
+        self.data_frames = 0
+        """Data frames whose header the last ``scan`` passed (activity, for the idle clock)."""
+        self.messages = 0
+        """Messages the last ``scan`` saw the final frame header of."""
+
+    @property
+    def at_boundary(self) -> bool:
+        """Between two frames: a frame of the gateway's own may go out in this direction."""
+        return not self._remaining and not self._held
+
+    @property
+    def in_frame(self) -> bool:
+        """Part of a data frame has been passed on and the rest has not."""
+        return bool(self._remaining)
+
+    def scan(self, data: bytes, pos: int = 0, *, stop_at_boundary: bool = False) -> tuple[int, int]:
+        """Read ``data`` from ``pos``; returns (what, end). Call again from ``end`` until it is
+        ``len(data)``."""
+        self.prefix = b""
+        self.data_frames = self.messages = 0
+        start, n = pos, len(data)
+        if self._held:
+            kind, pos = self._scan_held(data, pos)
+            if kind != FORWARD:
+                return kind, pos
+        while True:
+            if self._remaining:
+                take = min(self._remaining, n - pos)
+                pos += take
+                self._remaining -= take
+                if self._remaining or stop_at_boundary:
+                    return FORWARD, pos
+            if pos >= n:
+                return (FORWARD if pos > start or self.prefix else NEED_MORE), pos
+            kind, end = self._header(data, pos, first=pos == start and not self.prefix)
+            if kind == _STOP:
+                return FORWARD, pos  # what passed so far goes out before the next header
+            if kind == NEED_MORE:
+                return NEED_MORE, n
+            if kind != FORWARD:
+                return kind, end
+            pos = end
+            if stop_at_boundary and not self._remaining:
+                return FORWARD, pos
+
+    def _scan_held(self, data: bytes, pos: int) -> tuple[int, int]:
+        held = self._held
+        self._held = b""
+        # A header is at most 14 bytes and a control frame 139: this holds all that is needed.
+        kind, used = self._header(held + data[pos : pos + _MAX_HELD], 0, first=True)
+        if kind == NEED_MORE:
+            return NEED_MORE, len(data)
+        if kind == FAILED:
+            return FAILED, pos
+        if kind == FORWARD:
+            self.prefix = held  # the header's start was held back: it goes out first
+        return kind, pos + used - len(held)
+
+    def _header(self, buf: bytes, off: int, *, first: bool) -> tuple[int, int]:
+        """Read the header at ``off``: (FORWARD, just past a data frame's header), CONTROL,
+        FAILED, NEED_MORE (the partial bytes held), or _STOP when that outcome must wait for
+        the bytes before it to be passed on (not ``first``)."""
+        head = _parse_head(buf, off)
+        opcode = buf[off] & 0x0F
+        if not first and (head is None or opcode & 0x08):
+            return _STOP, off
+        if head is None:
+            self._held = bytes(buf[off:])
+            return NEED_MORE, off
+        b0, length, size, key = head
+        why = self._violation(b0, length, bool(key))
+        if why is None and opcode & 0x08:
+            return self._control(buf, off, size, length, key)
+        if why is None and not opcode & 0x08:
+            message = length if opcode != OP_CONT else self._message + length
+            if self._max and message > self._max:
+                why = (MESSAGE_TOO_BIG, "message too big")
+        if why is not None:
+            if not first:
+                return _STOP, off
+            self.failure = why
+            return FAILED, off
+        self._message = length if opcode != OP_CONT else self._message + length
+        self._in_message = not b0 & 0x80
+        self.data_frames += 1
+        self.messages += b0 >> 7
+        self._remaining = length
+        return FORWARD, off + size
+
+    def _control(self, buf: bytes, off: int, size: int, length: int, key: bytes) -> tuple[int, int]:
+        end = off + size + length
+        if len(buf) < end:
+            self._held = bytes(buf[off:])
+            return NEED_MORE, off
+        payload = bytes(buf[off + size : end])
+        self.control = Control(
+            buf[off] & 0x0F, unmask(payload, key) if key else payload, bytes(buf[off:end])
+        )
+        return self._check_close(off, end)
+
+    def _check_close(self, off: int, end: int) -> tuple[int, int]:
+        control = self.control
+        assert control is not None
+        if control.opcode != OP_CLOSE:
+            return CONTROL, end
+        if len(control.payload) == 1:
+            self.failure = (PROTOCOL_ERROR, "protocol error")
+            return FAILED, off
+        try:
+            control.payload[2:].decode("utf-8")
+        except UnicodeDecodeError:
+            self.failure = (INVALID_PAYLOAD, "invalid close reason")
+            return FAILED, off
+        return CONTROL, end
+
+    def _violation(self, b0: int, length: int, masked: bool) -> tuple[int, str] | None:
+        opcode = b0 & 0x0F
+        if masked != self._masked:
+            return PROTOCOL_ERROR, "unmasked frame" if self._masked else "masked frame"
+        if opcode & 0x08:
+            if opcode > OP_PONG or not b0 & 0x80 or length > _MAX_CONTROL or b0 & 0x70:
+                return PROTOCOL_ERROR, "bad control frame"
+            return None
+        if opcode > OP_BINARY:
+            return PROTOCOL_ERROR, "reserved opcode"
+        if (opcode == OP_CONT) != self._in_message:
+            return PROTOCOL_ERROR, "bad fragmentation"
+        allowed = self._rsv_allowed if opcode != OP_CONT else 0
+        if b0 & 0x70 & ~allowed:
+            return PROTOCOL_ERROR, "reserved bits set"
+        return None
