@@ -10,8 +10,10 @@ import socket
 import struct
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
+from typing import cast
 
 import pytest
+import uvloop
 
 from gateway.core.records import Route
 from gateway.edge.ws_hub import TunnelEnd, WebSocketHub, WsLimits
@@ -66,8 +68,8 @@ class _Head(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not subclasses of asyncio's, only alike.
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self.data += data
@@ -479,3 +481,17 @@ async def test_a_client_that_does_not_read_slows_the_upstream_down() -> None:
                 received += len((await p.client.recv_message()).payload)
         assert received == total
         await asyncio.wait_for(flooding, WAIT_S)
+
+
+# ── the same on uvloop, the loop the gateway runs on (its transports are its own) ──────────
+ON_UVLOOP = {
+    name: case
+    for name, case in list(globals().items())
+    if name.startswith("test_") and asyncio.iscoroutinefunction(case)
+}
+
+
+@pytest.mark.parametrize("name", ON_UVLOOP)
+def test_on_uvloop(name: str) -> None:
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(ON_UVLOOP[name]())
