@@ -275,6 +275,7 @@ async def serve(
         async with asyncio.TaskGroup() as tasks:
             background = [
                 tasks.create_task(lookup.follow_invalidations(), name="invalidations"),
+                tasks.create_task(hub.run(), name="websocket re-admission"),
                 tasks.create_task(sweeper.run(), name="sweeper"),
             ]
             if on_ready is not None:
