@@ -333,6 +333,7 @@ async def _run_until_stopped(
     async with asyncio.TaskGroup() as tasks:
         background = [
             tasks.create_task(running.lookup.follow_invalidations(), name="invalidations"),
+            tasks.create_task(running.hub.run(), name="websocket re-admission"),
             tasks.create_task(running.sweeper.run(), name="sweeper"),
         ]
         if on_ready is not None:
