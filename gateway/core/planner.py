@@ -31,7 +31,6 @@ from gateway.core.request_head import BodyFraming as BodyFraming
 from gateway.core.request_head import Inspected as Inspected
 from gateway.core.request_head import PlannerConfig as PlannerConfig
 from gateway.core.request_head import RequestHead as RequestHead
-from gateway.core.request_head import admission_facts as admission_facts
 from gateway.core.request_head import first_header as first_header
 from gateway.core.request_head import inspect as inspect
 from gateway.core.request_head import is_preflight as is_preflight
@@ -107,7 +106,7 @@ def plan(
         # What decide_facts answers for a public route, without building its facts.
         decision: admission.Decision = _PUBLIC
     else:
-        facts = admission_facts(inspected, config)
+        facts = inspected.admission
         decision = admission.decide_facts(facts, route, config.admission, now, config.tokens)
     if not isinstance(decision, admission.Forward):
         return _answer(decision)

@@ -90,7 +90,27 @@ class Inspected:
     (the caller generates one)."""
     accept: str
     """The Accept header, for choosing an HTML or JSON error page."""
+    scheme: str
+    """The scheme the client uses: 'https' on a TLS listener, else the configured one."""
     scan: RequestScan
+
+    @property
+    def admission(self) -> Facts:
+        """What admission decides on; built on demand (public routes never need it)."""
+        first = self.scan.first
+        return Facts(
+            method=self.head.method,
+            raw_path=self.raw_path,
+            raw_query=self.raw_query,
+            host_header=self.scan.hosts[0].lower().rstrip("."),
+            scheme=self.scheme,
+            websocket=self.websocket,
+            preflight=is_preflight(self),
+            token_header=first.get("x-blaxel-preview-token"),
+            cookie_tokens=self.scan.token_cookies,
+            origin=first.get("origin", ""),
+            sec_fetch_mode=first.get("sec-fetch-mode", ""),
+        )
 
 
 def first_header(headers: Sequence[Header], lower_name: str) -> str | None:
@@ -154,26 +174,8 @@ def inspect(head: RequestHead, config: PlannerConfig) -> Inspected:
         if trusted and "x-request-id" in first
         else None,
         accept=first.get("accept", ""),
-        scan=scan,
-    )
-
-
-def admission_facts(inspected: Inspected, config: PlannerConfig) -> Facts:
-    """What admission decides on, for the routes that need it (private ones, preflights)."""
-    head, scan = inspected.head, inspected.scan
-    first = scan.first
-    return Facts(
-        method=head.method,
-        raw_path=inspected.raw_path,
-        raw_query=inspected.raw_query,
-        host_header=scan.hosts[0].lower().rstrip("."),
         scheme="https" if head.scheme == "https" else config.public_scheme,
-        websocket=inspected.websocket,
-        preflight=is_preflight(inspected),
-        token_header=first.get("x-blaxel-preview-token"),
-        cookie_tokens=scan.token_cookies,
-        origin=first.get("origin", ""),
-        sec_fetch_mode=first.get("sec-fetch-mode", ""),
+        scan=scan,
     )
 
 

@@ -689,3 +689,21 @@ def test_plan_cost_stays_small() -> None:
     private_cookie = plan_cost_us(BROWSER_GET, route(public=False))
     print(f"plan(): public {public:.1f} µs, private by cookie {private_cookie:.1f} µs")
     assert public < 100 and private_cookie < 100
+
+
+def test_admission_facts_of_an_inspected_head() -> None:
+    h = head(
+        ("Origin", "https://a.test"),
+        ("x-blaxel-preview-token", "t1"),
+        ("Cookie", "bl_preview_token=c1; x=1"),
+        ("Cookie", '__Host-bl_preview_token="c2"'),
+        ("Sec-Fetch-Mode", "navigate"),
+        target="/p?q=1",
+        host=f"{HOST.upper()}.:8080",
+        scheme="https",
+    )
+    facts = inspect(h, config()).admission
+    assert (facts.raw_path, facts.raw_query, facts.scheme) == ("/p", "q=1", "https")
+    assert facts.host_header == f"{HOST}.:8080" and facts.origin == "https://a.test"
+    assert facts.token_header == "t1" and list(facts.cookie_tokens) == ["c1", "c2"]
+    assert facts.sec_fetch_mode == "navigate" and not facts.preflight and not facts.websocket
