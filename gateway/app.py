@@ -28,6 +28,7 @@ from gateway.core.errors import RoutingUnavailable
 from gateway.core.netpolicy import IPNetwork
 from gateway.core.tokens import SigningKey, TokenSigner, generate_key, parse_keys
 from gateway.edge.http_relay import RelayTimeouts
+from gateway.edge.proto_server import EdgeListener, build_protocol_edge
 from gateway.edge.server import Edge, EdgeConfig, EdgeServer
 from gateway.edge.upstream import create_session
 from gateway.edge.ws_hub import WebSocketHub, WsLimits
@@ -283,19 +284,24 @@ async def serve(
     ws_relay = WsRelay(ws_session, limits, hub)
     lookup.add_listener(hub.on_invalidation)
     metrics = metrics_for(lookup, store, hub)
+    config = edge_config(settings, allowed, admission)
     edge = Edge(
-        edge_config(settings, allowed, admission),
+        config,
         lookup,
         session,
         websocket_relay=ws_relay.relay,
         observe=metrics.observe,
     )
+    protocol_edge: EdgeListener | None = None
+    if settings.edge_impl == "protocol":
+        protocol_edge = build_protocol_edge(
+            settings, config, lookup, allowed, metrics.observe, hub, limits
+        )
     readiness = Readiness(store, settings)
     api = ControlApi(api_config(settings, allowed), store, keys, readiness, signer)
     api_app = api.app()
     api_app.router.add_get("/metrics", metrics_endpoint(metrics))
     api_runner = web.AppRunner(api_app, access_log=None, shutdown_timeout=2.0)
-    edge_listener = edge_runner(settings, edge.handle)
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(store.close)
         stack.push_async_callback(session.close)
@@ -303,8 +309,12 @@ async def serve(
         # Cleanups run last-in first-out: the edge drains its in-flight requests first, while
         # the API listener still answers /readyz with 503; only then does the API close.
         await _listen(stack, api_runner, settings.bind, settings.api_port)
-        edge_site = await _listen(stack, edge_listener, settings.bind, settings.edge_port)
-        edge_port = _bound_port(edge_listener)
+        if protocol_edge is None:
+            edge_port, stop_accepting = await _start_aiohttp_edge(stack, settings, edge)
+        else:
+            await stack.enter_async_context(protocol_edge)
+            edge_port = await protocol_edge.start(settings.bind, settings.edge_port)
+            stop_accepting = _async(protocol_edge.stop_accepting)  # busy ones drain on exit
         if settings.public_port is None and settings.edge_port == 0:
             api.set_public_port(edge_port)  # an ephemeral edge port is only known now
         sweeper = Sweeper(store, settings.sweep_interval_s)
@@ -320,14 +330,30 @@ async def serve(
             service=api.service,
         )
         readiness.running = running
-        await _run_until_stopped(running, stop, edge_site, on_ready)
+        await _run_until_stopped(running, stop, stop_accepting, on_ready)
     logger.info("stopped")
+
+
+async def _start_aiohttp_edge(
+    stack: contextlib.AsyncExitStack, settings: Settings, edge: Edge
+) -> tuple[int, Callable[[], Awaitable[None]]]:
+    """The aiohttp edge (``GATEWAY_EDGE_IMPL=aiohttp``): its port, and how to stop accepting."""
+    runner = edge_runner(settings, edge.handle)
+    site = await _listen(stack, runner, settings.bind, settings.edge_port)
+    return _bound_port(runner), site.stop
+
+
+def _async(call: Callable[[], None]) -> Callable[[], Awaitable[None]]:
+    async def run() -> None:
+        call()
+
+    return run
 
 
 async def _run_until_stopped(
     running: Running,
     stop: asyncio.Event,
-    edge_site: web.BaseSite,
+    stop_accepting: Callable[[], Awaitable[None]],
     on_ready: Callable[[Running], object] | None,
 ) -> None:
     async with asyncio.TaskGroup() as tasks:
@@ -341,7 +367,7 @@ async def _run_until_stopped(
         await stop.wait()
         running.draining = True
         logger.info("draining: closing WebSockets, finishing in-flight requests")
-        await edge_site.stop()
+        await stop_accepting()
         await running.hub.close_all(1001, "gateway shutting down")
         for task in background:
             task.cancel()
