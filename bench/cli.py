@@ -83,7 +83,7 @@ def raise_fd_limit(needed: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
 
-def _terminate(signum: int, frame: object) -> None:
+def terminate(signum: int, frame: object) -> None:
     # SIGTERM becomes an exception so the finally blocks stop every child we started.
     raise SystemExit(128 + signum)
 
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     chosen = [s for s in SCENARIOS if s in args.only.split(",")]
     raise_fd_limit(4 * args.idle_ws + 1024)
-    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGTERM, terminate)
     started = datetime.now(UTC)
     facts = report.machine_facts(args.gateway_ref, args.gateway_src)
     print(f"machine: {json.dumps(facts)}", flush=True)

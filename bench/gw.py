@@ -11,6 +11,7 @@ import os
 import subprocess
 import urllib.request
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -64,6 +65,7 @@ def start(
     *,
     src: Path = REPO,
     extra_env: dict[str, str] | None = None,
+    cpus: set[int] | None = None,
 ) -> Gateway:
     """Run ``python -m gateway`` from ``src`` (the work tree, or a snapshot: the current
     directory comes first on sys.path, ahead of the editable install)."""
@@ -81,7 +83,7 @@ def start(
         PYTHONPATH=str(src),
     )
     env.update(extra_env or {})
-    child = Child(name, [str(PYTHON), "-m", "gateway"], work_dir, env=env, cwd=src)
+    child = Child(name, [str(PYTHON), "-m", "gateway"], work_dir, env=env, cwd=src, cpus=cpus)
     try:
         wait_http_ok(f"http://127.0.0.1:{api_port}/readyz", child)
         _api(
@@ -96,13 +98,40 @@ def start(
     return Gateway(child, edge_port, api_port, netloc)
 
 
-def add_preview(api_port: int, name: str, port: int) -> str:
-    """Register a public preview of 127.0.0.1:``port`` in sandbox ``sb``; returns its Host."""
+def pool_env(sockets: int) -> dict[str, str]:
+    """Gateway settings for holding ``sockets`` relayed WebSockets at once.
+
+    Each relayed WebSocket holds a slot of the gateway's upstream pool for its whole life, and
+    the pool allows 128 per sandbox port by default, so idle socket 129 would wait for a slot
+    forever (and so would plain HTTP to that preview). Both pool limits go above the count.
+    """
+    limit = str(max(4096, sockets + 64))
+    return {
+        "GATEWAY_UPSTREAM_MAX_CONNECTIONS": limit,
+        "GATEWAY_UPSTREAM_MAX_CONNECTIONS_PER_TARGET": limit,
+    }
+
+
+def add_preview(api_port: int, name: str, port: int, *, public: bool = True) -> str:
+    """Register a preview of 127.0.0.1:``port`` in sandbox ``sb``; returns its Host."""
     preview = _api(
         api_port,
         "/v0/sandboxes/sb/previews",
-        {"metadata": {"name": name}, "spec": {"port": port, "public": True}},
+        {"metadata": {"name": name}, "spec": {"port": port, "public": public}},
     )
     spec = preview["spec"]
     assert isinstance(spec, dict)
     return urlsplit(str(spec["url"])).netloc
+
+
+def mint_token(api_port: int, preview: str, lifetime_s: int = 3600) -> str:
+    """A token for private preview ``preview`` of sandbox ``sb``. Never print it."""
+    expires = datetime.now(UTC) + timedelta(seconds=lifetime_s)
+    body = _api(
+        api_port,
+        f"/v0/sandboxes/sb/previews/{preview}/tokens",
+        {"metadata": {"name": ""}, "spec": {"expiresAt": expires.strftime("%Y-%m-%dT%H:%M:%SZ")}},
+    )
+    spec = body["spec"]
+    assert isinstance(spec, dict)
+    return str(spec["token"])

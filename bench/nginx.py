@@ -11,11 +11,13 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from bench.procs import Child, children_of, wait_tcp
 
-CONFIG = """\
+# One worker, in the foreground's prefix directory; shared by every nginx the benchmarks start.
+PROLOGUE = """\
 worker_processes 1;
 pid {prefix}/nginx.pid;
 error_log {prefix}/error.log warn;
@@ -23,17 +25,17 @@ error_log {prefix}/error.log warn;
 events {{
     worker_connections 8192;
 }}
+"""
 
+PROXY = (
+    PROLOGUE
+    + """
 http {{
     access_log off;
     client_body_temp_path {prefix}/client_body;
     proxy_temp_path {prefix}/proxy;
-
-    upstream app {{
-        server 127.0.0.1:{upstream_port};
-        keepalive 128;
-    }}
-
+{http_extra}
+{upstreams}
     # "Connection: upgrade" only on upgrades; an empty value keeps the upstream connection
     # reusable for plain requests.
     map $http_upgrade $connection_upgrade {{
@@ -48,27 +50,51 @@ http {{
         # like the download side, so neither direction is held back by a tiny buffer.
         client_body_buffer_size 64k;
 
-        location / {{
-            proxy_pass http://app;
-            proxy_http_version 1.1;
-            proxy_set_header Host $host;
-            proxy_set_header Upgrade $http_upgrade;
-            proxy_set_header Connection $connection_upgrade;
-            proxy_set_header X-Forwarded-For $remote_addr;
-            proxy_buffering off;
-            # With buffering off nginx relays through one buffer of this size; the default
-            # (one 4 KiB page) caps bulk downloads at a few hundred MiB/s here. 64 KiB is the
-            # size of the reads aiohttp does in the gateway.
-            proxy_buffer_size 64k;
-            proxy_buffers 4 64k;  # unused with buffering off, but nginx checks their sizes
-            proxy_busy_buffers_size 128k;
-            proxy_request_buffering off;
-            proxy_read_timeout 300s;
-            proxy_send_timeout 300s;
-        }}
+        # Inherited by every location below (none sets proxy_* directives of its own).
+        proxy_http_version 1.1;
+        proxy_set_header Host $host;
+        proxy_set_header Upgrade $http_upgrade;
+        proxy_set_header Connection $connection_upgrade;
+        proxy_set_header X-Forwarded-For $remote_addr;
+        proxy_buffering off;
+        # With buffering off nginx relays through one buffer of this size; the default
+        # (one 4 KiB page) caps bulk downloads at a few hundred MiB/s here. 64 KiB is the
+        # size of the reads aiohttp does in the gateway.
+        proxy_buffer_size 64k;
+        proxy_buffers 4 64k;  # unused with buffering off, but nginx checks their sizes
+        proxy_busy_buffers_size 128k;
+        proxy_request_buffering off;
+        proxy_read_timeout 300s;
+        proxy_send_timeout 300s;
+
+{locations}
     }}
 }}
 """
+)
+
+
+def proxy_config(
+    prefix: Path,
+    port: int,
+    upstreams: dict[str, tuple[int, str]],
+    locations: dict[str, str],
+    http_extra: str = "",
+) -> str:
+    """The reverse proxy: ``upstreams`` maps a name to (port, extra directives of its block),
+    ``locations`` a path prefix to the upstream it is passed to."""
+    blocks = "".join(
+        f"    upstream {name} {{\n        server 127.0.0.1:{up_port};\n        keepalive 128;\n"
+        f"{extra}    }}\n"
+        for name, (up_port, extra) in upstreams.items()
+    )
+    where = "".join(
+        f"        location {path} {{ proxy_pass http://{name}; }}\n"
+        for path, name in locations.items()
+    )
+    return PROXY.format(
+        prefix=prefix, port=port, http_extra=http_extra, upstreams=blocks, locations=where
+    )
 
 
 def binary() -> str | None:
@@ -83,14 +109,31 @@ def version(path: str) -> str:
 
 
 def start(path: str, port: int, upstream_port: int, work_dir: Path) -> Child:
-    prefix = work_dir / "nginx"
+    return start_config(
+        path,
+        "nginx",
+        port,
+        work_dir,
+        lambda prefix: proxy_config(prefix, port, {"app": (upstream_port, "")}, {"/": "app"}),
+    )
+
+
+def start_config(
+    path: str,
+    name: str,
+    port: int,
+    work_dir: Path,
+    config: Callable[[Path], str],
+    cpus: set[int] | None = None,
+) -> Child:
+    """Run nginx with the configuration ``config(prefix)`` in its own prefix directory."""
+    prefix = work_dir / name
     prefix.mkdir(parents=True, exist_ok=True)
     conf = prefix / "nginx.conf"
-    conf.write_text(CONFIG.format(prefix=prefix, port=port, upstream_port=upstream_port))
+    conf.write_text(config(prefix))
     # Foreground (daemon off) so the master is our child and SIGTERM to its pid stops it all.
-    child = Child(
-        "nginx", [path, "-p", str(prefix), "-c", str(conf), "-g", "daemon off;"], work_dir
-    )
+    argv = [path, "-p", str(prefix), "-c", str(conf), "-g", "daemon off;"]
+    child = Child(name, argv, work_dir, cpus=cpus)
     wait_tcp(port, child)
     return child
 

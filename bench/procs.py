@@ -17,6 +17,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +44,19 @@ def die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def child_setup(cpus: set[int] | None) -> Callable[[], None]:
+    """The pre-exec hook of a child: tied to our life, and pinned to ``cpus`` when given. The
+    affinity is set before exec, so every thread and process the child later makes (nginx's
+    worker, py-spy's sampler) inherits it."""
+
+    def setup() -> None:
+        die_with_parent()
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+
+    return setup
+
+
 class Child:
     def __init__(
         self,
@@ -51,6 +65,7 @@ class Child:
         log_dir: Path,
         env: dict[str, str] | None = None,
         cwd: Path = REPO,
+        cpus: set[int] | None = None,
     ):
         self.name = name
         self.log_path = log_dir / f"{name}.log"
@@ -62,7 +77,7 @@ class Child:
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            preexec_fn=die_with_parent,
+            preexec_fn=child_setup(cpus),
         )
 
     @property

@@ -220,20 +220,9 @@ class Bench:
         return {"process": t.process, **result}
 
     def env_for(self, scenario: str) -> dict[str, str]:
-        """Gateway settings that differ from the defaults, per scenario: none but one.
-
-        Each relayed WebSocket holds a slot of the gateway's upstream pool for its whole life,
-        and the pool allows 128 per sandbox port by default, so idle socket 129 would wait for
-        a slot forever (and so would plain HTTP to that preview). The idle-socket scenario
-        raises both pool limits above its socket count; see docs/benchmarks.md.
-        """
-        if scenario != "ws_idle":
-            return {}
-        limit = str(max(4096, self.args.idle_ws + 64))
-        return {
-            "GATEWAY_UPSTREAM_MAX_CONNECTIONS": limit,
-            "GATEWAY_UPSTREAM_MAX_CONNECTIONS_PER_TARGET": limit,
-        }
+        """Gateway settings that differ from the defaults, per scenario: the pool limits of
+        ``ws_idle`` only (see ``gw.pool_env`` and docs/benchmarks.md)."""
+        return gw.pool_env(self.args.idle_ws) if scenario == "ws_idle" else {}
 
     def plan(self) -> dict[str, tuple[str, Callable[[Target], Awaitable[dict[str, Any]]]]]:
         a = self.args

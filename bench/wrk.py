@@ -77,6 +77,7 @@ def command(
     duration_s: float,
     delay_ms: float | None = None,
     work_dir: Path,
+    headers: dict[str, str] | None = None,
 ) -> WrkRun:
     argv = [
         path,
@@ -89,6 +90,8 @@ def command(
         "-H",
         f"Host: {host}",
     ]
+    for name, value in (headers or {}).items():
+        argv += ["-H", f"{name}: {value}"]
     if delay_ms is not None:
         script = work_dir / f"delay_{delay_ms:g}.lua"
         script.write_text(f"function delay()\n  return {delay_ms:g}\nend\n")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import unquote
 
-from gateway.core import header_policy as policy
+from gateway.core import header_policy
 from gateway.core.errors import OriginRejected, TokenRejected, TokenRequired
 from gateway.core.records import Route
 from gateway.core.token_cache import TokenCache
@@ -31,7 +31,7 @@ MAX_COOKIE_TRIES = 4
 @dataclass(frozen=True, slots=True)
 class Inbound:
     method: str
-    headers: policy.Headers
+    headers: header_policy.Headers
     raw_path: str
     raw_query: str
     host_header: str
@@ -60,13 +60,16 @@ Decision = Preflight | Forward | Redirect
 
 
 @dataclass(frozen=True, slots=True)
-class AdmissionPolicy:
+class AdmissionConfig:
+    """What admission decides with: the token signer, the cookie it sets, the origins a
+    WebSocket may come from."""
+
     signer: TokenSigner
     cookie_samesite: str
     allowed_origins: Sequence[str]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per request (frozen costs ~1 µs); never mutated
 class Facts:
     """What admission decides on, read from the request once: by ``facts_of`` from an
     ``Inbound`` (the aiohttp edge), by the planner from its header scan (the new edge)."""
@@ -111,20 +114,20 @@ def preflight_headers(route: Route) -> dict[str, str]:
     own = route.response_headers.items()
     out = {k: v for k, v in own if k.lower().startswith("access-control-")}
     present = {k.lower() for k in out}
-    for name, value in policy.CORS_DEFAULTS.items():
+    for name, value in header_policy.CORS_DEFAULTS.items():
         if name.lower() not in present:
             out[name] = value
     return out
 
 
-def decide(inbound: Inbound, route: Route, policy_: AdmissionPolicy, now: datetime) -> Decision:
-    return decide_facts(facts_of(inbound), route, policy_, now.timestamp())
+def decide(inbound: Inbound, route: Route, config: AdmissionConfig, now: datetime) -> Decision:
+    return decide_facts(facts_of(inbound), route, config, now.timestamp())
 
 
 def decide_facts(
     facts: Facts,
     route: Route,
-    policy_: AdmissionPolicy,
+    config: AdmissionConfig,
     now: float,
     cache: TokenCache | None = None,
 ) -> Decision:
@@ -137,13 +140,13 @@ def decide_facts(
         return Forward()
 
     if facts.token_header is not None:
-        _check(facts.token_header.strip(), route, policy_, now, cache)
+        _check(facts.token_header.strip(), route, config, now, cache)
         return Forward()
 
-    query_token = query_param(facts.raw_query, policy.TOKEN_QUERY_PARAM)
+    query_token = query_param(facts.raw_query, header_policy.TOKEN_QUERY_PARAM)
     if query_token is not None:
-        expires = _check(query_token, route, policy_, now, cache)
-        cookie = token_cookie_at(query_token, facts.scheme, policy_.cookie_samesite, expires, now)
+        expires = _check(query_token, route, config, now, cache)
+        cookie = token_cookie_at(query_token, facts.scheme, config.cookie_samesite, expires, now)
         if _is_navigation(facts):
             # The token leaves the address bar, the history and every later Referer.
             return Redirect(clean_location(facts.raw_path, facts.raw_query), cookie)
@@ -154,24 +157,24 @@ def decide_facts(
     first_error: TokenRejected | None = None
     for token in facts.cookie_tokens[:MAX_COOKIE_TRIES]:
         try:
-            _check(token, route, policy_, now, cache)
+            _check(token, route, config, now, cache)
         except TokenRejected as exc:
             first_error = first_error or exc
             continue
         if facts.websocket:
-            _check_origin(facts, policy_)
+            _check_origin(facts, config)
         return Forward()
     assert first_error is not None
     raise first_error
 
 
 def _check(
-    token: str, route: Route, policy_: AdmissionPolicy, now: float, cache: TokenCache | None
+    token: str, route: Route, config: AdmissionConfig, now: float, cache: TokenCache | None
 ) -> float:
     """Verify (or find verified) and check revocation; return the token's expiry (epoch s)."""
     verified = cache.get(route.preview_uid, token, now) if cache is not None else None
     if verified is None:
-        verified = policy_.signer.verified(
+        verified = config.signer.verified(
             token, preview_uid=route.preview_uid, now=datetime.fromtimestamp(now, UTC)
         )
         if cache is not None:
@@ -190,12 +193,12 @@ def _is_navigation(facts: Facts) -> bool:
     )
 
 
-def _check_origin(facts: Facts, policy_: AdmissionPolicy) -> None:
+def _check_origin(facts: Facts, config: AdmissionConfig) -> None:
     """A cookie rides along with any site's ``new WebSocket(...)``; only the preview's own
     origin and configured embedders may use it (cross-site WebSocket hijacking)."""
     origin = facts.origin.strip().lower()
     own = {f"http://{facts.host_header}", f"https://{facts.host_header}"}
-    allowed = own | {o.strip().lower().rstrip("/") for o in policy_.allowed_origins}
+    allowed = own | {o.strip().lower().rstrip("/") for o in config.allowed_origins}
     if origin not in allowed:
         raise OriginRejected("This WebSocket's origin may not use the preview cookie.")
 
@@ -209,9 +212,11 @@ def query_param(raw_query: str, name: str) -> str | None:
     return None
 
 
-def cookie_tokens(headers: policy.Headers) -> list[str]:
+def cookie_tokens(headers: header_policy.Headers) -> list[str]:
     return [
-        t for header in headers.getall("Cookie", ()) for t in policy.token_cookie_values(header)
+        t
+        for header in headers.getall("Cookie", ())
+        for t in header_policy.token_cookie_values(header)
     ]
 
 
@@ -244,5 +249,5 @@ def clean_location(raw_path: str, raw_query: str) -> str:
     """A relative redirect target with the token removed. It starts with exactly one ``/``:
     ``//evil.test`` or ``/\\evil.test`` would send the browser to another host."""
     path = "/" + raw_path.translate(_URL_IGNORED).lstrip("/\\")
-    query = policy.strip_token_param(raw_query)
+    query = header_policy.strip_token_param(raw_query)
     return path + ("?" + query if query else "")

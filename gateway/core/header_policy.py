@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -33,6 +32,7 @@ from gateway.core.header_names import names as _names
 from gateway.core.header_names import quote_string as _quote
 from gateway.core.header_names import token_set as token_set
 from gateway.core.header_values import scope_set_cookie as scope_set_cookie
+from gateway.core.header_values import split_token_cookies as split_token_cookies
 from gateway.core.header_values import strip_token_cookies as strip_token_cookies
 from gateway.core.header_values import strip_token_param as strip_token_param
 from gateway.core.header_values import strip_token_param_from_url as strip_token_param_from_url
@@ -143,10 +143,14 @@ def upstream_request_headers(
     )
 
 
-# Names scan_request notes the values of, besides filtering them.
-_SCAN_NOTED: frozenset[str] = _names(
-    "Host", "Content-Length", "Transfer-Encoding", "Connection", "Upgrade"
-)
+# The names whose values scan_request collects, besides filtering them: each one's index in
+# RequestScan.noted.
+_NOTED: dict[str, int] = {
+    name: index
+    for index, name in enumerate(
+        ("host", "content-length", "transfer-encoding", "connection", "upgrade")
+    )
+}
 SCAN_FIRST: frozenset[str] = _names(
     "X-Blaxel-Preview-Token",
     "Origin",
@@ -157,28 +161,56 @@ SCAN_FIRST: frozenset[str] = _names(
     "Accept",
 )
 """Names whose first value ``scan_request`` keeps in ``RequestScan.first`` (lower-cased keys)."""
-_SCAN_ANY = _SCAN_NOTED | SCAN_FIRST
 
 
-@dataclass(slots=True)
 class RequestScan:
     """One pass over a request's headers: the values the policy and admission decide on, and
-    the headers that may go upstream."""
+    the headers that may go upstream. (A plain class: built per request, it must be cheap.)"""
 
-    kept: list[Header] = field(default_factory=list)
-    """Not dropped by name, token cookies and the token in Referer stripped; the names listed
-    in Connection are removed later, by ``upstream_header_list``."""
-    hosts: list[str] = field(default_factory=list)
-    content_lengths: list[str] = field(default_factory=list)
-    transfer_encodings: list[str] = field(default_factory=list)
-    connection: list[str] = field(default_factory=list)
-    upgrade: list[str] = field(default_factory=list)
-    underscore: bool = False
-    token_cookies: list[str] = field(default_factory=list)
-    """The gateway's cookie values, in order (see ``token_cookie_values``)."""
-    first: dict[str, str] = field(default_factory=dict)
-    """The first value of each ``SCAN_FIRST`` name present."""
-    drop: frozenset[str] = frozenset()
+    __slots__ = ("drop", "first", "kept", "noted", "token_cookies", "underscore")
+
+    def __init__(self, drop: frozenset[str]) -> None:
+        self.drop = drop
+        self.kept: list[Header] = []
+        """Not dropped by name, token cookies and the token in Referer stripped; the names
+        listed in Connection are removed later, by ``upstream_header_list``."""
+        self.noted: tuple[list[str], ...] = ([], [], [], [], [])
+        self.underscore = False
+        self.token_cookies: list[str] = []
+        """The gateway's cookie values, in order (see ``token_cookie_values``)."""
+        self.first: dict[str, str] = {}
+        """The first value of each ``SCAN_FIRST`` name present."""
+
+    @property
+    def hosts(self) -> list[str]:
+        return self.noted[0]
+
+    @property
+    def content_lengths(self) -> list[str]:
+        return self.noted[1]
+
+    @property
+    def transfer_encodings(self) -> list[str]:
+        return self.noted[2]
+
+    @property
+    def connection(self) -> list[str]:
+        return self.noted[3]
+
+    @property
+    def upgrade(self) -> list[str]:
+        return self.noted[4]
+
+
+# What scan_request does with a name beyond filtering it, in one lookup: the index of its list
+# in RequestScan.noted (0-4), keep its first value (_FIRST), or edit it (_COOKIE, _REFERER).
+_FIRST, _COOKIE, _REFERER = 5, 6, 7
+_SPECIAL: dict[str, int] = {
+    **_NOTED,
+    **dict.fromkeys(SCAN_FIRST, _FIRST),
+    "cookie": _COOKIE,
+    "referer": _REFERER,
+}
 
 
 def scan_request(
@@ -186,41 +218,44 @@ def scan_request(
 ) -> RequestScan:
     """Read a request's headers once. ``websocket``: the aiohttp client builds its own
     handshake, so the client's Sec-WebSocket-* headers are dropped (the raw relay keeps them)."""
-    scan = RequestScan(drop=_UPSTREAM_DROP[trusted_peer, websocket])
-    drop, kept = scan.drop, scan.kept
-    for name, value in headers:
-        lower = name.lower()
-        if lower in _SCAN_ANY:
-            _note(scan, lower, value)
+    scan = RequestScan(_UPSTREAM_DROP[trusted_peer, websocket])
+    drop, kept, noted, first = scan.drop, scan.kept, scan.noted, scan.first
+    special = _SPECIAL.get
+    for header in headers:
+        name, value = header
         if "_" in name:
             scan.underscore = True
-        if lower in drop:
+        lower = name.lower()
+        kind = special(lower)
+        if kind is None:
+            if lower not in drop:
+                kept.append(header)
             continue
-        if lower == "cookie":
+        if kind < _FIRST:
+            noted[kind].append(value)
+        elif kind == _FIRST:
+            if lower not in first:
+                first[lower] = value
+        elif kind == _COOKIE:
             if _TOKEN_COOKIE_MARK in value:
-                scan.token_cookies.extend(token_cookie_values(value))
-            value = strip_token_cookies(value)
+                value, tokens = split_token_cookies(value)
+                scan.token_cookies.extend(tokens)
+            else:
+                value = value.strip()
             if not value:
                 continue
-        elif lower == "referer":
-            value = strip_token_param_from_url(value)
-        kept.append((name, value))
+            header = (name, value)
+        elif "?" in value:  # Referer
+            header = (name, strip_token_param_from_url(value))
+        if lower not in drop:
+            kept.append(header)
     return scan
 
 
-def _note(scan: RequestScan, lower: str, value: str) -> None:
-    if lower == "host":
-        scan.hosts.append(value)
-    elif lower == "content-length":
-        scan.content_lengths.append(value)
-    elif lower == "transfer-encoding":
-        scan.transfer_encodings.append(value)
-    elif lower == "connection":
-        scan.connection.append(value)
-    elif lower == "upgrade":
-        scan.upgrade.append(value)
-    elif lower not in scan.first:
-        scan.first[lower] = value
+_PLAIN_CONNECTION = frozenset(
+    {"keep-alive", "Keep-Alive", "Upgrade", "upgrade", "keep-alive, Upgrade"}
+)
+_NOT_LISTABLE = frozenset({"host"})
 
 
 def upstream_header_list(
@@ -239,8 +274,14 @@ def upstream_header_list(
     remove the Host the app routes on.
     """
     out = scan.kept
-    # Most listed names (keep-alive, upgrade) were dropped by name already.
-    listed = token_set(scan.connection) - scan.drop - {"host"} if scan.connection else None
+    connection = scan.connection
+    # The usual Connection values list nothing that is still there (keep-alive and upgrade were
+    # dropped by name).
+    listed = (
+        token_set(connection) - scan.drop - _NOT_LISTABLE
+        if connection and (len(connection) > 1 or connection[0] not in _PLAIN_CONNECTION)
+        else None
+    )
     if listed:
         out = [(name, value) for name, value in out if name.lower() not in listed]
     host = scan.hosts[0] if scan.hosts else ""

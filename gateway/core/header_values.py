@@ -43,23 +43,33 @@ def _covers(cookie_domain: str, protected: str) -> bool:
 
 def strip_token_cookies(cookie_header: str) -> str:
     """Remove the gateway's cookie and keep every other cookie byte for byte, in order."""
-    if TOKEN_COOKIE_MARK not in cookie_header:
-        # No token cookie can be in it: splitting on ";" and joining again would give back the
-        # same string.
-        return cookie_header.strip()
-    pairs = [p for p in cookie_header.split(";")]
-    kept = [p for p in pairs if p.split("=", 1)[0].strip() not in TOKEN_COOKIE_NAMES]
-    return ";".join(kept).strip()
+    return split_token_cookies(cookie_header)[0]
 
 
 def token_cookie_values(cookie_header: str) -> list[str]:
     """The values of the gateway's cookies in one Cookie header, in order, unquoted."""
-    tokens = []
+    return split_token_cookies(cookie_header)[1]
+
+
+def split_token_cookies(cookie_header: str) -> tuple[str, list[str]]:
+    """One Cookie header without the gateway's cookies (every other cookie byte for byte, in
+    order), and the values of those cookies (in order, unquoted)."""
+    if TOKEN_COOKIE_MARK not in cookie_header:
+        # No token cookie can be in it: splitting on ";" and joining again would give back the
+        # same string.
+        return cookie_header.strip(), []
+    kept: list[str] = []
+    tokens: list[str] = []
     for pair in cookie_header.split(";"):
+        if TOKEN_COOKIE_MARK not in pair:
+            kept.append(pair)
+            continue
         name, sep, value = pair.strip().partition("=")
         if sep and name in TOKEN_COOKIE_NAMES and value:
             tokens.append(value.strip('"'))
-    return tokens
+        if pair.split("=", 1)[0].strip() not in TOKEN_COOKIE_NAMES:
+            kept.append(pair)
+    return ";".join(kept).strip(), tokens
 
 
 def strip_token_param(query: str) -> str:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from gateway.core import header_policy as policy
 from gateway.core import netpolicy
-from gateway.core.admission import AdmissionPolicy, Facts
+from gateway.core.admission import AdmissionConfig, Facts
 from gateway.core.errors import BadRequest, InvalidHost
 from gateway.core.header_policy import Header, RequestScan
 from gateway.core.hostnames import normalize_host
@@ -40,7 +40,7 @@ class RequestHead:
 class PlannerConfig:
     preview_domain: str
     trusted_proxies: Sequence[IPNetwork]
-    admission: AdmissionPolicy
+    admission: AdmissionConfig
     max_body_bytes: int
     """0: no limit."""
     public_scheme: str = "http"
@@ -63,7 +63,7 @@ class BodyFraming(enum.Enum):
     CHUNKED = "chunked"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per request (frozen costs ~1 µs); never mutated
 class Inspected:
     """The facts of one request head, read in one pass over its headers. ``plan`` consumes it
     (it takes the scan's header list over): plan each ``Inspected`` once."""
@@ -90,8 +90,27 @@ class Inspected:
     (the caller generates one)."""
     accept: str
     """The Accept header, for choosing an HTML or JSON error page."""
-    admission: Facts
+    scheme: str
+    """The scheme the client uses: 'https' on a TLS listener, else the configured one."""
     scan: RequestScan
+
+    @property
+    def admission(self) -> Facts:
+        """What admission decides on; built on demand (public routes never need it)."""
+        first = self.scan.first
+        return Facts(
+            method=self.head.method,
+            raw_path=self.raw_path,
+            raw_query=self.raw_query,
+            host_header=self.scan.hosts[0].lower().rstrip("."),
+            scheme=self.scheme,
+            websocket=self.websocket,
+            preflight=is_preflight(self),
+            token_header=first.get("x-blaxel-preview-token"),
+            cookie_tokens=self.scan.token_cookies,
+            origin=first.get("origin", ""),
+            sec_fetch_mode=first.get("sec-fetch-mode", ""),
+        )
 
 
 def first_header(headers: Sequence[Header], lower_name: str) -> str | None:
@@ -110,27 +129,34 @@ def inspect(head: RequestHead, config: PlannerConfig) -> Inspected:
     with Content-Length or other than ``chunked``, a bad or repeated Content-Length, underscores
     in names), ``MethodNotAllowed`` (TRACE, TRACK, CONNECT), ``PayloadTooLarge``.
     """
-    trusted = _trusted(head.peer, config)
+    trusted = _trusted(head.peer, config) if config.trusted_proxies else False
     scan = policy.scan_request(head.headers, trusted_peer=trusted)
-    if len(scan.hosts) != 1:
+    hosts, lengths, codings, connection, upgrade = scan.noted
+    if len(hosts) != 1:
         raise InvalidHost("Exactly one Host header is required.")
-    host = normalize_host(scan.hosts[0])
-    raw_path, raw_query = _split_target(head.target, host)
-    lengths = scan.content_lengths
-    policy.check_framing(
-        head.method,
-        head.version,
-        transfer_encoding=bool(scan.transfer_encodings),
-        content_length=lengths[0] if lengths else None,
-        underscore=scan.underscore,
-        host_count=1,
-        max_body_bytes=config.max_body_bytes,
-    )
-    framing, length = _body_framing(scan)
+    host = normalize_host(hosts[0])
+    target = head.target
+    if target[:1] == "/" and "#" not in target:
+        raw_path, _, raw_query = target.partition("?")
+    else:
+        raw_path, raw_query = _split_target(target, host)
+    if lengths or codings or scan.underscore or head.method in policy.REJECTED_METHODS:
+        policy.check_framing(
+            head.method,
+            head.version,
+            transfer_encoding=bool(codings),
+            content_length=lengths[0] if lengths else None,
+            underscore=scan.underscore,
+            host_count=1,
+            max_body_bytes=config.max_body_bytes,
+        )
+        framing, length = _body_framing(scan)
+    else:
+        framing, length = BodyFraming.NONE, 0
     first = scan.first
-    upgrade = policy.token_set(scan.upgrade) if scan.upgrade else _NO_TOKENS
-    connection = policy.token_set(scan.connection) if scan.connection else _NO_TOKENS
-    websocket = policy.websocket_upgrade(head.method, upgrade, connection)
+    websocket = bool(upgrade) and policy.websocket_upgrade(
+        head.method, policy.token_set(upgrade), policy.token_set(connection)
+    )
     return Inspected(
         head=head,
         host=host,
@@ -138,33 +164,30 @@ def inspect(head: RequestHead, config: PlannerConfig) -> Inspected:
         raw_query=raw_query,
         framing=framing,
         content_length=length,
-        expect_continue=head.version >= (1, 1)
-        and first.get("expect", "").strip().lower() == "100-continue",
+        expect_continue="expect" in first
+        and head.version >= (1, 1)
+        and first["expect"].strip().lower() == "100-continue",
         websocket=websocket,
-        other_upgrade=bool(scan.upgrade) and not websocket,
+        other_upgrade=bool(upgrade) and not websocket,
         trusted_peer=trusted,
-        request_id=_supplied_request_id(first.get("x-request-id"), trusted),
+        request_id=_supplied_request_id(first["x-request-id"])
+        if trusted and "x-request-id" in first
+        else None,
         accept=first.get("accept", ""),
-        admission=Facts(
-            method=head.method,
-            raw_path=raw_path,
-            raw_query=raw_query,
-            host_header=scan.hosts[0].lower().rstrip("."),
-            scheme="https" if head.scheme == "https" else config.public_scheme,
-            websocket=websocket,
-            preflight=head.method == "OPTIONS"
-            and "origin" in first
-            and "access-control-request-method" in first,
-            token_header=first.get("x-blaxel-preview-token"),
-            cookie_tokens=scan.token_cookies,
-            origin=first.get("origin", ""),
-            sec_fetch_mode=first.get("sec-fetch-mode", ""),
-        ),
+        scheme="https" if head.scheme == "https" else config.public_scheme,
         scan=scan,
     )
 
 
-_NO_TOKENS: set[str] = set()
+def is_preflight(inspected: Inspected) -> bool:
+    first = inspected.scan.first
+    return (
+        inspected.head.method == "OPTIONS"
+        and "origin" in first
+        and "access-control-request-method" in first
+    )
+
+
 _MAX_LENGTH_DIGITS = 18
 """Content-Length digits: 10**18 bytes is beyond any body, and int() stays cheap."""
 
@@ -211,7 +234,7 @@ def _split_target(target: str, host: str) -> tuple[str, str]:
 
 
 def _trusted(peer: str, config: PlannerConfig) -> bool:
-    if not config.trusted_proxies or not peer:
+    if not peer:
         return False
     known = config.trusted_peers.get(peer)
     if known is None:
@@ -226,13 +249,8 @@ def _trusted(peer: str, config: PlannerConfig) -> bool:
 _PEER_CACHE_MAX = 4096
 
 
-def _supplied_request_id(supplied: str | None, trusted: bool) -> str | None:
-    if (
-        supplied
-        and trusted
-        and len(supplied) <= 128
-        and supplied.isascii()
-        and supplied.isprintable()
-    ):
+def _supplied_request_id(supplied: str) -> str | None:
+    """A trusted proxy's request id, if it is one (printable ASCII, at most 128 characters)."""
+    if supplied and len(supplied) <= 128 and supplied.isascii() and supplied.isprintable():
         return supplied
     return None

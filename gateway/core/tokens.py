@@ -109,10 +109,16 @@ class TokenSigner:
                 leeway=LEEWAY_S,
                 # strict_aud: ``aud`` must be exactly our string. Without it pyjwt also accepts
                 # a list that merely contains it (threat model T16, CVE-2024-53861 class).
-                options={"require": ["exp", "aud", "jti"], "verify_iat": False, "strict_aud": True},
+                # exp and nbf are checked below against the injected ``now``: pyjwt would read the
+                # wall clock, which makes the decision depend on when it runs.
+                options={
+                    "require": ["exp", "aud", "jti"],
+                    "verify_iat": False,
+                    "verify_exp": False,
+                    "verify_nbf": False,
+                    "strict_aud": True,
+                },
             )
-        except jwt.ExpiredSignatureError:
-            raise TokenRejected("token_expired", "The preview token has expired.") from None
         except jwt.InvalidAudienceError:
             raise TokenRejected(
                 "token_wrong_preview", "The preview token is for another preview."
@@ -124,13 +130,21 @@ class TokenSigner:
             raise TokenRejected("token_malformed", "The preview token is malformed.") from None
         except jwt.PyJWTError:
             raise TokenRejected("token_invalid", "The preview token is not valid.") from None
-        # pyjwt checks exp against the wall clock; this also holds for an injected ``now``.
-        if claims["exp"] + LEEWAY_S < now.timestamp():
+        exp, nbf = claims["exp"], claims.get("nbf", 0)
+        if not _is_number(exp) or not _is_number(nbf):
+            raise TokenRejected("token_malformed", "The preview token is malformed.")
+        if exp + LEEWAY_S < now.timestamp():
             raise TokenRejected("token_expired", "The preview token has expired.")
+        if nbf - LEEWAY_S > now.timestamp():
+            raise TokenRejected("token_invalid", "The preview token is not valid yet.")
         jti = claims["jti"]
         if not isinstance(jti, str):
             raise TokenRejected("token_invalid", "The preview token is not valid.")
         return VerifiedToken(jti, float(claims["exp"] + LEEWAY_S))
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def new_token_id() -> str:

@@ -1,5 +1,5 @@
-"""The aiohttp edge's WebSocket relay: upstream handshake first, then two pumps, a supervisor
-and the hub's re-admission in one TaskGroup.
+"""The aiohttp edge's WebSocket relay: upstream handshake first, then two pumps and a supervisor
+in one TaskGroup.
 
 * The upstream handshake completes before the client is answered, so the client gets the
   upstream's status on refusal (never a 101 followed by a close) and the upstream's chosen
@@ -233,7 +233,6 @@ class WsRelay:
                 tasks.create_task(self._pump(t, t.client, t.upstream, "client")),
                 tasks.create_task(self._pump(t, t.upstream, t.client, "upstream")),
                 tasks.create_task(self._supervise(t)),
-                tasks.create_task(self._hub.readmit_until(t, t.ended)),
             ]
             await asyncio.wait((t.ended,))
             # Stop the pumps before closing: aiohttp cuts the connection at once when close()

@@ -49,14 +49,8 @@ async def curl(*args: str) -> tuple[int, bytes, bytes]:
 async def api(
     gp: GatewayProcess, method: str, path: str, key: str | None = None, **kwargs: Any
 ) -> tuple[int, Any]:
-    headers = {"Authorization": f"Bearer {key or gp.key}"}
-    async with (
-        aiohttp.ClientSession() as http,
-        http.request(
-            method, f"http://127.0.0.1:{gp.api_port}/v0{path}", headers=headers, **kwargs
-        ) as response,
-    ):
-        return response.status, await response.json(content_type=None)
+    async with gp.client() as gw:
+        return await gw.call(method, path, key=key, **kwargs)
 
 
 async def test_register_and_fetch_through_the_process(

@@ -12,7 +12,6 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.helpers.gateway import TEST_KEY
 from tests.helpers.polling import eventually
 
 CHUNK = b"u" * 65536
@@ -22,7 +21,6 @@ CHUNKS = 64
 async def test_sigterm_drains_uploads_and_websockets(gateway_process: Any, upstream: int) -> None:
     gp = gateway_process(env={"GATEWAY_SHUTDOWN_GRACE_S": "10"})
     api = f"http://127.0.0.1:{gp.api_port}"
-    auth = {"Authorization": f"Bearer {TEST_KEY}"}
     edge = f"http://127.0.0.1:{gp.edge_port}"
     halfway = asyncio.Event()
     release = asyncio.Event()
@@ -34,19 +32,9 @@ async def test_sigterm_drains_uploads_and_websockets(gateway_process: Any, upstr
                 await release.wait()
             yield CHUNK
 
+    async with gp.client() as gw:
+        host = await gw.public_preview(upstream)
     async with aiohttp.ClientSession() as http:
-        async with http.post(
-            f"{api}/v0/sandboxes",
-            headers=auth,
-            json={"metadata": {"name": "sb"}, "spec": {"target": {"host": "127.0.0.1"}}},
-        ) as r:
-            assert r.status == 200
-        async with http.post(
-            f"{api}/v0/sandboxes/sb/previews",
-            headers=auth,
-            json={"metadata": {"name": "web"}, "spec": {"port": upstream, "public": True}},
-        ) as r:
-            host = (await r.json())["spec"]["url"].split("//")[1].split(":")[0]
         ws = await http.ws_connect(f"{edge}/ws", headers={"Host": host})
         await ws.send_str("before")
         assert (await ws.receive()).data == "before"

@@ -10,12 +10,10 @@ import os
 import signal
 import socket
 from collections.abc import Callable
-from typing import Any
 
 import aiohttp
 import pytest
 
-from tests.helpers.gateway import host_of
 from tests.helpers.polling import WAIT_S, eventually
 from tests.helpers.process import GatewayProcess
 from tests.helpers.ws_raw import RawWebSocket
@@ -27,19 +25,8 @@ SpawnGateway = Callable[..., GatewayProcess]
 
 
 async def public_preview(gp: GatewayProcess, port: int) -> str:
-    api = f"http://127.0.0.1:{gp.api_port}/v0"
-    auth = {"Authorization": f"Bearer {gp.key}"}
-    async with aiohttp.ClientSession(headers=auth) as http:
-        sandbox: dict[str, Any] = {
-            "metadata": {"name": "sb"},
-            "spec": {"target": {"host": "127.0.0.1"}},
-        }
-        async with http.post(f"{api}/sandboxes", json=sandbox) as r:
-            assert r.status == 200, await r.text()
-        preview = {"metadata": {"name": "web"}, "spec": {"port": port, "public": True}}
-        async with http.post(f"{api}/sandboxes/sb/previews", json=preview) as r:
-            assert r.status == 200, await r.text()
-            return host_of(await r.json())
+    async with gp.client() as gw:
+        return await gw.public_preview(port)
 
 
 def open_fds(pid: int) -> int:

@@ -9,11 +9,14 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.helpers.gateway import ROOT, TEST_KEY, TEST_KEYS
+import aiohttp
+
+from tests.helpers.gateway import ROOT, TEST_KEY, TEST_KEYS, Gateway
 from tests.helpers.ports import unused_ports
 
 
@@ -25,6 +28,12 @@ class GatewayProcess:
     key: str
     log_path: Path
     log_file: Any = None
+
+    @contextlib.asynccontextmanager
+    async def client(self) -> AsyncIterator[Gateway]:
+        """This process's API and edge through the client the in-process tests use."""
+        async with aiohttp.ClientSession(auto_decompress=False) as session:
+            yield Gateway(self.edge_port, self.api_port, self.key, session)
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")

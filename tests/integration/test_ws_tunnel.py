@@ -8,12 +8,16 @@ import asyncio
 import contextlib
 import socket
 import struct
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
+from typing import cast
 
 import pytest
+import uvloop
 
 from gateway.core.records import Route
+from gateway.core.tokens import LEEWAY_S
 from gateway.edge.ws_hub import TunnelEnd, WebSocketHub, WsLimits
 from gateway.edge.ws_tunnel import WsTunnel
 from gateway.ops import log
@@ -66,8 +70,8 @@ class _Head(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not subclasses of asyncio's, only alike.
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self.data += data
@@ -129,7 +133,8 @@ class Pair:
     upstream: Upstream
     tunnel: WsTunnel
     hub: WebSocketHub
-    run: asyncio.Task[TunnelEnd | None]
+    run: asyncio.Future[TunnelEnd | None]
+    record: log.AccessRecord
 
     async def end(self) -> TunnelEnd:
         async with asyncio.timeout(WAIT_S):
@@ -161,6 +166,8 @@ async def tunnel_pair(
     rcvbuf: int | None = None,
     compressed: bool = False,
     readmit: Revocable | None = None,
+    route: Route = ROUTE,
+    attach: bool = False,
 ) -> AsyncIterator[Pair]:
     loop = asyncio.get_running_loop()
     apps: asyncio.Queue[Upstream] = asyncio.Queue()
@@ -181,6 +188,7 @@ async def tunnel_pair(
 
     listener = await loop.create_server(listener_protocol, "127.0.0.1", 0)
     hub = WebSocketHub(readmit, close_timeout_s=limits.close_timeout_s)
+    readmitting = asyncio.create_task(hub.run())
     client_task = asyncio.create_task(
         RawWebSocket.connect(listener.sockets[0].getsockname()[1], HOST, rcvbuf=rcvbuf)
     )
@@ -210,9 +218,14 @@ async def tunnel_pair(
             compressed=compressed,
         )
         record = log.AccessRecord("r1", "GET", HOST, "/ws", "127.0.0.1", kind="websocket")
-        run = asyncio.create_task(hub.run_tunnel(tunnel, ROUTE, HOST, record))
+        if attach:
+            # The new listener's way: from a protocol callback, no task of its own.
+            hub.attach(tunnel, route, HOST, record)
+            run = cast("asyncio.Future[TunnelEnd | None]", tunnel.done)
+        else:
+            run = asyncio.create_task(hub.run_tunnel(tunnel, route, HOST, record))
         await eventually(lambda: hub.open_count == 1)
-        yield Pair(client, upstream, tunnel, hub, run)
+        yield Pair(client, upstream, tunnel, hub, run, record)
     finally:
         client_task.cancel()
         with contextlib.suppress(BaseException):
@@ -225,6 +238,9 @@ async def tunnel_pair(
             client.writer.transport.abort()
         with contextlib.suppress(BaseException):
             upstream.writer.transport.abort()
+        readmitting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await readmitting
         listener.close()
         app_server.close()
 
@@ -336,6 +352,25 @@ async def test_a_close_code_passes_through_and_is_echoed() -> None:
         assert (end.closed_by, end.code, end.reason) == ("client", 4001, "bye")
         assert await asyncio.wait_for(p.client.at_eof(), WAIT_S)
         assert p.hub.open_count == 0
+
+
+async def test_an_attached_tunnel_needs_no_task_and_notes_its_end() -> None:
+    async with tunnel_pair(attach=True) as p:
+        await p.client.send_text("hi")
+        assert (await p.upstream.recv_frame())[0].payload == b"hi"
+        await p.upstream.send(OP_CLOSE, close_payload(4002, "done"))
+        assert (await p.client.recv_close()).close_code == 4002
+        await p.end()
+        await eventually(lambda: p.hub.open_count == 0)
+        assert p.record.status == 101
+        extra = p.record.extra
+        assert (extra["close_code"], extra["close_reason"], extra["closed_by"]) == (
+            4002,
+            "done",
+            "upstream",
+        )
+        # Bytes as read from the client: its text frame and its answer to the close (8 each).
+        assert extra["messages"] == 1 and extra["ws_bytes_up"] == 16
 
 
 async def test_a_close_without_status_reaches_the_other_side_as_1000() -> None:
@@ -450,6 +485,25 @@ async def test_revocation_through_the_hub_closes_with_1008() -> None:
         assert (await p.upstream.recv_close()).close_code == 1008
 
 
+class Expiring(Revocable):
+    async def __call__(self, host: str, admitted: Route, credentials: object) -> str | Route:
+        self.asked += 1
+        return "token expired"
+
+
+async def test_a_token_running_out_re_admits_the_tunnel_and_closes_it_with_1008() -> None:
+    """No invalidation: the hub's timer at the token's expiry (plus the verifier's leeway)
+    asks again."""
+    readmit = Expiring()
+    soon = time.time() - LEEWAY_S + 0.3
+    private = ROUTE.model_copy(update={"public": False, "tokens": {"t": soon}})
+    async with tunnel_pair(readmit=readmit, route=private, attach=True) as p:
+        closed = await p.client.recv_close()
+        assert (closed.close_code, closed.close_reason) == (1008, "token expired")
+        assert readmit.asked == 1
+        assert (await p.upstream.recv_close()).close_code == 1008
+
+
 # ── backpressure ────────────────────────────────────────────────────────────────────────────
 async def test_a_client_that_does_not_read_slows_the_upstream_down() -> None:
     total, size = 128 * 1024 * 1024, 256 * 1024
@@ -479,3 +533,17 @@ async def test_a_client_that_does_not_read_slows_the_upstream_down() -> None:
                 received += len((await p.client.recv_message()).payload)
         assert received == total
         await asyncio.wait_for(flooding, WAIT_S)
+
+
+# ── the same on uvloop, the loop the gateway runs on (its transports are its own) ──────────
+ON_UVLOOP = {
+    name: case
+    for name, case in list(globals().items())
+    if name.startswith("test_") and asyncio.iscoroutinefunction(case)
+}
+
+
+@pytest.mark.parametrize("name", ON_UVLOOP)
+def test_on_uvloop(name: str) -> None:
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(ON_UVLOOP[name]())

@@ -9,8 +9,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
 from tests.helpers.process import GatewayProcess
 
 FLOW_PREFIX = "FLOW-RESULT "
@@ -18,16 +16,8 @@ SANDBOX = "sdk-sb"
 
 
 async def register_sandbox(gp: GatewayProcess) -> None:
-    body = {"metadata": {"name": SANDBOX}, "spec": {"target": {"host": "127.0.0.1"}}}
-    async with (
-        aiohttp.ClientSession() as http,
-        http.post(
-            f"http://127.0.0.1:{gp.api_port}/v0/sandboxes",
-            json=body,
-            headers={"Authorization": f"Bearer {gp.key}"},
-        ) as r,
-    ):
-        assert r.status == 200, await r.text()
+    async with gp.client() as gw:
+        await gw.sandbox(SANDBOX)
 
 
 def sdk_env(gp: GatewayProcess, home: Path, port: int) -> dict[str, str]:

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.core import header_policy as policy
-from gateway.core.admission import AdmissionPolicy
+from gateway.core.admission import AdmissionConfig
 from gateway.core.errors import (
     BadRequest,
     GatewayError,
@@ -79,7 +79,7 @@ def config(**extra: Any) -> PlannerConfig:
     values: dict[str, Any] = {
         "preview_domain": "preview.localhost",
         "trusted_proxies": [ipaddress.ip_network("10.9.0.0/16")],
-        "admission": AdmissionPolicy(
+        "admission": AdmissionConfig(
             signer=SIGNER, cookie_samesite="lax", allowed_origins=["https://ide.example.com"]
         ),
         "max_body_bytes": 1024,
@@ -478,7 +478,7 @@ class CountingSigner(TokenSigner):
 def counting_config() -> tuple[PlannerConfig, CountingSigner]:
     signer = CountingSigner()
     cfg = config(
-        admission=AdmissionPolicy(signer=signer, cookie_samesite="lax", allowed_origins=[])
+        admission=AdmissionConfig(signer=signer, cookie_samesite="lax", allowed_origins=[])
     )
     return cfg, signer
 
@@ -634,6 +634,10 @@ VALUES = st.sampled_from(
         "a=1; bl_preview_token=t; b=2",
         "bl_preview_token=t",
         "http://h/?bl_preview_token=t&x=1",
+        "http://h/?",
+        "http://h/?#f",
+        "   ",
+        "a=1;bl_preview_token=t",
         "198.51.100.7",
         "",
         " v ",
@@ -685,3 +689,21 @@ def test_plan_cost_stays_small() -> None:
     private_cookie = plan_cost_us(BROWSER_GET, route(public=False))
     print(f"plan(): public {public:.1f} µs, private by cookie {private_cookie:.1f} µs")
     assert public < 100 and private_cookie < 100
+
+
+def test_admission_facts_of_an_inspected_head() -> None:
+    h = head(
+        ("Origin", "https://a.test"),
+        ("x-blaxel-preview-token", "t1"),
+        ("Cookie", "bl_preview_token=c1; x=1"),
+        ("Cookie", '__Host-bl_preview_token="c2"'),
+        ("Sec-Fetch-Mode", "navigate"),
+        target="/p?q=1",
+        host=f"{HOST.upper()}.:8080",
+        scheme="https",
+    )
+    facts = inspect(h, config()).admission
+    assert (facts.raw_path, facts.raw_query, facts.scheme) == ("/p", "q=1", "https")
+    assert facts.host_header == f"{HOST}.:8080" and facts.origin == "https://a.test"
+    assert facts.token_header == "t1" and list(facts.cookie_tokens) == ["c1", "c2"]
+    assert facts.sec_fetch_mode == "navigate" and not facts.preflight and not facts.websocket

@@ -247,3 +247,27 @@ def test_signer_needs_a_key() -> None:
 def test_generated_keys_are_distinct_and_long() -> None:
     a, b = generate_key(), generate_key()
     assert a.kid != b.kid and a.secret != b.secret and len(a.secret) >= 32
+
+
+def test_expiry_and_not_before_follow_the_injected_clock_not_the_wall_clock() -> None:
+    """The suite may run long after this module was imported: decisions must not drift."""
+    past = NOW - timedelta(hours=3)
+    token = signer().issue(
+        preview_uid=UID, jti="then", expires_at=past + timedelta(hours=1), issued_at=past
+    )
+    assert signer().verify(token, preview_uid=UID, now=past) == "then"
+    with pytest.raises(TokenRejected) as caught:
+        signer().verify(token, preview_uid=UID, now=NOW)
+    assert caught.value.reason == "token_expired"
+    later = forge(HEADER, {**CLAIMS, "nbf": int(NOW.timestamp()) + 3600, "exp": EXP + 7200})
+    assert signer().verify(later, preview_uid=UID, now=NOW + timedelta(hours=1, minutes=1))
+    with pytest.raises(TokenRejected):
+        signer().verify(later, preview_uid=UID, now=NOW)
+
+
+@pytest.mark.parametrize("claim", ["exp", "nbf"])
+def test_non_numeric_time_claims_are_malformed(claim: str) -> None:
+    forged = forge(HEADER, {**CLAIMS, claim: "soon"})
+    with pytest.raises(TokenRejected) as caught:
+        signer().verify(forged, preview_uid=UID, now=NOW)
+    assert caught.value.reason == "token_malformed"
