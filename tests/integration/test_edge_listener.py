@@ -14,10 +14,11 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+import uvloop
 
 from tests.helpers.gateway import Gateway, run_gateway
 from tests.helpers.polling import eventually
-from tests.helpers.probes import Probe
+from tests.helpers.probes import Probe, probe_upstream
 from tests.helpers.raw_http import (
     connect,
     exchange,
@@ -297,3 +298,27 @@ async def test_drain_closes_idle_connections_and_finishes_busy_ones(probe: Probe
     finally:
         if stopping is None:
             await running.__aexit__(None, None, None)
+
+
+# ── on uvloop, the loop the gateway runs on (its transports are not asyncio's classes) ──────
+async def _on_uvloop() -> None:
+    async with probe_upstream() as probe, run_gateway(edge_impl="protocol") as gw:
+        host = await gw.public_preview(probe.port)
+        upload = request_bytes(
+            host, "/up", method="POST", headers=[("Transfer-Encoding", "chunked")], close=False
+        )
+        async with connect(gw.edge_port) as (reader, writer):
+            writer.write(upload + b"5\r\nhello\r\n0\r\n\r\n" + request_bytes(host, "/next"))
+            await writer.drain()
+            first = await read_response(reader)
+            assert first.status == 200 and b'"body_bytes": 5' in first.body
+            assert (await read_response(reader)).status == 200
+        assert (
+            await exchange(gw.edge_port, request_bytes(host, headers=[("X", "a" * 9000)]))
+        ).status == 431
+        assert probe.paths == ["/up", "/next"]
+
+
+def test_the_protocol_edge_on_uvloop() -> None:
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(_on_uvloop())
