@@ -111,7 +111,12 @@ class ProtocolEdge:
             log.write_access(record)
             if self._observe is not None:
                 self._observe(record)
-            client.finished(relay)
+            try:
+                client.finished(relay)
+            except Exception:
+                # Raised into the listener's TaskGroup, it would stop the whole edge.
+                log.edge.exception("unexpected error after a preview request")
+                client.transport.abort()
 
     async def _handle(
         self, client: ClientConnection, head: RequestHead, record: log.AccessRecord, started: float

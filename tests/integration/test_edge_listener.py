@@ -178,6 +178,17 @@ async def test_http_10_closes_unless_it_asks_for_keep_alive(pgw: Gateway, psite:
             assert response.status == 200 and response.header("Connection") == "keep-alive"
 
 
+async def test_a_half_closed_client_gets_its_answer_then_the_close(
+    pgw: Gateway, psite: str
+) -> None:
+    async with connect(pgw.edge_port) as (reader, writer):
+        writer.write(request_bytes(psite, "/last", close=False))
+        writer.write_eof()
+        response = await read_response(reader)
+        assert response.status == 200 and b'"raw_path": "/last"' in response.body
+        assert await read_until_closed(reader) == b""
+
+
 async def test_a_body_the_answer_did_not_need_is_skipped_on_a_kept_alive_connection(
     pgw: Gateway, psite: str
 ) -> None:
