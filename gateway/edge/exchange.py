@@ -97,6 +97,9 @@ class Relay:
         self._scanner: ChunkedScanner | None = None
         self._dechunk: Dechunker | None = None
         now = self.loop.time()
+        self.sent_at = now
+        self.head_at = 0.0
+        """When the response head arrived (for the access log's upstream_ms)."""
         self._last_in = now
         self._last_out = now
         self._timer: asyncio.TimerHandle | None = None
@@ -211,6 +214,7 @@ class Relay:
         lines.append("\r\n")
         head = "".join(lines).encode("latin-1", "replace")
         self.started = True
+        self.head_at = self.loop.time()
         self.arm()  # from now on the upstream idle deadline
         if kind is BodyKind.NONE:
             self.client.transport.write(head)

@@ -84,7 +84,10 @@ class ProtocolEdge:
         try:
             relay = await self._handle(client, head, record, started)
             if relay is not None:
-                record.status = record.status or relay.status
+                # The client that went before its answer: nobody is left to answer (Caddy's 499).
+                record.status = record.status or relay.status or 499
+                if relay.head_at:
+                    record.upstream_ms = round((relay.head_at - relay.sent_at) * 1000, 2)
                 if relay.aborted:
                     record.error_code = "upstream_aborted"
                     log.edge.warning("upstream aborted mid-response (preview %s)", record.preview)
@@ -140,13 +143,10 @@ class ProtocolEdge:
             return None
         record.upstream = f"{route.sandbox}:{route.port}"
         record.overhead_ms = round((loop.time() - started) * 1000, 3)
-        sent = loop.time()
         if not isinstance(decision, Forward):
             record.kind = "websocket"
             return await self._upgrade(client, inspected, decision, route, record)
-        relay = await self._relay(client, inspected, decision)
-        record.upstream_ms = round((loop.time() - sent) * 1000, 2)
-        return relay
+        return await self._relay(client, inspected, decision)
 
     async def _relay(self, client: ClientConnection, inspected: Inspected, fwd: Forward) -> Relay:
         retry = fwd.idempotent
