@@ -284,6 +284,30 @@ async def test_the_upstream_head_carries_the_forwarding_headers(pgw: Gateway) ->
     assert "X-Request-Id: " in head and "Connection: close" not in head
 
 
+async def _answer_once_then_go_stale(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    """Answer one request keep-alive; the next on this connection is read and not answered,
+    as when the app closed a pooled connection just as the gateway reused it."""
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    await writer.drain()
+    await reader.readuntil(b"\r\n\r\n")
+
+
+@pytest.mark.parametrize(("method", "status"), [("GET", 200), ("POST", 502)])
+async def test_a_stale_pooled_connection_is_retried_once_for_idempotent_requests(
+    pgw: Gateway, method: str, status: int
+) -> None:
+    async with raw_upstream(_answer_once_then_go_stale) as (port, heads):
+        host = await pgw.public_preview(port)
+        assert (await exchange(pgw.edge_port, request_bytes(host))).status == 200
+        again = request_bytes(host, method=method, headers=[("Content-Length", "0")])
+        response = await exchange(pgw.edge_port, again)
+        assert response.status == status
+    # Each connection's first head: the retry is the only reason for a second connection.
+    assert len(heads) == (2 if status == 200 else 1)
+
+
 # ── drain ───────────────────────────────────────────────────────────────────────────────────
 async def test_drain_closes_idle_connections_and_finishes_busy_ones(probe: Probe) -> None:
     running = run_gateway(edge_impl="protocol")
