@@ -21,7 +21,7 @@ from gateway.core.tokens import LEEWAY_S
 from gateway.edge.ws_hub import TunnelEnd, WebSocketHub, WsLimits
 from gateway.edge.ws_tunnel import WsTunnel
 from gateway.ops import log
-from tests.helpers.ws_client import WAIT_S, eventually
+from tests.helpers.polling import WAIT_S, eventually
 from tests.helpers.ws_raw import (
     OP_BINARY,
     OP_CLOSE,
