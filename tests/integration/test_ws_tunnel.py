@@ -535,6 +535,36 @@ async def test_a_client_that_does_not_read_slows_the_upstream_down() -> None:
         await asyncio.wait_for(flooding, WAIT_S)
 
 
+async def test_a_tunnel_stalled_by_a_client_that_does_not_read_still_drains_in_time() -> None:
+    """The client reads nothing, so the upstream's bytes are held back; drain must still close
+    the upstream cleanly (its answer to the close is read) and cut the client at the bound."""
+    size = 256 * 1024
+    async with tunnel_pair(replace(LIMITS, close_timeout_s=0.5), rcvbuf=64 * 1024) as p:
+        frame = encode_frame(OP_BINARY, b"f" * size, mask=False)
+
+        async def flood() -> None:
+            with contextlib.suppress(ConnectionError):
+                while True:
+                    p.upstream.writer.write(frame)
+                    await p.upstream.writer.drain()
+                    p.upstream.sent += size
+
+        flooding = asyncio.create_task(flood())
+        await eventually(lambda: p.tunnel.client.paused is False and p.upstream.sent > 0)
+        await eventually(lambda: p.tunnel.upstream.paused)  # backpressure holds the app back
+        drain = asyncio.create_task(p.hub.close_all(1001, "gateway shutting down"))
+        closed = await asyncio.wait_for(p.upstream.recv_close(), WAIT_S)
+        assert closed.close_code == 1001
+        await asyncio.wait_for(drain, WAIT_S)
+        assert p.hub.open_count == 0
+        end = await p.end()
+        assert (end.closed_by, end.code) == ("gateway", 1001)
+        assert p.tunnel.upstream.got_close  # its answer was read, though reading was paused
+        flooding.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await flooding
+
+
 # ── the same on uvloop, the loop the gateway runs on (its transports are its own) ──────────
 ON_UVLOOP = {
     name: case
