@@ -145,7 +145,6 @@ class WsTunnel:
         "_loop",
         "_next_ping",
         "_reason",
-        "_started",
         "_timer",
         "client",
         "closing",
@@ -189,7 +188,7 @@ class WsTunnel:
         self._timer: asyncio.TimerHandle | None = None
         self.messages = 0
         now = self._loop.time()
-        self._started = self.last_data = now
+        self.last_data = now
         self._next_ping = now + limits.ping_interval_s
         # Up to 10 % early, so the sockets a deploy or a burst opened together do not all hit
         # the cap, and reconnect, at the same moment (threat model W05). Never later than the cap.
@@ -370,8 +369,9 @@ class WsTunnel:
             return
         if side.ping_out is not None:
             # Unanswered. A side that sent something meanwhile, or whose bytes we are not
-            # reading (the other side is slow), is alive; one that sent nothing is dead.
-            if not side.heard and not side.paused:
+            # reading (the other side is slow), is alive, and so is one our ping has not even
+            # reached (it waits behind a long frame); one that sent nothing is dead.
+            if not side.heard and not side.paused and not side.pending:
                 self._begin_close(
                     ABNORMAL,
                     f"{side.name} did not answer ping",

@@ -188,7 +188,7 @@ async def tunnel_pair(
 
     listener = await loop.create_server(listener_protocol, "127.0.0.1", 0)
     hub = WebSocketHub(readmit, close_timeout_s=limits.close_timeout_s)
-    readmitting = asyncio.create_task(hub.run())
+    readmitting = asyncio.create_task(hub.run(), name="re-admission")
     client_task = asyncio.create_task(
         RawWebSocket.connect(listener.sockets[0].getsockname()[1], HOST, rcvbuf=rcvbuf)
     )
@@ -356,6 +356,11 @@ async def test_a_close_code_passes_through_and_is_echoed() -> None:
 
 async def test_an_attached_tunnel_needs_no_task_and_notes_its_end() -> None:
     async with tunnel_pair(attach=True) as p:
+        # An open tunnel costs no task (the hub's one worker aside), and carries no __dict__.
+        others = asyncio.all_tasks() - {asyncio.current_task()}
+        assert {t.get_name() for t in others} == {"re-admission"}
+        for part in (p.tunnel, p.tunnel.client, p.tunnel.upstream, p.tunnel.client.scanner):
+            assert not hasattr(part, "__dict__"), part
         await p.client.send_text("hi")
         assert (await p.upstream.recv_frame())[0].payload == b"hi"
         await p.upstream.send(OP_CLOSE, close_payload(4002, "done"))
