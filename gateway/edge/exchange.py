@@ -81,6 +81,8 @@ class Relay:
         """The response head went to the client: failures from now on can only cut it."""
         self.reusable = False
         self.upgrade = upgrade
+        self.tunneled = False
+        """The connections became a WebSocket tunnel's; it outlives this relay."""
         self.switched: tuple[ResponseHead, bytes] | None = None
         """A WebSocket handshake the upstream accepted: its 101 head and the bytes after it."""
         self.aborted = False

@@ -110,16 +110,20 @@ class ProtocolEdge:
             if relay is not None:
                 record.bytes_in, record.bytes_out = relay.bytes_in, relay.bytes_out
             record.request_id = record.request_id or self._next_id()
-            record.duration_ms = round((loop.time() - started) * 1000, 2)
-            log.write_access(record)
-            if self._observe is not None:
-                self._observe(record)
+            if relay is None or not relay.tunneled:
+                self._write_record(record, started)  # a tunnel's is written when it ends
             try:
                 client.finished(relay)
             except Exception:
                 # Raised into the listener's TaskGroup, it would stop the whole edge.
                 log.edge.exception("unexpected error after a preview request")
                 client.transport.abort()
+
+    def _write_record(self, record: log.AccessRecord, started: float) -> None:
+        record.duration_ms = round((asyncio.get_running_loop().time() - started) * 1000, 2)
+        log.write_access(record)
+        if self._observe is not None:
+            self._observe(record)
 
     async def _handle(
         self, client: ClientConnection, head: RequestHead, record: log.AccessRecord, started: float
@@ -145,7 +149,7 @@ class ProtocolEdge:
         record.overhead_ms = round((loop.time() - started) * 1000, 3)
         if not isinstance(decision, Forward):
             record.kind = "websocket"
-            return await self._upgrade(client, inspected, decision, route, record)
+            return await self._upgrade(client, inspected, decision, route, record, started)
         return await self._relay(client, inspected, decision)
 
     async def _relay(self, client: ClientConnection, inspected: Inspected, fwd: Forward) -> Relay:
@@ -173,11 +177,14 @@ class ProtocolEdge:
         up: Upgrade,
         route: Route,
         record: log.AccessRecord,
+        started: float,
     ) -> Relay:
         """The handshake goes upstream; a 101 turns both connections into a ``WsTunnel``, any
-        other answer is relayed as an ordinary response."""
+        other answer is relayed as an ordinary response. The tunnel is attached to the hub and
+        this task ends: an open WebSocket holds no task (issue 9's memory per idle socket)."""
         self.hub.refuse_if_draining()
         conn = await self.ws_pool.acquire(up.target_host, up.port, fresh=True)
+        relay: Relay | None = None
         try:
             relay = Relay(
                 client,
@@ -217,12 +224,19 @@ class ProtocolEdge:
                 upstream_buffered=rest,
                 compressed="permessage-deflate" in extensions.lower(),
             )
-            await self.hub.run_tunnel(
-                tunnel, route, inspected.host, record, _credentials(inspected)
-            )
+            self.hub.attach(tunnel, route, inspected.host, record, _credentials(inspected))
+            relay.tunneled = True
+
+            def ended(_: object) -> None:
+                # After the hub's own callback, which noted the tunnel's end in the record.
+                self.ws_pool.release(conn, reusable=False)
+                self._write_record(record, started)
+
+            tunnel.done.add_done_callback(ended)
             return relay
         finally:
-            self.ws_pool.release(conn, reusable=False)
+            if relay is None or not relay.tunneled:
+                self.ws_pool.release(conn, reusable=False)
 
     def _start(
         self, client: ClientConnection, conn: UpstreamConnection, inspected: Inspected, fwd: Forward
