@@ -2,7 +2,7 @@
 
 The request task awaits the route, admission and a pooled connection; from then on the bytes
 move in protocol callbacks (no coroutine per chunk), and the task waits for one future. Bodies
-are relayed as framed: ``Content-Length`` by count, chunked through ``ChunkScanner``,
+are relayed as framed: ``Content-Length`` by count, chunked through ``ChunkedScanner``,
 close-delimited until EOF. Each side's write buffer pauses the other side's reading.
 """
 
@@ -34,7 +34,11 @@ from gateway.edge.http_relay import RelayTimeouts
 from gateway.edge.pages import status_phrase
 from gateway.edge.pool import UpstreamConnection
 
-NOT_UPGRADED = UpstreamBadResponse("The app did not accept the WebSocket upgrade on this path.")
+
+def not_upgraded() -> UpstreamBadResponse:
+    """A page, or a 101 with a wrong accept key, for a WebSocket handshake: not the app's
+    status to pass on."""
+    return UpstreamBadResponse("The app did not accept the WebSocket upgrade on this path.")
 
 
 class Client(Protocol):
@@ -171,7 +175,7 @@ class Relay:
             if self.upgrade and resp.status < 300:
                 # A page (a dev server without WebSocket support on this path): no tunnel, and
                 # not the app's status to pass on.
-                self._fail(NOT_UPGRADED)
+                self._fail(not_upgraded())
                 return
             self._start_response(resp, rest)
             return

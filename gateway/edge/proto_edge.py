@@ -38,7 +38,7 @@ from gateway.core.planner import (
     shape_response,
 )
 from gateway.core.records import Route
-from gateway.edge.exchange import NOT_UPGRADED, Relay
+from gateway.edge.exchange import Relay, not_upgraded
 from gateway.edge.pages import closes_connection, render_bytes, status_phrase
 from gateway.edge.pool import UpstreamConnection, UpstreamPool
 from gateway.edge.server import EdgeConfig, _random_ids
@@ -207,36 +207,51 @@ class ProtocolEdge:
             if relay.switched is None or conn.transport is None:
                 record.extra["upstream_refused"] = relay.status
                 return relay
-            resp, rest = relay.switched
-            key = first_header(inspected.head.headers, "sec-websocket-key") or ""
-            if first_header(resp.headers, "sec-websocket-accept") != _accept_key(key):
-                raise NOT_UPGRADED
-            relay.status = record.status = 101
-            headers = shape_response(101, resp.headers, up.edits, upgrade=True)
-            client.transport.write(_head_bytes(101, headers))
-            extensions = first_header(resp.headers, "sec-websocket-extensions") or ""
-            conn.detach()
-            tunnel = WsTunnel(
-                client.transport,
-                conn.transport,
-                self.ws_limits,
-                client_buffered=client.hand_over(),
-                upstream_buffered=rest,
-                compressed="permessage-deflate" in extensions.lower(),
-            )
-            self.hub.attach(tunnel, route, inspected.host, record, _credentials(inspected))
-            relay.tunneled = True
-
-            def ended(_: object) -> None:
-                # After the hub's own callback, which noted the tunnel's end in the record.
-                self.ws_pool.release(conn, reusable=False)
-                self._write_record(record, started)
-
-            tunnel.done.add_done_callback(ended)
+            self._open_tunnel(client, conn, relay, inspected, up, route, record, started)
             return relay
         finally:
             if relay is None or not relay.tunneled:
                 self.ws_pool.release(conn, reusable=False)
+
+    def _open_tunnel(
+        self,
+        client: ClientConnection,
+        conn: UpstreamConnection,
+        relay: Relay,
+        inspected: Inspected,
+        up: Upgrade,
+        route: Route,
+        record: log.AccessRecord,
+        started: float,
+    ) -> None:
+        """The upstream answered 101: the client gets it, and the hub both connections."""
+        assert relay.switched is not None and conn.transport is not None
+        resp, rest = relay.switched
+        key = first_header(inspected.head.headers, "sec-websocket-key") or ""
+        if first_header(resp.headers, "sec-websocket-accept") != _accept_key(key):
+            raise not_upgraded()
+        relay.status = record.status = 101
+        headers = shape_response(101, resp.headers, up.edits, upgrade=True)
+        client.transport.write(_head_bytes(101, headers))
+        extensions = first_header(resp.headers, "sec-websocket-extensions") or ""
+        conn.detach()
+        tunnel = WsTunnel(
+            client.transport,
+            conn.transport,
+            self.ws_limits,
+            client_buffered=client.hand_over(),
+            upstream_buffered=rest,
+            compressed="permessage-deflate" in extensions.lower(),
+        )
+        self.hub.attach(tunnel, route, inspected.host, record, _credentials(inspected))
+        relay.tunneled = True
+
+        def ended(_: object) -> None:
+            # After the hub's own callback, which noted the tunnel's end in the record.
+            self.ws_pool.release(conn, reusable=False)
+            self._write_record(record, started)
+
+        tunnel.done.add_done_callback(ended)
 
     def _start(
         self, client: ClientConnection, conn: UpstreamConnection, inspected: Inspected, fwd: Forward
