@@ -17,15 +17,18 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+import aiohttp
 from aiohttp import web
 
 from gateway.control.api_keys import KeyRing
 from gateway.control.handlers import ApiConfig, ControlApi
-from gateway.control.service import ServiceConfig
-from gateway.core.admission import AdmissionPolicy
+from gateway.control.service import ControlService, ServiceConfig
+from gateway.core.admission import AdmissionConfig
 from gateway.core.errors import RoutingUnavailable
+from gateway.core.netpolicy import IPNetwork
 from gateway.core.tokens import SigningKey, TokenSigner, generate_key, parse_keys
 from gateway.edge.http_relay import RelayTimeouts
+from gateway.edge.proto_server import EdgeListener, build_protocol_edge
 from gateway.edge.server import Edge, EdgeConfig, EdgeServer
 from gateway.edge.upstream import create_session
 from gateway.edge.ws_hub import WebSocketHub, WsLimits
@@ -35,7 +38,7 @@ from gateway.ops import log
 from gateway.ops.metrics import CONTENT_TYPE, Metrics, StatsCollector
 from gateway.ops.settings import Settings
 from gateway.ops.sweeper import Sweeper
-from gateway.store.base import Store
+from gateway.store.base import RouteSource, Store
 from gateway.store.lookup import RouteLookup
 from gateway.store.memory import MemoryStore
 from gateway.store.redis import RedisStore, connect_redis
@@ -56,6 +59,8 @@ class Running:
     hub: WebSocketHub
     sweeper: Sweeper
     keys: KeyRing
+    service: ControlService
+    """The control API's rules, for in-process callers (the demo)."""
     draining: bool = False
 
 
@@ -111,6 +116,153 @@ async def _with_startup_retries(attempt: Callable[[], Awaitable[T]]) -> T:
             delay = min(delay * 2, 5.0)
 
 
+# ── each component's config, from settings: the one place that reads them ─────────────────
+def allowed_targets(settings: Settings, extra: list[str] | None = None) -> list[IPNetwork]:
+    return [*settings.allowed_targets, *(ipaddress.ip_network(n) for n in extra or [])]
+
+
+def build_lookup(settings: Settings, store: RouteSource) -> RouteLookup:
+    return RouteLookup(
+        store,
+        timeout_s=settings.redis_timeout_s,
+        ttl_s=settings.cache_ttl_s,
+        negative_ttl_s=settings.cache_negative_ttl_s,
+        stale_grace_s=settings.cache_stale_grace_s,
+        private_stale_grace_s=settings.private_stale_grace_s,
+        max_entries=settings.cache_max_entries,
+    )
+
+
+def upstream_session(
+    settings: Settings, allowed: list[IPNetwork], *, websocket: bool = False
+) -> aiohttp.ClientSession:
+    """WebSockets hold their upstream connection for their whole life, so they get a pool of
+    their own, without a per-sandbox limit: in the HTTP pool they would take the per-sandbox
+    slots that keep one busy sandbox from starving requests to the same port."""
+    total = settings.upstream_max_connections
+    return create_session(
+        allowed=allowed,
+        max_connections=total,
+        max_per_target=total if websocket else settings.upstream_max_connections_per_target,
+        connect_timeout_s=settings.upstream_connect_timeout_s,
+        websocket=websocket,
+    )
+
+
+def admission_for(settings: Settings, signer: TokenSigner) -> AdmissionConfig:
+    return AdmissionConfig(
+        signer=signer,
+        cookie_samesite=settings.cookie_samesite,
+        allowed_origins=settings.ws_allowed_origins,
+    )
+
+
+def ws_limits(settings: Settings) -> WsLimits:
+    return WsLimits(
+        idle_timeout_s=settings.ws_idle_timeout_s,
+        max_lifetime_s=settings.ws_max_lifetime_s,
+        ping_interval_s=settings.ws_ping_interval_s,
+        max_message_bytes=settings.ws_max_message_bytes,
+        handshake_timeout_s=settings.upstream_response_timeout_s,
+    )
+
+
+def edge_config(
+    settings: Settings, allowed: list[IPNetwork], admission: AdmissionConfig
+) -> EdgeConfig:
+    return EdgeConfig(
+        preview_domain=settings.preview_domain,
+        trusted_proxies=settings.trusted_proxies,
+        allowed_targets=allowed,
+        timeouts=RelayTimeouts(
+            body_idle_s=settings.body_idle_timeout_s,
+            response_s=settings.upstream_response_timeout_s,
+            upstream_idle_s=settings.upstream_idle_timeout_s,
+            max_body_bytes=settings.max_body_bytes,
+        ),
+        admission=admission,
+        public_scheme=settings.public_scheme,
+    )
+
+
+def api_config(settings: Settings, allowed: list[IPNetwork]) -> ApiConfig:
+    return ApiConfig(
+        rules=ServiceConfig(
+            preview_domain=settings.preview_domain,
+            region=settings.region,
+            blocked_ports=settings.blocked_ports(),
+            allowed_targets=allowed,
+            token_max_lifetime_s=settings.token_max_lifetime_s,
+        ),
+        public_scheme=settings.public_scheme,
+        public_port=settings.effective_public_port,
+    )
+
+
+def edge_runner(
+    settings: Settings, handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+) -> web.ServerRunner:
+    server = EdgeServer(
+        handler,
+        header_timeout_s=settings.header_read_timeout_s,
+        keepalive_timeout=settings.keepalive_timeout_s,
+        access_log=None,
+    )
+    return web.ServerRunner(server, shutdown_timeout=settings.shutdown_grace_s)
+
+
+# ── wiring ──────────────────────────────────────────────────────────────────────────────────
+class Readiness:
+    """``/readyz``: not ready before the listeners are up nor while draining. A store outage
+    makes a replica unready only once its cache has gone stale: otherwise every replica would
+    drop out of the load balancer at the same moment, although their caches could keep previews
+    working."""
+
+    def __init__(self, store: Store, settings: Settings) -> None:
+        self.running: Running | None = None
+        self._store = store
+        self._timeout_s = max(settings.redis_timeout_s, 1.0)
+        self._grace_s = settings.cache_stale_grace_s
+        self._last_store_ok = asyncio.get_running_loop().time()
+
+    async def __call__(self) -> bool:
+        if self.running is None or self.running.draining:
+            return False
+        now = asyncio.get_running_loop().time()
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                await self._store.ping()
+        except Exception:
+            return now - self._last_store_ok < self._grace_s
+        self._last_store_ok = now
+        return True
+
+
+def metrics_for(lookup: RouteLookup, store: Store, hub: WebSocketHub) -> Metrics:
+    metrics = Metrics()
+    failed_lookups = ("stale", "error")
+    metrics.add_collector(
+        StatsCollector(
+            counters=lambda: {
+                "gateway_route_cache": ("result", lookup.stats),
+                "gateway_store_errors": (
+                    "operation",
+                    {"route_lookup": sum(lookup.stats[k] for k in failed_lookups), **store.errors},
+                ),
+            },
+            gauges=lambda: {"gateway_websockets_open": hub.open_count},
+        )
+    )
+    return metrics
+
+
+def metrics_endpoint(metrics: Metrics) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def serve_metrics(request: web.Request) -> web.Response:
+        return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+    return serve_metrics
+
+
 async def serve(
     settings: Settings,
     stop: asyncio.Event,
@@ -119,141 +271,36 @@ async def serve(
     extra_targets: list[str] | None = None,
 ) -> None:
     """Run the gateway until ``stop`` is set, then drain and return."""
-    allowed = list(settings.allowed_targets)
-    allowed += [ipaddress.ip_network(n) for n in extra_targets or []]
+    allowed = allowed_targets(settings, extra_targets)
     store = build_store(settings)
-    lookup = RouteLookup(
-        store,
-        timeout_s=settings.redis_timeout_s,
-        ttl_s=settings.cache_ttl_s,
-        negative_ttl_s=settings.cache_negative_ttl_s,
-        stale_grace_s=settings.cache_stale_grace_s,
-        private_stale_grace_s=settings.private_stale_grace_s,
-        max_entries=settings.cache_max_entries,
-        local=settings.redis_url is None,
-    )
+    lookup = build_lookup(settings, store)
     keys, generated_key = key_ring(settings)
     signer = TokenSigner(await _with_startup_retries(lambda: signing_keys(settings, store)))
-    session = create_session(
-        allowed=allowed,
-        max_connections=settings.upstream_max_connections,
-        max_per_target=settings.upstream_max_connections_per_target,
-        connect_timeout_s=settings.upstream_connect_timeout_s,
-    )
-    admission_policy = AdmissionPolicy(
-        signer=signer,
-        cookie_samesite=settings.cookie_samesite,
-        allowed_origins=settings.ws_allowed_origins,
-    )
-    # WebSockets hold their upstream connection for their whole life, so they get a pool of
-    # their own: in the HTTP pool they would take the per-sandbox slots that keep one busy
-    # sandbox from starving requests to the same port.
-    ws_session = create_session(
-        allowed=allowed,
-        max_connections=settings.upstream_max_connections,
-        max_per_target=settings.upstream_max_connections,
-        connect_timeout_s=settings.upstream_connect_timeout_s,
-        websocket=True,
-    )
-    ws_limits = WsLimits(
-        idle_timeout_s=settings.ws_idle_timeout_s,
-        max_lifetime_s=settings.ws_max_lifetime_s,
-        ping_interval_s=settings.ws_ping_interval_s,
-        max_message_bytes=settings.ws_max_message_bytes,
-        handshake_timeout_s=settings.upstream_response_timeout_s,
-    )
-    hub = WebSocketHub(
-        Readmission(lookup.find, admission_policy), close_timeout_s=ws_limits.close_timeout_s
-    )
-    ws_relay = WsRelay(ws_session, ws_limits, hub)
+    admission = admission_for(settings, signer)
+    session = upstream_session(settings, allowed)
+    ws_session = upstream_session(settings, allowed, websocket=True)
+    limits = ws_limits(settings)
+    hub = WebSocketHub(Readmission(lookup.find, admission), close_timeout_s=limits.close_timeout_s)
+    ws_relay = WsRelay(ws_session, limits, hub)
     lookup.add_listener(hub.on_invalidation)
-    metrics = Metrics()
-    metrics.add_collector(
-        StatsCollector(
-            counters=lambda: {
-                "gateway_route_cache": ("result", lookup.stats),
-                "gateway_store_errors": (
-                    "operation",
-                    {
-                        "route_lookup": lookup.stats["stale"] + lookup.stats["error"],
-                        **store.errors,
-                    },
-                ),
-            },
-            gauges=lambda: {"gateway_websockets_open": hub.open_count},
-        )
-    )
+    metrics = metrics_for(lookup, store, hub)
+    config = edge_config(settings, allowed, admission)
     edge = Edge(
-        EdgeConfig(
-            preview_domain=settings.preview_domain,
-            trusted_proxies=settings.trusted_proxies,
-            allowed_targets=allowed,
-            timeouts=RelayTimeouts(
-                body_idle_s=settings.body_idle_timeout_s,
-                response_s=settings.upstream_response_timeout_s,
-                upstream_idle_s=settings.upstream_idle_timeout_s,
-                max_body_bytes=settings.max_body_bytes,
-            ),
-            admission=admission_policy,
-            public_scheme=settings.public_scheme,
-        ),
+        config,
         lookup,
         session,
         websocket_relay=ws_relay.relay,
         observe=metrics.observe,
     )
-    running: Running | None = None
-
-    last_store_ok = asyncio.get_running_loop().time()
-
-    async def ready() -> bool:
-        """Not ready while draining. A store outage makes a replica unready only once its
-        cache has gone stale: otherwise every replica would drop out of the load balancer at the
-        same moment, although their caches could keep previews working."""
-        nonlocal last_store_ok
-        if running is None or running.draining:
-            return False
-        now = asyncio.get_running_loop().time()
-        try:
-            async with asyncio.timeout(max(settings.redis_timeout_s, 1.0)):
-                await store.ping()
-        except Exception:
-            return now - last_store_ok < settings.cache_stale_grace_s
-        last_store_ok = now
-        return True
-
-    api = ControlApi(
-        ApiConfig(
-            rules=ServiceConfig(
-                preview_domain=settings.preview_domain,
-                region=settings.region,
-                blocked_ports=settings.blocked_ports(),
-                allowed_targets=allowed,
-                token_max_lifetime_s=settings.token_max_lifetime_s,
-            ),
-            public_scheme=settings.public_scheme,
-            public_port=settings.effective_public_port,
-        ),
-        store,
-        keys,
-        ready,
-        signer,
-    )
-    edge_runner = web.ServerRunner(
-        EdgeServer(
-            edge.handle,
-            header_timeout_s=settings.header_read_timeout_s,
-            keepalive_timeout=settings.keepalive_timeout_s,
-            access_log=None,
-        ),
-        shutdown_timeout=settings.shutdown_grace_s,
-    )
+    protocol_edge: EdgeListener | None = None
+    if settings.edge_impl == "protocol":
+        protocol_edge = build_protocol_edge(
+            settings, config, lookup, allowed, metrics.observe, hub, limits
+        )
+    readiness = Readiness(store, settings)
+    api = ControlApi(api_config(settings, allowed), store, keys, readiness, signer)
     api_app = api.app()
-
-    async def serve_metrics(request: web.Request) -> web.Response:
-        return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE})
-
-    api_app.router.add_get("/metrics", serve_metrics)
+    api_app.router.add_get("/metrics", metrics_endpoint(metrics))
     api_runner = web.AppRunner(api_app, access_log=None, shutdown_timeout=2.0)
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(store.close)
@@ -261,35 +308,79 @@ async def serve(
         stack.push_async_callback(ws_session.close)
         # Cleanups run last-in first-out: the edge drains its in-flight requests first, while
         # the API listener still answers /readyz with 503; only then does the API close.
-        await api_runner.setup()
-        stack.push_async_callback(api_runner.cleanup)
-        await edge_runner.setup()
-        stack.push_async_callback(edge_runner.cleanup)
-        edge_site = web.TCPSite(edge_runner, settings.bind, settings.edge_port, reuse_address=True)
-        api_site = web.TCPSite(api_runner, settings.bind, settings.api_port, reuse_address=True)
-        await edge_site.start()
-        await api_site.start()
-        edge_port = _bound_port(edge_runner)
-        api_port = _bound_port(api_runner)
+        await _listen(stack, api_runner, settings.bind, settings.api_port)
+        if protocol_edge is None:
+            edge_port, stop_accepting = await _start_aiohttp_edge(stack, settings, edge)
+        else:
+            await stack.enter_async_context(protocol_edge)
+            edge_port = await protocol_edge.start(settings.bind, settings.edge_port)
+            stop_accepting = _async(protocol_edge.stop_accepting)  # busy ones drain on exit
         if settings.public_port is None and settings.edge_port == 0:
             api.set_public_port(edge_port)  # an ephemeral edge port is only known now
         sweeper = Sweeper(store, settings.sweep_interval_s)
-        running = Running(edge_port, api_port, generated_key, store, lookup, hub, sweeper, keys)
-        async with asyncio.TaskGroup() as tasks:
-            background = [
-                tasks.create_task(lookup.follow_invalidations(), name="invalidations"),
-                tasks.create_task(sweeper.run(), name="sweeper"),
-            ]
-            if on_ready is not None:
-                on_ready(running)
-            await stop.wait()
-            running.draining = True
-            logger.info("draining: closing WebSockets, finishing in-flight requests")
-            await edge_site.stop()
-            await hub.close_all(1001, "gateway shutting down")
-            for task in background:
-                task.cancel()
+        running = Running(
+            edge_port=edge_port,
+            api_port=_bound_port(api_runner),
+            api_key=generated_key,
+            store=store,
+            lookup=lookup,
+            hub=hub,
+            sweeper=sweeper,
+            keys=keys,
+            service=api.service,
+        )
+        readiness.running = running
+        await _run_until_stopped(running, stop, stop_accepting, on_ready)
     logger.info("stopped")
+
+
+async def _start_aiohttp_edge(
+    stack: contextlib.AsyncExitStack, settings: Settings, edge: Edge
+) -> tuple[int, Callable[[], Awaitable[None]]]:
+    """The aiohttp edge (``GATEWAY_EDGE_IMPL=aiohttp``): its port, and how to stop accepting."""
+    runner = edge_runner(settings, edge.handle)
+    site = await _listen(stack, runner, settings.bind, settings.edge_port)
+    return _bound_port(runner), site.stop
+
+
+def _async(call: Callable[[], None]) -> Callable[[], Awaitable[None]]:
+    async def run() -> None:
+        call()
+
+    return run
+
+
+async def _run_until_stopped(
+    running: Running,
+    stop: asyncio.Event,
+    stop_accepting: Callable[[], Awaitable[None]],
+    on_ready: Callable[[Running], object] | None,
+) -> None:
+    async with asyncio.TaskGroup() as tasks:
+        background = [
+            tasks.create_task(running.lookup.follow_invalidations(), name="invalidations"),
+            tasks.create_task(running.hub.run(), name="websocket re-admission"),
+            tasks.create_task(running.sweeper.run(), name="sweeper"),
+        ]
+        if on_ready is not None:
+            on_ready(running)
+        await stop.wait()
+        running.draining = True
+        logger.info("draining: closing WebSockets, finishing in-flight requests")
+        await stop_accepting()
+        await running.hub.close_all(1001, "gateway shutting down")
+        for task in background:
+            task.cancel()
+
+
+async def _listen(
+    stack: contextlib.AsyncExitStack, runner: web.BaseRunner, host: str, port: int
+) -> web.TCPSite:
+    await runner.setup()
+    stack.push_async_callback(runner.cleanup)
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    await site.start()
+    return site
 
 
 def _bound_port(runner: web.BaseRunner) -> int:

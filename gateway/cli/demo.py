@@ -8,8 +8,9 @@ import json
 from aiohttp import web
 
 from gateway.app import Running
+from gateway.control.models import PreviewIn, SandboxIn
 from gateway.core import hostnames
-from gateway.core.records import Preview, Sandbox
+from gateway.core.errors import NotFound
 
 DEMO_PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>preview-gateway demo</title></head>
@@ -57,28 +58,34 @@ def demo_app() -> web.Application:
     return app
 
 
+DEMO_WORKSPACE, DEMO_SANDBOX, DEMO_PREVIEW = "default", "demo", "web"
+
+
 async def start_demo(
-    running: Running, *, region: str, domain: str, public_scheme: str, public_port: int
+    running: Running, *, public_scheme: str, public_port: int
 ) -> tuple[web.AppRunner, str]:
-    """Serve the demo app on a free loopback port and register it as preview `web` of sandbox
-    `demo` in workspace `default`."""
+    """Serve the demo app on a free loopback port and register it, through the control
+    service (so by the API's rules), as public preview `web` of sandbox `demo` in workspace
+    `default`. A restart against a shared store re-points the same preview and hostname."""
     runner = web.AppRunner(demo_app(), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = int(runner.addresses[0][1])
-    store = running.store
-    await store.put_sandbox(
-        Sandbox(workspace="default", name="demo", target_host="127.0.0.1"), create=False
+    service = running.service
+    sandbox_body = SandboxIn.model_validate(
+        {"metadata": {"name": DEMO_SANDBOX}, "spec": {"target": {"host": "127.0.0.1"}}}
     )
-    existing = await store.get_preview("default", "demo", "web")
-    hostname = (
-        existing.hostname
-        if existing
-        else hostnames.random_hostname(hostnames.random_preview_id(), region, domain)
+    try:
+        existing = await service.sandbox(DEMO_WORKSPACE, DEMO_SANDBOX)
+        sandbox = await service.replace_sandbox(existing, sandbox_body)
+    except NotFound:
+        sandbox = await service.create_sandbox(DEMO_WORKSPACE, sandbox_body, if_not_exists=True)
+    preview_body = PreviewIn.model_validate(
+        {"metadata": {"name": DEMO_PREVIEW}, "spec": {"port": port, "public": True}}
     )
-    preview = Preview(
-        workspace="default", sandbox="demo", name="web", port=port, public=True, hostname=hostname
-    )
-    await store.put_preview(preview, create=False, force=True)
-    return runner, hostnames.public_url(hostname, public_scheme, public_port)
+    try:
+        preview = await service.replace_preview(sandbox, DEMO_PREVIEW, preview_body, force=True)
+    except NotFound:
+        preview = await service.create_preview(sandbox, preview_body, force=True)
+    return runner, hostnames.public_url(preview.hostname, public_scheme, public_port)

@@ -134,8 +134,6 @@ async def _run(settings: Settings, *, demo: bool) -> int:
 
                 demo_runner, url = await start_demo(
                     running,
-                    region=settings.region,
-                    domain=settings.preview_domain,
                     public_scheme=settings.public_scheme,
                     public_port=settings.public_port or running.edge_port,
                 )

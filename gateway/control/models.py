@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
 from pydantic.alias_generators import to_camel
 
-from gateway.core import header_policy as header_policy
+from gateway.core import header_policy
 from gateway.core.hostnames import is_valid_dns_name
 from gateway.core.records import NAME_PATTERN, Preview, Sandbox, TokenRecord
 from gateway.core.timeparse import format_timestamp, parse_timestamp, parse_ttl
@@ -47,16 +47,6 @@ class Target(Wire):
     """IP address or DNS name of the sandbox, as the gateway dials it."""
 
 
-def parse_expiry(value: str) -> datetime:
-    """``timeparse.parse_timestamp``, but a date that leaves the calendar once moved to UTC
-    (``0001-01-01T00:00:00+01:00``) is a ValueError, which pydantic and the API answer with a
-    400, rather than an OverflowError, which would be a 500."""
-    try:
-        return parse_timestamp(value)
-    except OverflowError:
-        raise ValueError("the timestamp is out of range") from None
-
-
 class Lifetime(Wire):
     ttl: str | None = Field(None, pattern=TTL_PATTERN)
     """Time to live from creation: `30m`, `2h`, `1d`, `1w` (and `s` for seconds)."""
@@ -74,7 +64,7 @@ class Lifetime(Wire):
     @classmethod
     def _expires(cls, value: str | None) -> str | None:
         if value is not None:
-            parse_expiry(value)
+            parse_timestamp(value)
         return value
 
     def expires_at(self, created: datetime) -> datetime | None:
@@ -82,7 +72,7 @@ class Lifetime(Wire):
         if self.ttl:
             candidates.append(created + parse_ttl(self.ttl))
         if self.expires:
-            candidates.append(parse_expiry(self.expires))
+            candidates.append(parse_timestamp(self.expires))
         return min(candidates) if candidates else None
 
 

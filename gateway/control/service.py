@@ -25,12 +25,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from gateway.control.models import Lifetime, PreviewIn, SandboxIn, TokenIn, parse_expiry
+from gateway.control.models import Lifetime, PreviewIn, SandboxIn, TokenIn
 from gateway.control.openapi import PATH_PATTERNS
 from gateway.core import hostnames
 from gateway.core.errors import BadRequest, Conflict, NotFound
 from gateway.core.netpolicy import IPNetwork, address_allowed, is_ip_literal
 from gateway.core.records import Preview, Sandbox, TokenRecord, utcnow
+from gateway.core.timeparse import parse_timestamp
 from gateway.core.tokens import new_token_id
 from gateway.store.base import PutResult, Registry
 
@@ -158,7 +159,7 @@ class ControlService:
         written, with expired tokens past their retention pruned."""
         now = self._now()
         try:
-            expires_at = parse_expiry(body.spec.expires_at)
+            expires_at = parse_timestamp(body.spec.expires_at)
         except ValueError as exc:
             raise BadRequest(f"spec.expiresAt: {exc}") from exc
         if expires_at <= now:

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from urllib.parse import unquote
 
-from gateway.core import header_policy as policy
+from gateway.core import header_policy
 from gateway.core.errors import OriginRejected, TokenRejected, TokenRequired
 from gateway.core.records import Route
+from gateway.core.token_cache import TokenCache
 from gateway.core.tokens import TokenSigner
 
 TOKEN_HEADER = "X-Blaxel-Preview-Token"  # noqa: S105 - a header name
@@ -30,7 +31,7 @@ MAX_COOKIE_TRIES = 4
 @dataclass(frozen=True, slots=True)
 class Inbound:
     method: str
-    headers: policy.Headers
+    headers: header_policy.Headers
     raw_path: str
     raw_query: str
     host_header: str
@@ -59,17 +60,52 @@ Decision = Preflight | Forward | Redirect
 
 
 @dataclass(frozen=True, slots=True)
-class AdmissionPolicy:
+class AdmissionConfig:
+    """What admission decides with: the token signer, the cookie it sets, the origins a
+    WebSocket may come from."""
+
     signer: TokenSigner
     cookie_samesite: str
     allowed_origins: Sequence[str]
 
 
-def is_preflight(inbound: Inbound) -> bool:
-    return (
-        inbound.method == "OPTIONS"
-        and "Origin" in inbound.headers
-        and "Access-Control-Request-Method" in inbound.headers
+@dataclass(slots=True)  # not frozen: built per request (frozen costs ~1 µs); never mutated
+class Facts:
+    """What admission decides on, read from the request once: by ``facts_of`` from an
+    ``Inbound`` (the aiohttp edge), by the planner from its header scan (the new edge)."""
+
+    method: str
+    raw_path: str
+    raw_query: str
+    host_header: str
+    scheme: str
+    websocket: bool
+    preflight: bool
+    """OPTIONS with both Origin and Access-Control-Request-Method."""
+    token_header: str | None
+    """The first ``X-Blaxel-Preview-Token``, as sent."""
+    cookie_tokens: Sequence[str]
+    origin: str
+    """The first Origin header, '' without one."""
+    sec_fetch_mode: str
+
+
+def facts_of(inbound: Inbound) -> Facts:
+    headers = inbound.headers
+    return Facts(
+        method=inbound.method,
+        raw_path=inbound.raw_path,
+        raw_query=inbound.raw_query,
+        host_header=inbound.host_header,
+        scheme=inbound.scheme,
+        websocket=inbound.websocket,
+        preflight=inbound.method == "OPTIONS"
+        and "Origin" in headers
+        and "Access-Control-Request-Method" in headers,
+        token_header=headers.get(TOKEN_HEADER),
+        cookie_tokens=cookie_tokens(headers),
+        origin=headers.get("Origin", ""),
+        sec_fetch_mode=headers.get("Sec-Fetch-Mode", ""),
     )
 
 
@@ -78,74 +114,91 @@ def preflight_headers(route: Route) -> dict[str, str]:
     own = route.response_headers.items()
     out = {k: v for k, v in own if k.lower().startswith("access-control-")}
     present = {k.lower() for k in out}
-    for name, value in policy.CORS_DEFAULTS.items():
+    for name, value in header_policy.CORS_DEFAULTS.items():
         if name.lower() not in present:
             out[name] = value
     return out
 
 
-def decide(inbound: Inbound, route: Route, policy_: AdmissionPolicy, now: datetime) -> Decision:
-    if is_preflight(inbound):
+def decide(inbound: Inbound, route: Route, config: AdmissionConfig, now: datetime) -> Decision:
+    return decide_facts(facts_of(inbound), route, config, now.timestamp())
+
+
+def decide_facts(
+    facts: Facts,
+    route: Route,
+    config: AdmissionConfig,
+    now: float,
+    cache: TokenCache | None = None,
+) -> Decision:
+    """``now``: epoch seconds. ``cache``: tokens verified before (see ``token_cache``)."""
+    if facts.preflight:
         # Browsers send preflights without credentials, so they cannot carry a token; Blaxel
         # answers them itself, without auth, and so do we. Nothing reaches the sandbox.
         return Preflight(preflight_headers(route))
     if route.public:
         return Forward()
 
-    header_token = inbound.headers.get(TOKEN_HEADER)
-    if header_token is not None:
-        _check(header_token.strip(), route, policy_, now)
+    if facts.token_header is not None:
+        _check(facts.token_header.strip(), route, config, now, cache)
         return Forward()
 
-    query_token = query_param(inbound.raw_query, policy.TOKEN_QUERY_PARAM)
+    query_token = query_param(facts.raw_query, header_policy.TOKEN_QUERY_PARAM)
     if query_token is not None:
-        expires = _check(query_token, route, policy_, now)
-        cookie = token_cookie(query_token, inbound.scheme, policy_.cookie_samesite, expires, now)
-        if _is_navigation(inbound):
+        expires = _check(query_token, route, config, now, cache)
+        cookie = token_cookie_at(query_token, facts.scheme, config.cookie_samesite, expires, now)
+        if _is_navigation(facts):
             # The token leaves the address bar, the history and every later Referer.
-            return Redirect(clean_location(inbound.raw_path, inbound.raw_query), cookie)
+            return Redirect(clean_location(facts.raw_path, facts.raw_query), cookie)
         return Forward(set_cookie=cookie)
 
-    cookies = cookie_tokens(inbound.headers)
-    if not cookies:
+    if not facts.cookie_tokens:
         raise TokenRequired("This preview is private: open it with a preview token.")
     first_error: TokenRejected | None = None
-    for token in cookies[:MAX_COOKIE_TRIES]:
+    for token in facts.cookie_tokens[:MAX_COOKIE_TRIES]:
         try:
-            _check(token, route, policy_, now)
+            _check(token, route, config, now, cache)
         except TokenRejected as exc:
             first_error = first_error or exc
             continue
-        if inbound.websocket:
-            _check_origin(inbound, policy_)
+        if facts.websocket:
+            _check_origin(facts, config)
         return Forward()
     assert first_error is not None
     raise first_error
 
 
-def _check(token: str, route: Route, policy_: AdmissionPolicy, now: datetime) -> float:
-    """Verify and check revocation; return the token's expiry (epoch seconds)."""
-    jti = policy_.signer.verify(token, preview_uid=route.preview_uid, now=now)
-    expires = route.tokens.get(jti)
+def _check(
+    token: str, route: Route, config: AdmissionConfig, now: float, cache: TokenCache | None
+) -> float:
+    """Verify (or find verified) and check revocation; return the token's expiry (epoch s)."""
+    verified = cache.get(route.preview_uid, token, now) if cache is not None else None
+    if verified is None:
+        verified = config.signer.verified(
+            token, preview_uid=route.preview_uid, now=datetime.fromtimestamp(now, UTC)
+        )
+        if cache is not None:
+            cache.put(route.preview_uid, token, verified)
+    expires = route.tokens.get(verified.jti)
     if expires is None:
         raise TokenRejected("token_revoked", "The preview token has been revoked.")
     return expires
 
 
-def _is_navigation(inbound: Inbound) -> bool:
+def _is_navigation(facts: Facts) -> bool:
     return (
-        not inbound.websocket
-        and inbound.method in ("GET", "HEAD")
-        and inbound.headers.get("Sec-Fetch-Mode", "").lower() == "navigate"
+        not facts.websocket
+        and facts.method in ("GET", "HEAD")
+        and facts.sec_fetch_mode.lower() == "navigate"
     )
 
 
-def _check_origin(inbound: Inbound, policy_: AdmissionPolicy) -> None:
+def _check_origin(facts: Facts, config: AdmissionConfig) -> None:
     """A cookie rides along with any site's ``new WebSocket(...)``; only the preview's own
     origin and configured embedders may use it (cross-site WebSocket hijacking)."""
-    origin = inbound.headers.get("Origin", "").strip().lower()
-    own = {f"http://{inbound.host_header}", f"https://{inbound.host_header}"}
-    allowed = own | {o.strip().lower().rstrip("/") for o in policy_.allowed_origins}
+    origin = facts.origin.strip().lower()
+    own = {f"http://{facts.host_header}", f"https://{facts.host_header}"}
+    allowed = own | {o.strip().lower().rstrip("/") for o in config.allowed_origins}
     if origin not in allowed:
         raise OriginRejected("This WebSocket's origin may not use the preview cookie.")
 
@@ -159,14 +212,12 @@ def query_param(raw_query: str, name: str) -> str | None:
     return None
 
 
-def cookie_tokens(headers: policy.Headers) -> list[str]:
-    tokens = []
-    for header in headers.getall("Cookie", ()):
-        for pair in header.split(";"):
-            name, sep, value = pair.strip().partition("=")
-            if sep and name in policy.TOKEN_COOKIE_NAMES and value:
-                tokens.append(value.strip('"'))
-    return tokens
+def cookie_tokens(headers: header_policy.Headers) -> list[str]:
+    return [
+        t
+        for header in headers.getall("Cookie", ())
+        for t in header_policy.token_cookie_values(header)
+    ]
 
 
 def cookie_name(scheme: str) -> str:
@@ -176,7 +227,12 @@ def cookie_name(scheme: str) -> str:
 
 
 def token_cookie(token: str, scheme: str, samesite: str, expires: float, now: datetime) -> str:
-    max_age = max(0, int(expires - now.timestamp()))
+    return token_cookie_at(token, scheme, samesite, expires, now.timestamp())
+
+
+def token_cookie_at(token: str, scheme: str, samesite: str, expires: float, now: float) -> str:
+    """``token_cookie`` with ``now`` in epoch seconds."""
+    max_age = max(0, int(expires - now))
     parts = [f"{cookie_name(scheme)}={token}", "Path=/", f"Max-Age={max_age}", "HttpOnly"]
     # Chromium treats http://*.localhost as a secure context, so Secure works there too.
     parts.append("Secure")
@@ -193,5 +249,5 @@ def clean_location(raw_path: str, raw_query: str) -> str:
     """A relative redirect target with the token removed. It starts with exactly one ``/``:
     ``//evil.test`` or ``/\\evil.test`` would send the browser to another host."""
     path = "/" + raw_path.translate(_URL_IGNORED).lstrip("/\\")
-    query = policy.strip_token_param(raw_query)
+    query = header_policy.strip_token_param(raw_query)
     return path + ("?" + query if query else "")

@@ -124,16 +124,16 @@ class ShuttingDown(GatewayError):
 
 
 # ── upstream ────────────────────────────────────────────────────────────────────────────────
-class UpstreamRefused(GatewayError):
-    status = 502
-    code = "upstream_refused"
-    title = "Nothing is listening on this port"
-
-
 class TargetNotAllowed(GatewayError):
     status = 502
     code = "target_not_allowed"
     title = "The sandbox address is not allowed"
+
+
+class UpstreamRefused(GatewayError):
+    status = 502
+    code = "upstream_refused"
+    title = "Nothing is listening on this port"
 
 
 class UpstreamUnreachable(GatewayError):

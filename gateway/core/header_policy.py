@@ -1,113 +1,50 @@
 """Header policy: every header that crosses the gateway is decided here. Pure: no I/O.
 
-No other module adds, drops or edits a forwarded header. The policy is data (the frozensets
-below) plus small functions, in the manner of Caddy's ``hopHeaders`` and Traefik's
-``forwarded_header.go``.
+No module outside this one and the three it re-exports (``header_names``: the data,
+``header_values``: edits of one value, ``request_headers``: the request side over header lists)
+adds, drops or edits a forwarded header. The policy is data (the frozensets of ``header_names``)
+plus small functions, in the manner of Caddy's ``hopHeaders`` and Traefik's
+``forwarded_header.go``. Each decision works over header lists (``scan_request``,
+``upstream_header_list``, ``downstream_header_list``), read once per message; the multidict
+functions are thin wrappers for the aiohttp edge.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.core.errors import BadRequest, MethodNotAllowed, PayloadTooLarge
+from gateway.core.header_names import CORS_DEFAULTS as CORS_DEFAULTS
+from gateway.core.header_names import FORWARDING as FORWARDING
+from gateway.core.header_names import GATEWAY_OWNED as GATEWAY_OWNED
+from gateway.core.header_names import HOP_BY_HOP as HOP_BY_HOP
+from gateway.core.header_names import REJECTED_METHODS as REJECTED_METHODS
+from gateway.core.header_names import SERVER as SERVER
+from gateway.core.header_names import TOKEN_COOKIE_NAMES as TOKEN_COOKIE_NAMES
+from gateway.core.header_names import TOKEN_QUERY_PARAM as TOKEN_QUERY_PARAM
+from gateway.core.header_names import UNSETTABLE_RESPONSE_HEADERS as UNSETTABLE_RESPONSE_HEADERS
+from gateway.core.header_names import WEBSOCKET_HANDSHAKE as WEBSOCKET_HANDSHAKE
+from gateway.core.header_names import forwarded_for_value as forwarded_for_value
+from gateway.core.header_names import names as _names
+from gateway.core.header_names import token_set as token_set
+from gateway.core.header_values import scope_set_cookie as scope_set_cookie
+from gateway.core.header_values import split_token_cookies as split_token_cookies
+from gateway.core.header_values import strip_token_cookies as strip_token_cookies
+from gateway.core.header_values import strip_token_param as strip_token_param
+from gateway.core.header_values import strip_token_param_from_url as strip_token_param_from_url
+from gateway.core.header_values import token_cookie_values as token_cookie_values
+from gateway.core.request_headers import SCAN_FIRST as SCAN_FIRST
+from gateway.core.request_headers import Header as Header
+from gateway.core.request_headers import RequestScan as RequestScan
+from gateway.core.request_headers import scan_request as scan_request
+from gateway.core.request_headers import set_header as set_header
+from gateway.core.request_headers import upstream_header_list as upstream_header_list
 
 Headers = CIMultiDict[str] | CIMultiDictProxy[str]
 
-
-def _names(*names: str) -> frozenset[str]:
-    """Lower-cased header names. Every membership test below lower-cases the name it checks:
-    names are case-insensitive, clients such as fetch/undici and Go send them in lower case, and
-    neither ``str`` nor ``istr`` hashing is case-insensitive (``"upgrade" in {istr("Upgrade")}``
-    is False), so a mixed-case set would let ``transfer-encoding`` or ``x-blaxel-preview-token``
-    through."""
-    return frozenset(name.lower() for name in names)
-
-
-# RFC 9110 §7.6.1 connection-specific fields, plus the non-standard ones proxies have always
-# treated the same way. TE is dropped too: the gateway writes its own framing on each hop.
-HOP_BY_HOP: frozenset[str] = _names(
-    "Connection",
-    "Proxy-Connection",
-    "Keep-Alive",
-    "TE",
-    "Trailer",
-    "Transfer-Encoding",
-    "Upgrade",
-    "Proxy-Authenticate",
-    "Proxy-Authorization",
-)
-
-# Client-supplied identity headers are believed only from a trusted proxy (Caddy 2.5,
-# CVE-2024-21499): anyone else could claim any address or scheme.
-FORWARDING: frozenset[str] = _names(
-    "X-Forwarded-For",
-    "X-Forwarded-Proto",
-    "X-Forwarded-Host",
-    "X-Forwarded-Port",
-    "X-Forwarded-Prefix",
-    "X-Real-IP",
-    "Forwarded",
-    "X-Original-URL",
-    "X-Rewrite-URL",
-)
-
-# Names the gateway owns. A client never gets to set them on the upstream request
-# (Blaxel strips X-Blaxel-Fallback-*; our own credentials must never reach a sandbox).
-GATEWAY_OWNED: frozenset[str] = _names(
-    "X-Blaxel-Preview-Token",
-    "X-Blaxel-Fallback",
-    "X-Blaxel-Fallback-Preview",
-    "X-Blaxel-Fallback-Domain",
-    "X-Blaxel-Authorization",
-)
-
-# Sent by aiohttp's client on the handshake it builds itself; the client's values are for the
-# client's own hop only.
-WEBSOCKET_HANDSHAKE: frozenset[str] = _names(
-    "Sec-WebSocket-Key",
-    "Sec-WebSocket-Version",
-    "Sec-WebSocket-Extensions",
-    "Sec-WebSocket-Accept",
-    "Sec-WebSocket-Protocol",
-)
-
-# What upstream_request_headers drops by name, by (trusted_peer, websocket): one set lookup per
-# header instead of five. Expect: the gateway answers 100-continue itself (http_relay).
-_UPSTREAM_DROP: dict[tuple[bool, bool], frozenset[str]] = {
-    (trusted, websocket): HOP_BY_HOP
-    | GATEWAY_OWNED
-    | {"expect"}
-    | (frozenset() if trusted else FORWARDING)
-    | (WEBSOCKET_HANDSHAKE if websocket else frozenset())
-    for trusted in (False, True)
-    for websocket in (False, True)
-}
-
-TOKEN_COOKIE_NAMES: frozenset[str] = frozenset({"bl_preview_token", "__Host-bl_preview_token"})
-TOKEN_QUERY_PARAM = "bl_preview_token"  # noqa: S105 - a parameter name, not a secret
-_TOKEN_COOKIE_MARK = "bl_preview_token"  # noqa: S105 - in each of TOKEN_COOKIE_NAMES (case kept)
-
-# Blaxel's documented CORS defaults (shared/design/blaxel-api.md §5), added where neither the app
-# nor the preview's responseHeaders set a value. `*` is never turned into reflection of the
-# request's Origin, which with credentials would open the preview to every site.
-CORS_DEFAULTS: Mapping[str, str] = {
-    "Access-Control-Allow-Origin": "*",
-    "Access-Control-Allow-Methods": "GET, POST, PUT, DELETE, OPTIONS, PATCH",
-    "Access-Control-Allow-Headers": "Content-Type, Authorization, X-Blaxel-Preview-Token",
-    "Access-Control-Allow-Credentials": "true",
-    "Access-Control-Max-Age": "86400",
-    "Access-Control-Expose-Headers": (
-        "X-Blaxel-Source, X-Blaxel-Error-Code, X-Blaxel-Dispatch-State, Retry-After"
-    ),
-}
-
-SERVER = "preview-gateway"
-"""Sent when the app names no server itself; aiohttp would otherwise announce its version."""
-
-REJECTED_METHODS: frozenset[str] = frozenset({"TRACE", "TRACK", "CONNECT"})
 
 _TOKEN_CHARS = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
@@ -119,50 +56,73 @@ def check_request(
     *,
     max_body_bytes: int,
 ) -> None:
+    """``check_framing`` for a multidict (the aiohttp edge)."""
+    check_framing(
+        method,
+        version,
+        transfer_encoding="Transfer-Encoding" in headers,
+        content_length=headers.get("Content-Length"),
+        underscore=any("_" in name for name in headers),
+        host_count=len(headers.getall("Host", ())),
+        max_body_bytes=max_body_bytes,
+    )
+
+
+def check_framing(
+    method: str,
+    version: tuple[int, int],
+    *,
+    transfer_encoding: bool,
+    content_length: str | None,
+    underscore: bool,
+    host_count: int,
+    max_body_bytes: int,
+) -> None:
     """Refuse requests whose framing or shape is ambiguous before anything is forwarded.
 
-    aiohttp's C parser already rejects CL+TE, duplicate CL and obs-fold; these are the cases it
+    The HTTP parser already rejects CL+TE, duplicate CL and obs-fold; these are the cases it
     accepts that an upstream parser might read differently (threat model S07, S08, L06).
+    ``content_length`` is the first value; ``underscore``: some header name has one.
     """
     if method in REJECTED_METHODS:
         raise MethodNotAllowed(f"{method} is not forwarded to previews.")
-    if "Transfer-Encoding" in headers and version < (1, 1):
+    if transfer_encoding and version < (1, 1):
         raise BadRequest("Transfer-Encoding is not allowed on HTTP/1.0.")
-    if "Transfer-Encoding" in headers and "Content-Length" in headers:
+    if transfer_encoding and content_length is not None:
         raise BadRequest("Content-Length and Transfer-Encoding must not both be sent.")
-    for name in headers:
-        if "_" in name:
-            # WSGI/CGI servers read X_Forwarded_For and X-Forwarded-For as one variable.
-            raise BadRequest("Header names with underscores are not accepted.")
-    if len(headers.getall("Host", ())) > 1:
+    if underscore:
+        # WSGI/CGI servers read X_Forwarded_For and X-Forwarded-For as one variable.
+        raise BadRequest("Header names with underscores are not accepted.")
+    if host_count > 1:
         raise BadRequest("Exactly one Host header is allowed.")
-    length = headers.get("Content-Length")
-    if max_body_bytes and length is not None and length.isdigit() and int(length) > max_body_bytes:
+    length = content_length
+    if (
+        max_body_bytes
+        and length is not None
+        # isdigit() alone admits "²", which int() refuses; and a length of more digits than
+        # any limit has is over it without int() parsing thousands of them.
+        and length.isascii()
+        and length.isdigit()
+        and (len(length) > 18 or int(length) > max_body_bytes)
+    ):
         raise PayloadTooLarge(f"The request body is larger than {max_body_bytes} bytes.")
 
 
 def connection_tokens(headers: Headers) -> set[str]:
     """Lower-cased header names listed in every ``Connection`` header."""
-    tokens: set[str] = set()
-    for value in headers.getall("Connection", ()):
-        for token in value.split(","):
-            token = token.strip()
-            if token:
-                tokens.add(token.lower())
-    return tokens
+    return token_set(headers.getall("Connection", ()))
 
 
 def is_websocket_upgrade(method: str, headers: Headers) -> bool:
     """An upgrade is recognised by token, so Firefox's ``Connection: keep-alive, Upgrade`` works."""
-    if method != "GET":
-        return False
-    upgrade = {t.strip().lower() for v in headers.getall("Upgrade", ()) for t in v.split(",")}
-    return "websocket" in upgrade and "upgrade" in connection_tokens(headers)
+    return websocket_upgrade(
+        method, token_set(headers.getall("Upgrade", ())), connection_tokens(headers)
+    )
 
 
-def forwarded_for_value(ip: str) -> str:
-    """RFC 7239 node: IPv6 addresses are quoted and bracketed."""
-    return f'"[{ip}]"' if ":" in ip else ip
+def websocket_upgrade(method: str, upgrade: set[str], connection: set[str]) -> bool:
+    """``upgrade`` and ``connection``: the ``token_set`` of those headers."""
+    return method == "GET" and "websocket" in upgrade and "upgrade" in connection
 
 
 def upstream_request_headers(
@@ -174,56 +134,17 @@ def upstream_request_headers(
     preview_headers: Mapping[str, str],
     websocket: bool = False,
 ) -> CIMultiDict[str]:
-    """Headers for the request to the sandbox.
-
-    ``Host`` is kept exactly as the client sent it, so apps build correct absolute URLs. Headers
-    named in ``Connection`` go before the gateway adds its own, so ``Connection: X-Forwarded-For``
-    can never remove the gateway's value (Traefik CVE-2021-32813), and ``Connection: Host`` cannot
-    remove the Host the app routes on.
-    """
-    listed = connection_tokens(incoming) - {"host"}
-    drop = _UPSTREAM_DROP[trusted_peer, websocket]
-    out: CIMultiDict[str] = CIMultiDict()
-    for name, value in incoming.items():
-        lower = name.lower()
-        if lower in drop or lower in listed:
-            continue
-        if lower == "cookie":
-            value = strip_token_cookies(value)
-            if not value:
-                continue
-        elif lower == "referer":
-            value = strip_token_param_from_url(value)
-        out.add(name, value)
-
-    # Prior values are read from ``out``, not ``incoming``: they are there only when the peer is
-    # trusted and did not name them in Connection. Reading ``incoming`` would let a trusted
-    # peer's ``Connection: X-Forwarded-Proto`` leave the upstream with no X-Forwarded-Proto.
-    host = incoming.get("Host", "")
-    element = f"for={forwarded_for_value(peer_ip)};host={_quote(host)};proto={proto}"
-    if not trusted_peer:
-        # The loop dropped every FORWARDING name, so there is no prior value to read or replace:
-        # the four headers are appended, in the order the branch below would append them.
-        out.extend(
-            (
-                ("X-Forwarded-For", peer_ip),
-                ("X-Forwarded-Proto", proto),
-                ("X-Forwarded-Host", host),
-                ("Forwarded", element),
-            )
+    """``upstream_header_list`` for a multidict (the aiohttp edge)."""
+    scan = scan_request(incoming.items(), trusted_peer=trusted_peer, websocket=websocket)
+    return CIMultiDict(
+        upstream_header_list(
+            scan,
+            peer_ip=peer_ip,
+            proto=proto,
+            trusted_peer=trusted_peer,
+            preview_headers=preview_headers,
         )
-    else:
-        prior_for = out.popall("X-Forwarded-For", [])
-        out["X-Forwarded-For"] = ", ".join([*prior_for, peer_ip])
-        if "X-Forwarded-Proto" not in out:
-            out["X-Forwarded-Proto"] = proto
-        if "X-Forwarded-Host" not in out:
-            out["X-Forwarded-Host"] = host
-        prior = out.popall("Forwarded", [])
-        out["Forwarded"] = ", ".join([*prior, element])
-    for name, value in preview_headers.items():
-        out[name] = value
-    return out
+    )
 
 
 def downstream_response_headers(
@@ -233,89 +154,74 @@ def downstream_response_headers(
     protected_domains: Iterable[str],
     set_cookie: str | None = None,
 ) -> CIMultiDict[str]:
+    """``downstream_header_list`` for a multidict (the aiohttp edge)."""
+    return CIMultiDict(
+        downstream_header_list(
+            upstream.items(),
+            preview_headers=preview_headers,
+            protected_domains=tuple(protected_domains),
+            set_cookie=set_cookie,
+        )
+    )
+
+
+_CORS_FILL = tuple((name.lower(), name, value) for name, value in CORS_DEFAULTS.items())
+_UPGRADE_KEPT = _names("Connection", "Upgrade")
+_HOP_BY_HOP_101 = HOP_BY_HOP - _UPGRADE_KEPT
+
+
+def downstream_header_list(
+    upstream: Iterable[Header],
+    *,
+    preview_headers: Mapping[str, str],
+    protected_domains: Sequence[str],
+    set_cookie: str | None = None,
+    upgrade: bool = False,
+) -> list[Header]:
     """Headers for the response to the client. The sandbox is untrusted: hop-by-hop headers and
-    cookies aimed at sibling previews are not passed on."""
-    listed = connection_tokens(upstream)
-    out: CIMultiDict[str] = CIMultiDict()
-    for name, value in upstream.items():
+    cookies aimed at sibling previews are not passed on.
+
+    ``upgrade``: the headers of a 101 that opens a WebSocket relay. Its Connection and Upgrade
+    stay, and nothing is added but Server (no CORS on a handshake, as the old relay's 101).
+    """
+    drop = _HOP_BY_HOP_101 if upgrade else HOP_BY_HOP
+    out: list[Header] = []
+    present: set[str] = set()
+    connection: list[str] = []
+    for name, value in upstream:
         lower = name.lower()
-        if lower in HOP_BY_HOP or lower in listed:
+        if lower == "connection":
+            connection.append(value)
+        if lower in drop:
             continue
         if lower == "set-cookie":
             rewritten = scope_set_cookie(value, protected_domains)
             if rewritten is None:
                 continue
             value = rewritten
-        out.add(name, value)
-    # The app's own headers win; the preview's configured ones, then the defaults, fill gaps.
-    for name, value in (*preview_headers.items(), *CORS_DEFAULTS.items()):
-        if name not in out:
-            out[name] = value
-    if set_cookie is not None:
-        out.add("Set-Cookie", set_cookie)
-    out.setdefault("Server", SERVER)
+        out.append((name, value))
+        present.add(lower)
+    listed = token_set(connection) - drop if connection else None
+    if listed and upgrade:
+        listed -= _UPGRADE_KEPT
+    if listed and not listed.isdisjoint(present):
+        out = [(name, value) for name, value in out if name.lower() not in listed]
+        present -= listed
+    if not upgrade:
+        # The app's own headers win; the preview's configured ones, then the defaults, fill gaps.
+        for name, value in preview_headers.items():
+            lower = name.lower()
+            if lower not in present:
+                out.append((name, value))
+                present.add(lower)
+        for lower, name, value in _CORS_FILL:
+            if lower not in present:
+                out.append((name, value))
+        if set_cookie is not None:
+            out.append(("Set-Cookie", set_cookie))
+    if "server" not in present:
+        out.append(("Server", SERVER))
     return out
-
-
-def scope_set_cookie(value: str, protected_domains: Iterable[str]) -> str | None:
-    """Make a cookie that would reach sibling previews host-only; drop one that impersonates
-    the gateway's token cookie.
-
-    Without the preview domain on the Public Suffix List, ``Domain=preview.example`` set by one
-    sandbox would be sent to every other preview (cookie tossing).
-    """
-    name = value.split("=", 1)[0].strip()
-    if name in TOKEN_COOKIE_NAMES:
-        return None
-    parts = value.split(";")
-    kept = [parts[0]]
-    for attr in parts[1:]:
-        key, _, domain = attr.partition("=")
-        if key.strip().lower() == "domain":
-            domain = domain.strip().lstrip(".").lower()
-            if any(_covers(domain, protected) for protected in protected_domains):
-                continue
-        kept.append(attr)
-    return ";".join(kept)
-
-
-def _covers(cookie_domain: str, protected: str) -> bool:
-    """True when a cookie for ``cookie_domain`` would be sent to hosts under ``protected`` or to
-    ``protected`` itself (the domain is the protected one, a parent, or a name under it)."""
-    return (
-        cookie_domain == protected
-        or protected.endswith("." + cookie_domain)
-        or cookie_domain.endswith("." + protected)
-    )
-
-
-def strip_token_cookies(cookie_header: str) -> str:
-    """Remove the gateway's cookie and keep every other cookie byte for byte, in order."""
-    if _TOKEN_COOKIE_MARK not in cookie_header:
-        # No token cookie can be in it: splitting on ";" and joining again would give back the
-        # same string.
-        return cookie_header.strip()
-    pairs = [p for p in cookie_header.split(";")]
-    kept = [p for p in pairs if p.split("=", 1)[0].strip() not in TOKEN_COOKIE_NAMES]
-    return ";".join(kept).strip()
-
-
-def strip_token_param(query: str) -> str:
-    """Remove every ``bl_preview_token`` parameter from a raw query string, leaving the others
-    byte-identical (no re-encoding, so Vite's ``?token=`` survives exactly)."""
-    if TOKEN_QUERY_PARAM not in query:
-        return query
-    kept = [p for p in query.split("&") if p.split("=", 1)[0] != TOKEN_QUERY_PARAM]
-    return "&".join(kept)
-
-
-def strip_token_param_from_url(url: str) -> str:
-    base, sep, rest = url.partition("?")
-    if not sep:
-        return url
-    query, hash_sep, fragment = rest.partition("#")
-    query = strip_token_param(query)
-    return base + ("?" + query if query else "") + (hash_sep + fragment)
 
 
 def valid_header_pair(name: str, value: str) -> bool:
@@ -323,13 +229,3 @@ def valid_header_pair(name: str, value: str) -> bool:
     if not _TOKEN_CHARS.match(name) or "_" in name:
         return False
     return not any((ord(c) < 0x20 and c != "\t") or ord(c) == 0x7F for c in value)
-
-
-UNSETTABLE_RESPONSE_HEADERS: frozenset[str] = (
-    _names("Set-Cookie", "Content-Length", "Content-Encoding", "Content-Type", "Location")
-    | HOP_BY_HOP
-)
-
-
-def _quote(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -26,7 +26,8 @@ RANDOM_ID_LENGTH = 22
 
 
 # Every request normalises its Host, nearly always one of a few names, and the checks (a regex
-# per label) cost ~1 µs. Only valid names are remembered: an exception is never cached.
+# per label) have a measurable cost (docs/benchmarks.md). Only valid names are remembered: an
+# exception is never cached.
 @functools.lru_cache(maxsize=4096)
 def normalize_host(raw: str) -> str:
     """Return the canonical routing name for a Host header value.

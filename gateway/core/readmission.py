@@ -45,7 +45,7 @@ def verdict(
     admitted: Route,
     current: Route | None,
     inbound: admission.Inbound | None,
-    policy: admission.AdmissionPolicy | None,
+    policy: admission.AdmissionConfig | None,
     now: datetime,
 ) -> str | Route:
     """Why the tunnel admitted on ``admitted`` must close now, or the route it stays on.

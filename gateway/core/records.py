@@ -24,19 +24,23 @@ class _Record(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
 
-class Sandbox(_Record):
+class _Expiring(_Record):
+    expires_at: datetime | None = None
+    """None: never expires."""
+
+    def expired(self, now: datetime) -> bool:
+        return self.expires_at is not None and self.expires_at <= now
+
+
+class Sandbox(_Expiring):
     workspace: str
     name: str
     target_host: str
     """IP address or DNS name the gateway dials for this sandbox's ports."""
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
-    expires_at: datetime | None = None
     ttl: str | None = None
     labels: dict[str, str] = Field(default_factory=dict)
-
-    def expired(self, now: datetime) -> bool:
-        return self.expires_at is not None and self.expires_at <= now
 
 
 class TokenRecord(_Record):
@@ -53,7 +57,7 @@ def new_uid() -> str:
     return secrets.token_hex(12)
 
 
-class Preview(_Record):
+class Preview(_Expiring):
     uid: str = Field(default_factory=new_uid)
     """Random per creation: tokens name it as their audience, so a token never opens a preview
     created later under the same name, nor any other preview."""
@@ -71,16 +75,12 @@ class Preview(_Record):
     response_headers: dict[str, str] = Field(default_factory=dict)
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
-    expires_at: datetime | None = None
     ttl: str | None = None
     expires: str | None = None
     tokens: dict[str, TokenRecord] = Field(default_factory=dict)
 
-    def expired(self, now: datetime) -> bool:
-        return self.expires_at is not None and self.expires_at <= now
 
-
-class Route(_Record):
+class Route(_Expiring):
     hostname: str
     workspace: str
     sandbox: str
@@ -115,9 +115,6 @@ class Route(_Record):
             tokens={t.jti: t.expires_at.timestamp() for t in preview.tokens.values()},
             expires_at=min(expiries) if expiries else None,
         )
-
-    def expired(self, now: datetime) -> bool:
-        return self.expires_at is not None and self.expires_at <= now
 
 
 class Keys:

@@ -29,6 +29,13 @@ MAX_TOKEN_LENGTH = 4096
 
 
 @dataclass(frozen=True, slots=True)
+class VerifiedToken:
+    jti: str
+    usable_until: float
+    """The ``exp`` claim plus the leeway (epoch seconds): the token is expired after it."""
+
+
+@dataclass(frozen=True, slots=True)
 class SigningKey:
     kid: str
     secret: bytes
@@ -74,7 +81,11 @@ class TokenSigner:
         )
 
     def verify(self, token: str, *, preview_uid: str, now: datetime) -> str:
-        """The token's id if it is genuine, unexpired and for this preview.
+        """The token's id if it is genuine, unexpired and for this preview (see ``verified``)."""
+        return self.verified(token, preview_uid=preview_uid, now=now).jti
+
+    def verified(self, token: str, *, preview_uid: str, now: datetime) -> VerifiedToken:
+        """The token's id and usable-until time if it is genuine, unexpired and for this preview.
 
         Raises:
             TokenRejected: reason ``token_malformed``, ``token_invalid`` (bad signature or
@@ -129,7 +140,7 @@ class TokenSigner:
         jti = claims["jti"]
         if not isinstance(jti, str):
             raise TokenRejected("token_invalid", "The preview token is not valid.")
-        return jti
+        return VerifiedToken(jti, float(claims["exp"] + LEEWAY_S))
 
 
 def _is_number(value: object) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import json
+from http import HTTPStatus
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -49,7 +50,8 @@ def error_headers(exc: GatewayError) -> CIMultiDict[str]:
     return headers
 
 
-def render(exc: GatewayError, accept: str, *, head: bool = False) -> web.Response:
+def _page(exc: GatewayError, accept: str) -> tuple[str, str, CIMultiDict[str]]:
+    """The body, its content type and the headers: one page for both renderers."""
     headers = error_headers(exc)
     if wants_html(accept):
         body = _PAGE.format(
@@ -64,6 +66,19 @@ def render(exc: GatewayError, accept: str, *, head: bool = False) -> web.Respons
         content_type = "application/json"
     if exc.status == 405:
         headers["Allow"] = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+    return body, content_type, headers
+
+
+def closes_connection(exc: GatewayError) -> bool:
+    """After these the request's framing or body cannot be trusted to have ended cleanly."""
+    return exc.status in _CLOSING
+
+
+_CLOSING = frozenset({400, 405, 408, 413, 431})
+
+
+def render(exc: GatewayError, accept: str, *, head: bool = False) -> web.Response:
+    body, content_type, headers = _page(exc, accept)
     response = web.Response(
         status=exc.status,
         text=None if head else body,
@@ -71,6 +86,27 @@ def render(exc: GatewayError, accept: str, *, head: bool = False) -> web.Respons
         charset="utf-8",
         headers=headers,
     )
-    if exc.status in (400, 405, 408, 413):
+    if closes_connection(exc):
         response.force_close()
     return response
+
+
+def render_bytes(exc: GatewayError, accept: str, *, head: bool = False, extra: str = "") -> bytes:
+    """The same page as ``render`` as one HTTP/1.1 response, for the protocol edge. ``extra``
+    holds further header lines (``Date``, ``Connection``), each ending in CRLF."""
+    body, content_type, headers = _page(exc, accept)
+    payload = body.encode()
+    lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    start = (
+        f"HTTP/1.1 {exc.status} {status_phrase(exc.status)}\r\n{lines}"
+        f"Content-Type: {content_type}; charset=utf-8\r\nContent-Length: {len(payload)}\r\n"
+        f"{extra}\r\n"
+    )
+    return start.encode("latin-1") + (b"" if head else payload)
+
+
+def status_phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"

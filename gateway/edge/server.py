@@ -9,7 +9,6 @@ nor log a traceback per malformed request.
 from __future__ import annotations
 
 import asyncio
-import logging
 import secrets
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -21,8 +20,7 @@ from aiohttp.web_protocol import RequestHandler
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from gateway.core import admission, netpolicy
-from gateway.core import header_policy as policy
+from gateway.core import admission, header_policy, netpolicy
 from gateway.core.errors import (
     BadRequest,
     GatewayError,
@@ -53,7 +51,7 @@ class EdgeConfig:
     trusted_proxies: Sequence[IPNetwork]
     allowed_targets: Sequence[IPNetwork]
     timeouts: RelayTimeouts
-    admission: admission.AdmissionPolicy
+    admission: admission.AdmissionConfig
     public_scheme: str = "http"
 
 
@@ -66,19 +64,19 @@ class Edge:
         websocket_relay: WebSocketRelay | None = None,
         observe: Callable[[log.AccessRecord], None] | None = None,
     ) -> None:
-        self._c = config
+        self._config = config
         self._lookup = lookup
         self._session = session
         self._ws = websocket_relay
         self._observe = observe
         self._next_id = _random_ids().__next__
         self._target_allowed: dict[str, bool] = {}
-        """``_check_target``'s verdict per sandbox address: parsing the address with ``ipaddress``
-        on every request cost ~4 µs. A pure function of the address and the (frozen) config."""
+        """``_check_target``'s verdicts by sandbox address, so ``ipaddress`` does not parse it on
+        every request (docs/benchmarks.md). Pure in the address and the frozen config."""
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         record = log.AccessRecord(
-            request_id=_request_id(request, self._c.trusted_proxies, self._next_id),
+            request_id=_request_id(request, self._config.trusted_proxies, self._next_id),
             method=request.method,
             host="",
             path=request.rel_url.raw_path[:512],
@@ -127,11 +125,11 @@ class Edge:
     ) -> web.StreamResponse:
         host = self._canonical_host(request)
         record.host = host
-        policy.check_request(
+        header_policy.check_request(
             request.method,
             (request.version.major, request.version.minor),
             request.headers,
-            max_body_bytes=self._c.timeouts.max_body_bytes,
+            max_body_bytes=self._config.timeouts.max_body_bytes,
         )
         route = await self._lookup.find(host)
         if route is None:
@@ -141,22 +139,23 @@ class Edge:
             route.sandbox,
             route.preview,
         )
-        websocket = policy.is_websocket_upgrade(request.method, request.headers)
+        websocket = header_policy.is_websocket_upgrade(request.method, request.headers)
         inbound = admission.Inbound(
             method=request.method,
             headers=request.headers,
             raw_path=request.rel_url.raw_path,
             raw_query=request.rel_url.raw_query_string,
             host_header=request.headers.get("Host", "").lower().rstrip("."),
-            scheme="https" if request.secure else self._c.public_scheme,
+            scheme="https" if request.secure else self._config.public_scheme,
             websocket=websocket,
         )
-        decision = admission.decide(inbound, route, self._c.admission, utcnow())
+        decision = admission.decide(inbound, route, self._config.admission, utcnow())
         # Answers the gateway writes itself name it as their server (as error pages do), or
         # aiohttp would announce "Python/3.x aiohttp/3.y".
         if isinstance(decision, admission.Preflight):
             record.error_code = "preflight"
-            return web.Response(status=204, headers={**decision.headers, "Server": policy.SERVER})
+            headers = {**decision.headers, "Server": header_policy.SERVER}
+            return web.Response(status=204, headers=headers)
         if isinstance(decision, admission.Redirect):
             return web.Response(
                 status=303,
@@ -166,17 +165,17 @@ class Edge:
                     "Cache-Control": "no-store",
                     "Referrer-Policy": "no-referrer",
                     "X-Blaxel-Source": "gateway",
-                    "Server": policy.SERVER,
+                    "Server": header_policy.SERVER,
                 },
             )
         self._check_target(route)
         record.upstream = f"{route.sandbox}:{route.port}"
         peer = request.remote or ""
-        upstream_headers = policy.upstream_request_headers(
+        upstream_headers = header_policy.upstream_request_headers(
             request.headers,
             peer_ip=peer,
             proto="https" if request.secure else "http",
-            trusted_peer=netpolicy.is_trusted(peer, self._c.trusted_proxies),
+            trusted_peer=netpolicy.is_trusted(peer, self._config.trusted_proxies),
             preview_headers=route.request_headers,
             websocket=websocket,
         )
@@ -185,7 +184,7 @@ class Edge:
             route.target_host,
             route.port,
             request.rel_url.raw_path,
-            policy.strip_token_param(request.rel_url.raw_query_string),
+            header_policy.strip_token_param(request.rel_url.raw_query_string),
             websocket=websocket,
         )
         record.overhead_ms = round((loop.time() - started) * 1000, 3)
@@ -195,10 +194,10 @@ class Edge:
 
         # Any other Upgrade (h2c, ...) was dropped as hop-by-hop: served as plain HTTP/1.1.
         def shape(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]:
-            return policy.downstream_response_headers(
+            return header_policy.downstream_response_headers(
                 upstream,
                 preview_headers=route.response_headers,
-                protected_domains=(self._c.preview_domain,),
+                protected_domains=(self._config.preview_domain,),
                 set_cookie=decision.set_cookie,
             )
 
@@ -208,7 +207,7 @@ class Edge:
             url,
             upstream_headers,
             port=route.port,
-            timeouts=self._c.timeouts,
+            timeouts=self._config.timeouts,
             shape_headers=shape,
             outcome=outcome,
         )
@@ -234,7 +233,7 @@ class Edge:
         host = route.target_host
         allowed = self._target_allowed.get(host)
         if allowed is None:
-            allowed = not is_ip_literal(host) or address_allowed(host, self._c.allowed_targets)
+            allowed = not is_ip_literal(host) or address_allowed(host, self._config.allowed_targets)
             if len(self._target_allowed) >= _TARGET_CACHE_MAX:
                 self._target_allowed.clear()  # bounded; refilled by the next requests
             self._target_allowed[host] = allowed
@@ -249,8 +248,8 @@ _TARGET_CACHE_MAX = 4096
 
 
 def _random_ids() -> Iterator[str]:
-    """16-hex-digit request ids from a block of 512 drawn at once: one ``secrets`` call (a
-    getrandom syscall) per request cost ~2 % of a small proxied GET. Each id is still 8 bytes from
+    """16-hex-digit request ids from a block of 512 drawn at once, rather than one ``secrets``
+    call (a getrandom syscall) per request (docs/benchmarks.md). Each id is still 8 bytes from
     the CSPRNG, used once."""
     while True:
         block = secrets.token_hex(8 * 512)
@@ -399,7 +398,3 @@ class EdgeServer(web.Server):
         handler = EdgeRequestHandler(self, loop=self._loop, **self._kwargs)
         handler.header_timeout_s = self._header_timeout_s
         return handler
-
-
-def quiet_loggers() -> None:
-    logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)

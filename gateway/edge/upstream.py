@@ -107,7 +107,7 @@ def create_session(
         keepalive_timeout=30,
     )
     # HTTP requests pass allow_redirects=False; ws_connect has no such switch, so only the
-    # WebSocket session pays for the trace hook (about 4 % of CPU per request, bench/).
+    # WebSocket session pays for the trace hook (its cost: docs/benchmarks.md).
     traces = []
     if websocket:
         trace = aiohttp.TraceConfig()

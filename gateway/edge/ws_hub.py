@@ -9,24 +9,26 @@ bytes, and how, is theirs.
   previews' tunnels are untouched. The decision is the app's callback (``Readmit``), so the
   edge does not carry admission or token code.
 * Drain (``close_all``) closes every tunnel, 1001 at shutdown, and refuses new ones.
-* No task per tunnel: re-admission runs in the coroutine that awaits the tunnel's end, woken by
-  a future that an invalidation or a ``loop.call_at`` timer resolves.
+* No task per tunnel: ``attach`` works from callbacks, and re-admission runs in the hub's one
+  worker (``run``), woken by invalidations and by ``loop.call_at`` timers at token expiries.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from gateway.core.errors import ShuttingDown
 from gateway.core.readmission import next_token_expiry
 from gateway.core.records import Route
-from gateway.core.ws_close import POLICY_VIOLATION
+from gateway.core.ws_close import GOING_AWAY, POLICY_VIOLATION
+from gateway.ops import log
 from gateway.store.base import FLUSH_ALL
 
 logger = logging.getLogger("gateway.websocket")
@@ -46,6 +48,29 @@ class WsLimits:
     """How long a side gets to answer our close frame before its connection is dropped."""
 
 
+@dataclass(frozen=True, slots=True)
+class TunnelEnd:
+    """How a tunnel ended: who closed it (client, upstream or gateway), with which code and
+    reason, and what passed (bytes each way as read from each side)."""
+
+    closed_by: str
+    code: int
+    reason: str
+    messages: int
+    bytes_up: int
+    bytes_down: int
+
+    def note(self, record: log.AccessRecord) -> None:
+        record.extra.update(
+            close_code=self.code,
+            close_reason=self.reason or None,
+            closed_by=self.closed_by,
+            messages=self.messages,
+            ws_bytes_up=self.bytes_up,
+            ws_bytes_down=self.bytes_down,
+        )
+
+
 class Tunnel(Protocol):
     """What the hub needs of an open WebSocket."""
 
@@ -55,6 +80,17 @@ class Tunnel(Protocol):
 
     def buffered_bytes(self) -> int:
         """Bytes written towards the client that its socket has not taken yet."""
+
+
+class RawTunnel(Tunnel, Protocol):
+    """A tunnel that owns both connections (``ws_tunnel.WsTunnel``)."""
+
+    @property
+    def done(self) -> asyncio.Future[TunnelEnd]: ...
+
+    def start(self) -> None: ...
+
+    def abort(self) -> None: ...
 
 
 class Readmit(Protocol):
@@ -72,7 +108,16 @@ class Readmit(Protocol):
 
 
 class _Entry:
-    __slots__ = ("checked_to", "credentials", "host", "route", "timer", "tunnel", "wake")
+    __slots__ = (
+        "again",
+        "checked_to",
+        "checking",
+        "credentials",
+        "host",
+        "route",
+        "timer",
+        "tunnel",
+    )
 
     def __init__(self, tunnel: Tunnel, host: str, route: Route, credentials: object) -> None:
         self.tunnel = tunnel
@@ -83,16 +128,8 @@ class _Entry:
         self.credentials = credentials
         self.checked_to = time.time()
         """Wall-clock time up to which token expiries have triggered a re-admission."""
-        self.wake: asyncio.Future[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
-
-    def rouse(self) -> None:
-        if self.wake is not None and not self.wake.done():
-            self.wake.set_result(None)
-
-    def expired(self) -> None:
-        self.checked_to = time.time()
-        self.rouse()
+        self.checking = self.again = False
 
 
 class WebSocketHub:
@@ -101,6 +138,8 @@ class WebSocketHub:
         self._close_timeout_s = close_timeout_s
         self._live: dict[str, set[_Entry]] = {}
         self._all: dict[Tunnel, _Entry] = {}
+        self._due: set[_Entry] = set()
+        self._wakeup = asyncio.Event()
         self._emptied = asyncio.Event()
         self._draining = False
 
@@ -126,23 +165,30 @@ class WebSocketHub:
         sends)."""
         return sum(t.buffered_bytes() for t in list(self._all))
 
+    # ── registration ────────────────────────────────────────────────────────────────────────
     @contextlib.contextmanager
     def registered(
         self, tunnel: Tunnel, route: Route, host: str, credentials: object = None
     ) -> Iterator[None]:
         """Holds ``tunnel`` in the registry (so drain and re-admission reach it) until exit."""
-        entry = _Entry(tunnel, host or route.hostname, route, credentials)
-        self._all[tunnel] = entry
-        self._live.setdefault(route.hostname, set()).add(entry)
+        entry = self._register(tunnel, route, host, credentials)
         try:
             yield
         finally:
             self._forget(entry)
 
+    def _register(self, tunnel: Tunnel, route: Route, host: str, credentials: object) -> _Entry:
+        entry = _Entry(tunnel, host or route.hostname, route, credentials)
+        self._all[tunnel] = entry
+        self._live.setdefault(route.hostname, set()).add(entry)
+        self._arm_expiry(entry)
+        return entry
+
     def _forget(self, e: _Entry) -> None:
         if e.timer is not None:
             e.timer.cancel()
         self._all.pop(e.tunnel, None)
+        self._due.discard(e)
         self._emptied.set()
         peers = self._live.get(e.route.hostname)
         if peers is not None:
@@ -150,38 +196,106 @@ class WebSocketHub:
             if not peers:
                 del self._live[e.route.hostname]
 
-    async def readmit_until(self, tunnel: Tunnel, ended: asyncio.Future[Any]) -> None:
-        """Re-admit a registered ``tunnel`` on every invalidation and token expiry until
-        ``ended`` resolves (it is never cancelled from here); close it with 1008 when it would
-        no longer be let in."""
-        entry = self._all[tunnel]
-        loop = asyncio.get_running_loop()
-        while not ended.done():
-            entry.wake = loop.create_future()
-            self._arm_expiry(entry, loop)
-            await asyncio.wait((ended, entry.wake), return_when=asyncio.FIRST_COMPLETED)
-            if entry.timer is not None:
-                entry.timer.cancel()
-            if ended.done():
-                return
-            why = await self._why_closed(entry)
-            if why is not None:
-                tunnel.close(POLICY_VIOLATION, why)
-                await asyncio.wait((ended,))
-                return
+    def attach(
+        self,
+        tunnel: RawTunnel,
+        route: Route,
+        host: str,
+        record: log.AccessRecord,
+        credentials: object = None,
+    ) -> None:
+        """Register ``tunnel`` (so drain and re-admission reach it) and start it; when it ends
+        it is forgotten and its end noted in ``record``. No task: the listener may call this
+        from a protocol callback. ``credentials``: what the upgrade was admitted with."""
+        record.status = record.status or 101
+        entry = self._register(tunnel, route, host, credentials)
+        tunnel.done.add_done_callback(functools.partial(self._ended, entry, record))
+        tunnel.start()
+        if self._draining:
+            tunnel.close(GOING_AWAY, "gateway shutting down", timeout_s=self._close_timeout_s)
 
-    def _arm_expiry(self, e: _Entry, loop: asyncio.AbstractEventLoop) -> None:
+    def _ended(self, e: _Entry, record: log.AccessRecord, done: asyncio.Future[TunnelEnd]) -> None:
+        self._forget(e)
+        if not done.cancelled():
+            done.result().note(record)
+
+    async def run_tunnel(
+        self,
+        tunnel: RawTunnel,
+        route: Route,
+        host: str,
+        record: log.AccessRecord,
+        credentials: object = None,
+    ) -> TunnelEnd | None:
+        """``attach``, then wait for the tunnel's end. If cancelled, the connections are cut."""
+        self.attach(tunnel, route, host, record, credentials)
+        try:
+            await asyncio.wait((tunnel.done,))
+        finally:
+            if not tunnel.done.done():
+                tunnel.abort()  # cancelled: neither connection may leak
+        return tunnel.done.result()
+
+    # ── re-admission ────────────────────────────────────────────────────────────────────────
+    async def run(self) -> None:
+        """Re-admit tunnels whose route changed or whose token ran out, until cancelled (the
+        app runs this in its TaskGroup). One task per check in flight, none while all is
+        quiet: an idle tunnel costs no task."""
+        async with asyncio.TaskGroup() as tasks:
+            while True:
+                await self._wakeup.wait()
+                self._wakeup.clear()
+                due, self._due = self._due, set()
+                for e in due:
+                    if e.checking:
+                        e.again = True  # changed again during its check: check once more after
+                    elif self._all.get(e.tunnel) is e:
+                        e.checking = True
+                        tasks.create_task(self._recheck(e))
+
+    def _rouse(self, e: _Entry) -> None:
+        self._due.add(e)
+        self._wakeup.set()
+
+    def _expired(self, e: _Entry) -> None:
+        e.timer = None
+        e.checked_to = time.time()
+        self._rouse(e)
+
+    async def _recheck(self, e: _Entry) -> None:
+        try:
+            while True:
+                e.again = False
+                why = await self._why_closed(e)
+                if why is not None:
+                    e.tunnel.close(POLICY_VIOLATION, why)
+                    return
+                if not e.again or self._all.get(e.tunnel) is not e:
+                    break
+            self._arm_expiry(e)
+        finally:
+            e.checking = False
+
+    def _arm_expiry(self, e: _Entry) -> None:
         # A token of this preview runs out: admit the tunnel again then, so one that came in
         # on that token closes (1008) instead of outliving it.
+        if e.timer is not None:
+            e.timer.cancel()
         expiry = next_token_expiry(e.route, e.checked_to)
-        e.timer = (
-            None if expiry is None else loop.call_at(loop.time() + expiry - time.time(), e.expired)
-        )
+        if expiry is None:
+            e.timer = None
+            return
+        loop = asyncio.get_running_loop()
+        e.timer = loop.call_at(loop.time() + expiry - time.time(), self._expired, e)
 
     async def _why_closed(self, e: _Entry) -> str | None:
         if self._readmit is None:
             return None
-        outcome = await self._readmit(e.host, e.route, e.credentials)
+        try:
+            outcome = await self._readmit(e.host, e.route, e.credentials)
+        except Exception:
+            logger.exception("re-admitting a WebSocket failed")
+            return None  # the callback handles outages and refusals; a bug here cuts nothing
         if isinstance(outcome, str):
             return outcome
         e.route = outcome  # its token list is the one later expiries are read from
@@ -192,7 +306,7 @@ class WebSocketHub:
         # Re-checks of unrelated tunnels find their routes unchanged and leave them alone.
         targets = self._all.values() if hostname == FLUSH_ALL else self._live.get(hostname, ())
         for e in list(targets):
-            e.rouse()
+            self._rouse(e)
 
     def close_bound_s(self) -> float:
         """How long a closing tunnel waits for its peers now (shorter once draining)."""

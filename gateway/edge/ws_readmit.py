@@ -20,7 +20,7 @@ RouteFind = Callable[[str], Awaitable[Route | None]]
 class Readmission:
     __slots__ = ("_find", "policy")
 
-    def __init__(self, find: RouteFind, policy: admission.AdmissionPolicy | None) -> None:
+    def __init__(self, find: RouteFind, policy: admission.AdmissionConfig | None) -> None:
         self._find = find
         self.policy = policy
 

@@ -1,5 +1,5 @@
-"""The aiohttp edge's WebSocket relay: upstream handshake first, then two pumps, a supervisor
-and the hub's re-admission in one TaskGroup.
+"""The aiohttp edge's WebSocket relay: upstream handshake first, then two pumps and a supervisor
+in one TaskGroup.
 
 * The upstream handshake completes before the client is answered, so the client gets the
   upstream's status on refusal (never a 101 followed by a close) and the upstream's chosen
@@ -46,7 +46,7 @@ from gateway.core.ws_close import (
     wire_reason,
 )
 from gateway.edge.upstream import RedirectRefused, translate_errors
-from gateway.edge.ws_hub import WebSocketHub, WsLimits
+from gateway.edge.ws_hub import TunnelEnd, WebSocketHub, WsLimits
 from gateway.ops import log
 
 __all__ = [
@@ -162,14 +162,14 @@ class WsRelay:
                     tunnel.end(ABNORMAL, "client connection lost", "client")
                     await self._close_both(tunnel)
                 # Even if cancelled again while closing: close_all waits on the registry.
-                record.extra.update(
-                    close_code=tunnel.close_code,
-                    close_reason=tunnel.close_reason or None,
+                TunnelEnd(
                     closed_by=tunnel.closed_by,
+                    code=tunnel.close_code or 0,
+                    reason=tunnel.close_reason,
                     messages=tunnel.messages,
-                    ws_bytes_up=tunnel.bytes_up,
-                    ws_bytes_down=tunnel.bytes_down,
-                )
+                    bytes_up=tunnel.bytes_up,
+                    bytes_down=tunnel.bytes_down,
+                ).note(record)
         return client
 
     async def _connect(
@@ -233,7 +233,6 @@ class WsRelay:
                 tasks.create_task(self._pump(t, t.client, t.upstream, "client")),
                 tasks.create_task(self._pump(t, t.upstream, t.client, "upstream")),
                 tasks.create_task(self._supervise(t)),
-                tasks.create_task(self._hub.readmit_until(t, t.ended)),
             ]
             await asyncio.wait((t.ended,))
             # Stop the pumps before closing: aiohttp cuts the connection at once when close()

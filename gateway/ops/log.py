@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass, field, fields
 
 access = logging.getLogger("gateway.access")
 edge = logging.getLogger("gateway.edge")
-control = logging.getLogger("gateway.control")
 
 
 @dataclass(slots=True)
@@ -54,8 +53,8 @@ def write_access(record: AccessRecord) -> None:
         data = asdict(record)
         data.update(data.pop("extra"))
     else:
-        # The record's fields are plain values: the same dict as asdict() (which deep-copies,
-        # ~12 µs a line), in the same order.
+        # The record's fields are plain values: the same dict as asdict(), which deep-copies
+        # (docs/benchmarks.md), in the same order.
         data = {name: getattr(record, name) for name in _FIELDS}
     data = {k: v for k, v in data.items() if v is not None}
     data["time"] = _utc_time()

@@ -113,10 +113,10 @@ async def test_concurrent_misses_share_one_store_read() -> None:
     results = await asyncio.gather(*finds)
     assert {r.hostname for r in results if r is not None} == {HOST}
     assert None not in results
-    assert routes.store_reads == 1 and store.reads == 1
+    assert routes.stats["miss"] == 1 and store.reads == 1
     # Without a cache, the next burst is one more read, not a hundred.
     await asyncio.gather(*(routes.find(HOST) for _ in range(100)))
-    assert routes.store_reads == 2
+    assert routes.stats["miss"] == 2
 
 
 async def test_concurrent_misses_on_redis_share_one_read(
@@ -137,11 +137,11 @@ async def test_concurrent_misses_on_redis_share_one_read(
         routes = lookup(store, ttl_s=0.0)
         results = await asyncio.gather(*(routes.find(HOST) for _ in range(100)))
         assert all(r is not None and r.hostname == HOST for r in results)
-        assert routes.store_reads == 1
+        assert routes.stats["miss"] == 1
         unknown = "ghost.eu.preview.test"
         assert await asyncio.gather(*(routes.find(unknown) for _ in range(100))) == [None] * 100
         # One read per candidate key (the name, then its one-label wildcard).
-        assert routes.store_reads == 1 + len(wildcard_candidates(unknown))
+        assert routes.stats["miss"] == 1 + len(wildcard_candidates(unknown))
     finally:
         await store.close()
 
@@ -458,7 +458,7 @@ async def test_redis_stopped(
         with_token = {"X-Blaxel-Preview-Token": token}
         assert (await get(gw, public)).status == 200
         assert (await get(gw, private, **with_token)).status == 200
-        reads = gw.running.lookup.store_reads if gw.running else 0
+        reads = gw.running.lookup.stats["miss"] if gw.running else 0
 
         with redis_server.stopped():
             assert (await get(gw, public)).status == 200
@@ -474,7 +474,7 @@ async def test_redis_stopped(
             else:
                 assert response.status == 503 and "Retry-After" in response.headers
                 assert anonymous.status == 503, "fail closed: neither served nor a 401"
-            assert gw.running is not None and gw.running.lookup.store_reads > reads
+            assert gw.running is not None and gw.running.lookup.stats["miss"] > reads
 
         # The store came back empty: nothing routes, and a private preview never turns public.
         async with asyncio.timeout(10):

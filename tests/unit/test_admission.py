@@ -11,7 +11,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.core.admission import (
     MAX_COOKIE_TRIES,
-    AdmissionPolicy,
+    AdmissionConfig,
     Decision,
     Forward,
     Inbound,
@@ -81,7 +81,7 @@ def inbound(
     )
 
 
-POLICY = AdmissionPolicy(
+POLICY = AdmissionConfig(
     signer=SIGNER, cookie_samesite="lax", allowed_origins=["https://IDE.example.com/"]
 )
 

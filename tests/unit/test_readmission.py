@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from gateway.core.admission import AdmissionPolicy, Inbound
+from gateway.core.admission import AdmissionConfig, Inbound
 from gateway.core.readmission import (
     CHANGED,
     DELETED,
@@ -24,7 +24,7 @@ from gateway.core.tokens import LEEWAY_S, SigningKey, TokenSigner
 NOW = datetime.now(UTC).replace(microsecond=0)
 HOST = "abc.eu.preview.localhost"
 SIGNER = TokenSigner([SigningKey("k1", b"k" * 40)])
-POLICY = AdmissionPolicy(signer=SIGNER, cookie_samesite="lax", allowed_origins=[])
+POLICY = AdmissionConfig(signer=SIGNER, cookie_samesite="lax", allowed_origins=[])
 SOON = NOW + timedelta(minutes=1)
 
 

@@ -1,0 +1,381 @@
+"""Raw upstream connections to sandboxes, pooled per ``(host, port)``.
+
+Each connection is an ``asyncio.Protocol`` whose callbacks (data, EOF, loss, pause/resume
+writing) go to whichever consumer the exchange attaches for the current request; between
+requests the pool holds it, and a pooled connection that the sandbox closes or writes to is
+dropped at once.
+
+Limits as today's aiohttp connector had them: at most ``max_connections`` in use in all, and
+``max_per_target`` per sandbox port, so one slow sandbox cannot take every slot (threat model
+D02b); a request over a limit waits for a slot (its own deadline bounds the wait). Idle
+connections are reused newest first (LIFO: the warm ones serve, the cold ones age out) and
+closed after ``idle_timeout_s``.
+
+Only addresses inside ``allowed_targets`` are dialled: IP literals are checked before the
+connect, DNS names after resolution, keeping only allowed addresses (threat model R01, R02,
+R08). Dial failures become the gateway's error classes in ``upstream_errors``.
+
+A request that meets a stale pooled connection (it is closed before any response byte) may be
+sent once more when it is idempotent: release the connection with ``reusable=False`` and
+``acquire(..., fresh=True)``, which never hands out a pooled one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections import deque
+from collections.abc import Sequence
+from typing import Protocol, cast
+
+from gateway.core.errors import TargetNotAllowed, UpstreamUnreachable
+from gateway.core.netpolicy import IPNetwork, address_allowed, is_ip_literal
+from gateway.edge.upstream_errors import dial_error
+
+Target = tuple[str, int]
+
+_TARGET_CACHE_MAX = 4096
+
+
+class Consumer(Protocol):
+    """What the exchange attaches to a connection for one request."""
+
+    def upstream_data(self, data: bytes) -> None: ...
+
+    def upstream_eof(self) -> None: ...
+
+    def upstream_lost(self, exc: BaseException | None) -> None: ...
+
+    def upstream_pause_writing(self) -> None: ...
+
+    def upstream_resume_writing(self) -> None: ...
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One TCP connection to a sandbox port."""
+
+    __slots__ = ("_consumer", "_pool", "idle_since", "lost", "reused", "target", "transport")
+
+    def __init__(self, pool: UpstreamPool, target: Target) -> None:
+        self._pool = pool
+        self.target = target
+        self.reused = False
+        """Taken from the idle pool: the sandbox may have closed it meanwhile (stale)."""
+        self.transport: asyncio.Transport | None = None
+        self.lost = False
+        self.idle_since = 0.0
+        self._consumer: Consumer | None = None
+
+    # ── for the exchange ──
+    def attach(self, consumer: Consumer) -> None:
+        """Send this connection's events to ``consumer`` until it is released."""
+        self._consumer = consumer
+
+    def detach(self) -> None:
+        """Events go to the pool again (``UpstreamPool.release`` does this)."""
+        self._consumer = None
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def pause_reading(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None:
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        """Abort the connection (it is never reused)."""
+        if self.transport is not None:
+            self.transport.abort()
+
+    @property
+    def is_closing(self) -> bool:
+        return self.lost or self.transport is None or self.transport.is_closing()
+
+    # ── asyncio.Protocol ──
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's TCPTransport is not an asyncio.Transport subclass, though it is one in all
+        # but name: an isinstance assert would refuse every connection under uvloop.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        consumer = self._consumer
+        if consumer is not None:
+            consumer.upstream_data(data)
+        else:
+            # Bytes from an idle connection answer no request: the sandbox is out of step.
+            self.close()
+
+    def eof_received(self) -> bool | None:
+        consumer = self._consumer
+        if consumer is not None:
+            consumer.upstream_eof()
+        return None  # close our side too: a half-closed upstream is never reused
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        consumer = self._consumer
+        if consumer is not None:
+            consumer.upstream_lost(exc)
+        else:
+            self._pool._forget_idle(self)
+
+    def pause_writing(self) -> None:
+        if self._consumer is not None:
+            self._consumer.upstream_pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._consumer is not None:
+            self._consumer.upstream_resume_writing()
+
+
+class UpstreamPool:
+    def __init__(
+        self,
+        *,
+        allowed: Sequence[IPNetwork],
+        max_connections: int,
+        max_per_target: int,
+        connect_timeout_s: float,
+        idle_timeout_s: float = 30.0,
+        dns_ttl_s: float = 10.0,
+    ) -> None:
+        self._allowed = allowed
+        self._max = max_connections
+        self._per_target = max_per_target
+        self._connect_timeout_s = connect_timeout_s
+        self._idle_timeout_s = idle_timeout_s
+        self._dns_ttl_s = dns_ttl_s
+        self._idle: dict[Target, list[UpstreamConnection]] = {}
+        self._idle_count = 0
+        self._busy: dict[Target, int] = {}
+        """Slots taken per target: connections in use and dials under way."""
+        self._busy_total = 0
+        self._waiters: dict[Target, deque[asyncio.Future[None]]] = {}
+        self._literal_allowed: dict[str, bool] = {}
+        self._dns: dict[Target, tuple[float, list[str]]] = {}
+        self._sweep: asyncio.TimerHandle | None = None
+        self._closed = False
+
+    @property
+    def in_use(self) -> int:
+        return self._busy_total
+
+    @property
+    def idle(self) -> int:
+        return self._idle_count
+
+    def check_target(self, host: str) -> None:
+        """Raise ``TargetNotAllowed`` for an IP literal outside ``allowed_targets`` (cached per
+        host: parsing it costs microseconds). DNS names are checked after resolution."""
+        allowed = self._literal_allowed.get(host)
+        if allowed is None:
+            allowed = not is_ip_literal(host) or address_allowed(host, self._allowed)
+            if len(self._literal_allowed) >= _TARGET_CACHE_MAX:
+                self._literal_allowed.clear()  # bounded; refilled by the next requests
+            self._literal_allowed[host] = allowed
+        if not allowed:
+            raise TargetNotAllowed("This preview's sandbox address is not allowed.")
+
+    async def acquire(self, host: str, port: int, *, fresh: bool = False) -> UpstreamConnection:
+        """A connection to ``host:port``: an idle one (newest first) unless ``fresh``, else a new
+        one, waiting for a slot when a limit is reached.
+
+        Raises ``TargetNotAllowed``, ``UpstreamRefused``, ``UpstreamTimedOut`` (connect
+        deadline), ``UpstreamUnreachable`` (DNS failure, other socket errors, pool closed).
+        """
+        self.check_target(host)
+        target = (host, port)
+        await self._take_slot(target)
+        try:
+            conn = None if fresh else self._pop_idle(target)
+            if conn is None:
+                conn = await self._dial(target)
+            return conn
+        except BaseException:
+            self._free_slot(target)
+            raise
+
+    def release(self, conn: UpstreamConnection, *, reusable: bool) -> None:
+        """Give the connection back after its exchange ended. ``reusable``: the response was
+        complete and both sides allowed keep-alive; otherwise it is closed. Frees its slot."""
+        conn.detach()
+        if reusable and not self._closed and not conn.is_closing:
+            self._park(conn)
+        else:
+            conn.close()
+        self._free_slot(conn.target)
+
+    def close(self) -> None:
+        """Close every idle connection and refuse new acquisitions (shutdown). Connections in
+        use are closed when they are released."""
+        self._closed = True
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
+        for stack in list(self._idle.values()):
+            for conn in list(stack):
+                conn.close()
+        self._idle.clear()
+        self._idle_count = 0
+        for waiters in self._waiters.values():
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_exception(UpstreamUnreachable("The gateway is shutting down."))
+        self._waiters.clear()
+
+    # ── slots ──
+    def _has_slot(self, target: Target) -> bool:
+        return self._busy_total < self._max and self._busy.get(target, 0) < self._per_target
+
+    async def _take_slot(self, target: Target) -> None:
+        if self._closed:
+            raise UpstreamUnreachable("The gateway is shutting down.")
+        while not self._has_slot(target):
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.setdefault(target, deque()).append(waiter)
+            try:
+                await waiter
+            except BaseException:
+                waiters = self._waiters.get(target)
+                if waiters is not None and waiter in waiters:
+                    waiters.remove(waiter)
+                    if not waiters:
+                        del self._waiters[target]
+                elif waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                    self._wake()  # woken, then cancelled: the slot goes to the next waiter
+                raise
+        self._busy[target] = self._busy.get(target, 0) + 1
+        self._busy_total += 1
+
+    def _free_slot(self, target: Target) -> None:
+        left = self._busy[target] - 1
+        if left:
+            self._busy[target] = left
+        else:
+            del self._busy[target]
+        self._busy_total -= 1
+        self._wake(target)
+
+    def _wake(self, prefer: Target | None = None) -> None:
+        """Wake one waiter that the free slot can serve: the same target's first."""
+        order = [prefer] if prefer in self._waiters else []
+        order += [t for t in self._waiters if t != prefer]
+        for target in order:
+            if not self._has_slot(target):
+                continue
+            waiters = self._waiters[target]
+            while waiters:
+                waiter = waiters.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)
+                    if not waiters:
+                        del self._waiters[target]
+                    return
+            del self._waiters[target]
+
+    # ── idle connections ──
+    def _pop_idle(self, target: Target) -> UpstreamConnection | None:
+        stack = self._idle.get(target)
+        deadline = asyncio.get_running_loop().time() - self._idle_timeout_s
+        while stack:
+            conn = stack.pop()
+            self._idle_count -= 1
+            if conn.idle_since < deadline:
+                # The newest is too old, so every one below it is: all go.
+                self._idle_count -= len(stack)
+                for older in stack:
+                    older.close()
+                stack.clear()
+            elif not conn.is_closing:
+                if not stack:
+                    del self._idle[target]
+                conn.reused = True
+                return conn
+            conn.close()
+        self._idle.pop(target, None)
+        return None
+
+    def _park(self, conn: UpstreamConnection) -> None:
+        stack = self._idle.setdefault(conn.target, [])
+        if len(stack) >= self._per_target or self._idle_count >= self._max:
+            conn.close()
+            if not stack:
+                del self._idle[conn.target]
+            return
+        loop = asyncio.get_running_loop()
+        conn.idle_since = loop.time()
+        # An exchange may have paused it for backpressure; idle, its EOF must be seen.
+        conn.resume_reading()
+        stack.append(conn)
+        self._idle_count += 1
+        if self._sweep is None:
+            self._sweep = loop.call_later(self._idle_timeout_s, self._sweep_idle)
+
+    def _forget_idle(self, conn: UpstreamConnection) -> None:
+        stack = self._idle.get(conn.target)
+        if stack is not None and conn in stack:
+            stack.remove(conn)
+            self._idle_count -= 1
+            if not stack:
+                del self._idle[conn.target]
+
+    def _sweep_idle(self) -> None:
+        self._sweep = None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() - self._idle_timeout_s
+        for target, stack in list(self._idle.items()):
+            # Oldest first: the first one young enough ends the sweep of its stack.
+            while stack and stack[0].idle_since <= deadline:
+                self._idle_count -= 1
+                stack.pop(0).close()
+            if not stack:
+                del self._idle[target]
+        if self._idle_count:
+            self._sweep = loop.call_later(self._idle_timeout_s / 2, self._sweep_idle)
+
+    # ── dialling ──
+    async def _dial(self, target: Target) -> UpstreamConnection:
+        host, port = target
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self._connect_timeout_s):
+                addresses = [host] if is_ip_literal(host) else await self._resolve(target)
+                last: OSError | None = None
+                for address in addresses:
+                    try:
+                        _, conn = await loop.create_connection(
+                            lambda: UpstreamConnection(self, target), address, port
+                        )
+                    except OSError as exc:
+                        last = exc
+                        continue
+                    return conn
+                assert last is not None
+                raise last
+        except (OSError, TimeoutError) as exc:
+            raise dial_error(exc, port) from exc
+
+    async def _resolve(self, target: Target) -> list[str]:
+        """The allowed addresses of a DNS name, remembered for ``dns_ttl_s``."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        cached = self._dns.get(target)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        host, port = target
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+        kept = [a for a in addresses if address_allowed(a, self._allowed)]
+        if not kept:
+            # The same refusal as an IP literal outside allowed_targets, not an unreachable
+            # sandbox: a name that resolves to the metadata service is never dialled.
+            raise TargetNotAllowed("This preview's sandbox address is not allowed.")
+        if len(self._dns) >= _TARGET_CACHE_MAX:
+            self._dns.clear()
+        self._dns[target] = (now + self._dns_ttl_s, kept)
+        return kept
