@@ -170,7 +170,9 @@ class WsTunnel:
             self,
             "client",
             client_transport,
-            FrameScanner(masked=True, max_message_bytes=most, compressed=compressed),
+            FrameScanner(
+                masked=True, max_message_bytes=most, compressed=compressed, validate_text=True
+            ),
         )
         self.upstream = _Side(
             self,

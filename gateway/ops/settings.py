@@ -145,9 +145,6 @@ class Settings(BaseSettings):
     """The gateway pings both peers this often; a peer that does not pong in time is closed."""
     ws_max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     """Largest WebSocket message relayed; a larger one closes the socket with 1009."""
-    edge_impl: Literal["aiohttp", "protocol"] = "aiohttp"
-    """Which HTTP data path the edge runs: `aiohttp` (the request handler) or `protocol`
-    (asyncio Protocols with httptools and raw upstream connections, issue 9)."""
     shutdown_grace_s: float = Field(10.0, ge=0)
     """On SIGTERM, in-flight requests get this long to finish before the process exits."""
 

@@ -304,3 +304,75 @@ def test_stopping_at_every_boundary_stops_only_at_boundaries(
                 out += s.control.raw
             pos = end
     assert bytes(out) == data and seen == messages
+
+
+# ── UTF-8 of the client's text messages (validate_text) ─────────────────────────────────────
+SNOWMAN = "☃".encode()  # three bytes, split across fragments below
+
+
+def chunked(data: bytes, size: int) -> list[bytes]:
+    return [data[i : i + size] for i in range(0, len(data), size)]
+
+
+@pytest.mark.parametrize("size", [1, 5, 64, 1 << 20])
+@pytest.mark.parametrize(
+    ("name", "stream", "bad_at"),
+    [
+        ("text", frame(OP_TEXT, "héllo".encode()), None),
+        (
+            "a character split across fragments",
+            frame(OP_TEXT, b"a" + SNOWMAN[:1], fin=False)
+            + frame(OP_PING, b"p")
+            + frame(OP_CONT, SNOWMAN[1:] + b"z"),
+            None,
+        ),
+        ("big text", frame(OP_TEXT, "ü".encode() * 40_000) + frame(OP_TEXT, b"next"), None),
+        ("binary is never read", frame(OP_BINARY, b"\xff\xfe"), None),
+        ("invalid", frame(OP_TEXT, b"ok") + frame(OP_TEXT, b"\xff\xfe"), 1),
+        (
+            "a message that ends mid-character",
+            frame(OP_TEXT, b"ok")
+            + frame(OP_TEXT, b"a" + SNOWMAN[:1], fin=False)
+            + frame(OP_CONT, b""),
+            2,
+        ),
+    ],
+)
+def test_client_text_is_checked_before_it_passes(
+    name: str, stream: bytes, bad_at: int | None, size: int
+) -> None:
+    run = Run(FrameScanner(masked=True, validate_text=True))
+    for piece in chunked(stream, size):
+        run.feed(piece)
+        if run.failure is not None:
+            break
+    frames = split_frames(stream)
+    if bad_at is None:
+        assert (bytes(run.out), run.failure) == (stream, None)
+    else:
+        # Nothing of the frame that broke UTF-8 went on: the frames before it passed whole.
+        assert run.failure == (1007, "invalid UTF-8")
+        assert bytes(run.out) == b"".join(frames[:bad_at])
+
+
+def test_compressed_and_unchecked_text_passes_as_it_is() -> None:
+    compressed = frame(OP_TEXT, b"\xff\xfe", rsv=0x40)
+    run = scan_all(compressed, validate_text=True, compressed=True)
+    assert (bytes(run.out), run.failure) == (compressed, None)
+    plain = frame(OP_TEXT, b"\xff\xfe")
+    assert bytes(scan_all(plain).out) == plain  # the upstream's side is not checked
+
+
+def split_frames(stream: bytes) -> list[bytes]:
+    """The frames of ``stream`` (masked, lengths under 64 KiB or 64-bit), each as bytes."""
+    out, pos = [], 0
+    while pos < len(stream):
+        length, size = stream[pos + 1] & 0x7F, 2
+        if length == 126:
+            length, size = struct.unpack_from("!H", stream, pos + 2)[0], 4
+        elif length == 127:
+            length, size = struct.unpack_from("!Q", stream, pos + 2)[0], 10
+        end = pos + size + 4 + length
+        out.append(stream[pos:end])
+        pos = end
+    return out

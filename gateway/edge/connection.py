@@ -23,8 +23,8 @@ from gateway.ops import log
 
 if TYPE_CHECKING:
     from gateway.edge.exchange import Relay
-    from gateway.edge.proto_edge import ProtocolEdge
-    from gateway.edge.proto_server import EdgeListener
+    from gateway.edge.handler import EdgeHandler
+    from gateway.edge.server import EdgeServer
 
 MAX_HEAD_BYTES = 0x10000
 MAX_FIELDS = 128
@@ -92,7 +92,7 @@ def parse_head(raw: bytes, peer: str) -> tuple[RequestHead, bool]:
 
 
 class ClientConnection(asyncio.Protocol):
-    def __init__(self, edge: ProtocolEdge, server: EdgeListener) -> None:
+    def __init__(self, edge: EdgeHandler, server: EdgeServer) -> None:
         self._edge = edge
         self._server = server
         self._loop = asyncio.get_running_loop()
