@@ -21,6 +21,7 @@ import aiohttp
 from aiohttp import web
 
 from gateway.control.api_keys import KeyRing
+from gateway.control.domains import DomainService
 from gateway.control.handlers import ApiConfig, ControlApi
 from gateway.control.service import ControlService, ServiceConfig
 from gateway.core.admission import AdmissionConfig
@@ -35,6 +36,7 @@ from gateway.edge.ws_hub import WebSocketHub, WsLimits
 from gateway.edge.ws_readmit import Readmission
 from gateway.edge.ws_relay import WsRelay
 from gateway.ops import log
+from gateway.ops.dns_check import TxtResolver
 from gateway.ops.metrics import CONTENT_TYPE, Metrics, StatsCollector
 from gateway.ops.settings import Settings
 from gateway.ops.sweeper import Sweeper
@@ -61,6 +63,8 @@ class Running:
     keys: KeyRing
     service: ControlService
     """The control API's rules, for in-process callers (the demo)."""
+    domains: DomainService
+    recheck_interval_s: float
     draining: bool = False
 
 
@@ -130,6 +134,7 @@ def build_lookup(settings: Settings, store: RouteSource) -> RouteLookup:
         stale_grace_s=settings.cache_stale_grace_s,
         private_stale_grace_s=settings.private_stale_grace_s,
         max_entries=settings.cache_max_entries,
+        preview_domain=settings.preview_domain,
     )
 
 
@@ -298,7 +303,16 @@ async def serve(
             settings, config, lookup, allowed, metrics.observe, hub, limits
         )
     readiness = Readiness(store, settings)
-    api = ControlApi(api_config(settings, allowed), store, keys, readiness, signer)
+    resolver = TxtResolver(settings.dns_nameservers, settings.dns_timeout_s)
+    api = ControlApi(
+        api_config(settings, allowed),
+        store,
+        keys,
+        readiness,
+        signer,
+        resolver,
+        domain_grace_s=settings.domain_grace_s,
+    )
     api_app = api.app()
     api_app.router.add_get("/metrics", metrics_endpoint(metrics))
     api_runner = web.AppRunner(api_app, access_log=None, shutdown_timeout=2.0)
@@ -328,6 +342,8 @@ async def serve(
             sweeper=sweeper,
             keys=keys,
             service=api.service,
+            domains=api.domains,
+            recheck_interval_s=settings.domain_recheck_interval_s,
         )
         readiness.running = running
         await _run_until_stopped(running, stop, stop_accepting, on_ready)
@@ -361,6 +377,9 @@ async def _run_until_stopped(
             tasks.create_task(running.lookup.follow_invalidations(), name="invalidations"),
             tasks.create_task(running.hub.run(), name="websocket re-admission"),
             tasks.create_task(running.sweeper.run(), name="sweeper"),
+            tasks.create_task(
+                running.domains.run_rechecks(running.recheck_interval_s), name="domain re-checks"
+            ),
         ]
         if on_ready is not None:
             on_ready(running)
