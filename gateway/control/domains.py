@@ -121,6 +121,7 @@ class DomainService:
         return deleted
 
     async def verify(self, workspace: str, name: str) -> Domain:
+        await self.get(workspace, name)  # another workspace's domain is never even looked up
         found = await self._resolver.lookup(domains.challenge_name(name))
         return await self._update(workspace, name, lambda d: domains.verify(d, found, self._now()))
 
