@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import httptools
 
@@ -114,8 +114,9 @@ class ClientConnection(asyncio.Protocol):
 
     # ── asyncio callbacks ───────────────────────────────────────────────────────────────────
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's TCPTransport is not an asyncio.Transport subclass, though it is one in all
+        # but name: an isinstance assert would refuse every connection under uvloop.
+        self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]) if isinstance(peer, tuple) else ""
         sock = transport.get_extra_info("socket")
@@ -337,6 +338,8 @@ class ClientConnection(asyncio.Protocol):
     def drain(self) -> None:
         if not self._busy:
             self._close()
+        # Busy: the response in flight says Connection: close, and the connection ends with it.
+        self.keep_alive = False
 
 
 _DISCARD_MAX = 0x100000
