@@ -76,14 +76,6 @@ def claim_conflict(workspace: str, parents: dict[str, str], tree: set[str]) -> b
     return any(ws != workspace for ws in parents.values()) or bool(tree - {workspace})
 
 
-def attached_domain(host: str, owned: dict[str, Domain]) -> Domain | None:
-    """The nearest of ``owned`` (the workspace's domains among ``host``'s ancestors)."""
-    for name in ancestors(host):
-        if name in owned:
-            return owned[name]
-    return None
-
-
 @dataclass(frozen=True)
 class Lookup:
     """What the resolver found for the challenge name."""
