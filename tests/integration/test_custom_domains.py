@@ -227,6 +227,30 @@ async def test_a_custom_host_is_taken_once_unless_forced(gw: Gateway, upstream: 
     assert holder is not None and holder.preview == "two"
 
 
+@pytest.fixture(params=["protocol", "aiohttp"])
+async def any_edge(request: pytest.FixtureRequest, dns: DnsServer) -> AsyncIterator[Gateway]:
+    """The embedded store behind either edge: both read routes through ``RouteLookup.find``."""
+    settings = domain_settings(dns, edge_impl=request.param)
+    async with api_gateway("memory", request, **settings) as gateway:
+        yield gateway
+
+
+async def test_both_edges_route_custom_hosts_and_fallbacks(
+    any_edge: Gateway, dns: DnsServer, upstream: int
+) -> None:
+    gw = any_edge
+    await verified(gw, dns)
+    await gw.sandbox()
+    await gw.preview(upstream, name="fb")
+    await gw.preview(upstream, name="app", customDomain="app.acme.test")
+    body = {"metadata": {"name": "acme.test"}, "spec": {"fallbackPreviewId": "sb/fb"}}
+    assert (await gw.call("PUT", "/customdomains/acme.test", json=body))[0] == 200
+    status, raw = await edge_get(gw, "app.acme.test", {"X-Blaxel-Fallback": "spoofed"})
+    assert status == 200 and "x-blaxel-fallback" not in echoed(raw)["header_map"]
+    status, raw = await edge_get(gw, "other.acme.test", {"X-Blaxel-Fallback": "spoofed"})
+    assert status == 200 and one(echoed(raw), "X-Blaxel-Fallback") == "true"
+
+
 async def test_fallback_takes_unknown_names_and_client_copies_are_stripped(
     gw: Gateway, dns: DnsServer, upstream: int
 ) -> None:
