@@ -31,7 +31,7 @@ from gateway.control.openapi import PATH_PATTERNS
 from gateway.core import hostnames
 from gateway.core.errors import BadRequest, Conflict, NotFound
 from gateway.core.netpolicy import IPNetwork, address_allowed, is_ip_literal
-from gateway.core.records import Preview, Sandbox, TokenRecord, utcnow
+from gateway.core.records import CustomHost, Preview, Sandbox, TokenRecord, utcnow
 from gateway.core.timeparse import parse_timestamp
 from gateway.core.tokens import new_token_id
 from gateway.store.base import PutResult, Registry
@@ -269,15 +269,19 @@ class ControlService:
         entry = await self._store.get_custom_host(host) if host else None
         if entry is None:
             return False
-        mine = (preview.workspace, preview.sandbox, preview.name)
-        if (entry.workspace, entry.sandbox, entry.preview) == mine:
+        if _holder(entry) == (preview.workspace, preview.sandbox, preview.name):
             return False
-        holder = await self._store.get_preview(entry.workspace, entry.sandbox, entry.preview)
+        holder = await self._store.get_preview(*_holder(entry))
         if holder is None or holder.custom_domain != host:
             await self._store.sync_domain(entry.domain)  # a stale entry: the sync drops it
             return True
-        if holder.expired(self._now()) or (force and entry.workspace == preview.workspace):
-            await self._store.delete_preview(entry.workspace, entry.sandbox, entry.preview)
+        now = self._now()
+        if holder.expired(now):
+            # Only if still expired inside the delete: never a holder renewed in between.
+            await self._store.delete_preview(*_holder(entry), only_expired_at=now)
+            return True
+        if force and entry.workspace == preview.workspace:
+            await self._store.delete_preview(*_holder(entry))
             return True
         return False
 
@@ -358,6 +362,10 @@ class ControlService:
             expires=spec.expires,
             **values,
         )
+
+
+def _holder(entry: CustomHost) -> tuple[str, str, str]:
+    return entry.workspace, entry.sandbox, entry.preview
 
 
 def _raise_for(result: PutResult, preview: Preview) -> None:
