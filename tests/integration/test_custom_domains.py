@@ -357,3 +357,32 @@ async def test_a_domain_verified_through_one_replica_serves_on_the_other(
             return (await edge_get(a, "app.acme.test"))[0] == 404
 
         await eventually(gone_on_a)
+
+
+async def test_custom_routes_follow_preview_and_sandbox_changes(
+    gw: Gateway, dns: DnsServer, upstream: int
+) -> None:
+    assert gw.running is not None
+    store = gw.running.store
+    await verified(gw, dns)
+    await gw.sandbox()
+    await gw.preview(upstream, customDomain="app.acme.test")
+    # The sandbox moves: the custom hostname's route follows its target.
+    moved = {"metadata": {"name": "sb"}, "spec": {"target": {"host": "127.0.0.7"}}}
+    assert (await gw.call("PUT", "/sandboxes/sb", json=moved))[0] == 200
+    route = await store.get_route("app.acme.test")
+    assert route is not None and route.target_host == "127.0.0.7"
+    # The preview moves to another name of the domain: the old one is freed and unrouted.
+    spec = {"port": upstream, "public": True, "customDomain": "www.acme.test"}
+    body: dict[str, Any] = {"metadata": {"name": "web"}, "spec": spec}
+    status, answer = await gw.call("PUT", "/sandboxes/sb/previews/web", json=body)
+    assert status == 200 and answer["spec"]["url"].startswith("http://www.acme.test")
+    assert await store.get_route("app.acme.test") is None
+    assert await store.get_custom_host("app.acme.test") is None
+    assert (await store.get_route("www.acme.test")) is not None
+    # Without customDomain, it keeps only its random hostname.
+    body["spec"].pop("customDomain")
+    status, answer = await gw.call("PUT", "/sandboxes/sb/previews/web", json=body)
+    assert status == 200 and "acme.test" not in answer["spec"]["url"]
+    assert await store.get_route("www.acme.test") is None
+    assert await store.get_custom_host("www.acme.test") is None
