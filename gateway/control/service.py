@@ -145,9 +145,7 @@ class ControlService:
         def replace(current: Preview) -> Preview:
             return self._preview_from(body, sandbox, existing=current, domain=domain)
 
-        updated = await self._update_preview(sandbox.workspace, sandbox.name, name, replace, force)
-        await resync(self._store, sandbox.workspace)
-        return updated
+        return await self._update_preview(sandbox.workspace, sandbox.name, name, replace, force)
 
     async def delete_preview(self, sandbox: Sandbox, name: str) -> Preview:
         deleted = await self._store.delete_preview(sandbox.workspace, sandbox.name, name)
@@ -224,6 +222,9 @@ class ControlService:
                 updated, create=False, force=force, expect_revision=current.revision
             )
             if result is PutResult.OK:
+                # A custom hostname's route carries the same tokens, port and headers: a
+                # revocation must reach it as it reaches the preview's own hostname.
+                await resync(self._store, workspace)
                 return updated
             if result is PutResult.CHANGED:
                 continue

@@ -386,3 +386,20 @@ async def test_custom_routes_follow_preview_and_sandbox_changes(
     assert status == 200 and "acme.test" not in answer["spec"]["url"]
     assert await store.get_route("www.acme.test") is None
     assert await store.get_custom_host("www.acme.test") is None
+
+
+async def test_a_revoked_token_stops_working_on_the_custom_host_too(
+    gw: Gateway, dns: DnsServer, upstream: int
+) -> None:
+    await verified(gw, dns)
+    await gw.sandbox()
+    await gw.preview(upstream, public=False, customDomain="app.acme.test")
+    assert (await edge_get(gw, "app.acme.test"))[0] == 401
+    token = await gw.mint()
+    header = {"X-Blaxel-Preview-Token": token["spec"]["token"]}
+    for host in ("app.acme.test", await random_hostname(gw, "web")):
+        assert (await edge_get(gw, host, header))[0] == 200, host
+    name = token["metadata"]["name"]
+    assert (await gw.call("DELETE", f"/sandboxes/sb/previews/web/tokens/{name}"))[0] == 200
+    for host in ("app.acme.test", await random_hostname(gw, "web")):
+        assert (await edge_get(gw, host, header))[0] == 401, host
