@@ -101,6 +101,7 @@ class MemoryStore:
             force=force,
             expect_revision=expect_revision,
             custom_holder=self._custom.get(preview.custom_domain or ""),
+            domain=self._domains.get(preview.domain or ""),
         )
         if isinstance(write, PutResult):
             return write
@@ -114,6 +115,8 @@ class MemoryStore:
         if write.custom is not None and preview.custom_domain:
             self._custom[preview.custom_domain] = write.custom
             self._domain_hosts.setdefault(write.custom.domain, set()).add(preview.custom_domain)
+        if write.custom_route is not None:
+            self._routes[write.custom_route.hostname] = write.custom_route
         self._previews[key] = write.stored
         self._routes[preview.hostname] = write.route
         self._publish(write.touched)

@@ -20,7 +20,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from gateway.core.records import CustomHost, Preview, Route, Sandbox
+from gateway.core.records import CustomHost, Domain, Preview, Route, Sandbox
 from gateway.store.base import FLUSH_ALL, PutResult
 from gateway.store.redis_base import load, text
 from gateway.store.redis_domains import RedisDomainTable
@@ -154,9 +154,10 @@ class RedisStore(RedisDomainTable):
         sb_key, pv_key = self._keys.sandbox(ws, sb), self._keys.preview(ws, sb, name)
         route_key = self._keys.route(preview.hostname)
         custom_key = self._keys.custom_host(preview.custom_domain or "")
+        domain_key = self._keys.domain(preview.domain or "")
 
         async def attempt(pipe: aioredis.client.Pipeline) -> PutResult:
-            await pipe.watch(sb_key, pv_key, route_key, custom_key)
+            await pipe.watch(sb_key, pv_key, route_key, custom_key, domain_key)
             old = load(Preview, await pipe.get(pv_key))
             custom = load(CustomHost, await pipe.get(custom_key)) if preview.custom_domain else None
             write = plan_preview_put(
@@ -168,6 +169,7 @@ class RedisStore(RedisDomainTable):
                 force=force,
                 expect_revision=expect_revision,
                 custom_holder=custom,
+                domain=load(Domain, await pipe.get(domain_key)) if preview.domain else None,
             )
             if isinstance(write, PutResult):
                 return write
@@ -186,6 +188,8 @@ class RedisStore(RedisDomainTable):
             pipe.set(pv_key, write.stored.model_dump_json())
             pipe.sadd(self._keys.previews(ws, sb), name)
             pipe.set(route_key, write.route.model_dump_json())
+            if write.custom_route is not None:
+                pipe.set(self._keys.route(write.custom_host), write.custom_route.model_dump_json())
             self._track_expiry(pipe, pv_key, preview.expires_at)
             self._publish(pipe, write.touched)
             await pipe.execute()

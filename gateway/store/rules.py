@@ -29,6 +29,9 @@ class PreviewWrite:
     """The custom hostname's entry to write (``Preview.custom_domain``)."""
     old_custom: str | None = None
     """The custom hostname this preview leaves: its entry and its route go."""
+    custom_route: Route | None = None
+    """The route at the custom hostname, when its domain is served: written with the preview's
+    own, so a token revoked on one hostname is revoked on both in the same transaction."""
 
     @property
     def custom_host(self) -> str:
@@ -37,8 +40,9 @@ class PreviewWrite:
     @property
     def touched(self) -> list[str]:
         """Hostnames whose cached routes must be invalidated."""
+        routed = [self.custom_route.hostname] if self.custom_route else []
         left = [h for h in (self.old_hostname, self.old_custom) if h]
-        return [self.stored.hostname, *left]
+        return [self.stored.hostname, *routed, *left]
 
 
 def plan_preview_put(
@@ -51,10 +55,12 @@ def plan_preview_put(
     force: bool,
     expect_revision: int | None,
     custom_holder: CustomHost | None = None,
+    domain: Domain | None = None,
 ) -> PutResult | PreviewWrite:
     """``old`` is the stored preview of that name, ``holder`` the route now at its hostname,
-    ``custom_holder`` the entry at its custom hostname. Another preview's custom hostname is
-    ``HOST_TAKEN`` even with ``force``: the service deletes that preview and tries again."""
+    ``custom_holder`` the entry at its custom hostname and ``domain`` the domain it is attached
+    to. Another preview's custom hostname is ``HOST_TAKEN`` even with ``force``: the service
+    deletes that preview and tries again."""
     if sandbox is None:
         return PutResult.NO_SANDBOX
     if create and old is not None:
@@ -80,14 +86,27 @@ def plan_preview_put(
             sandbox=preview.sandbox,
             preview=preview.name,
         )
+    route = Route.build(sandbox, stored)
     return PreviewWrite(
         stored=stored,
-        route=Route.build(sandbox, stored),
+        route=route,
+        custom_route=_custom_route(route, preview.custom_domain, custom, domain),
         evict=evict,
         old_hostname=old.hostname if moved and old is not None else None,
         custom=custom,
         old_custom=old_custom if old_custom != preview.custom_domain else None,
     )
+
+
+def _custom_route(
+    route: Route, host: str | None, custom: CustomHost | None, domain: Domain | None
+) -> Route | None:
+    """The route at the custom hostname, if its domain is this workspace's and served."""
+    if host is None or custom is None or domain is None or not domain.served:
+        return None
+    if (domain.name, domain.workspace) != (custom.domain, custom.workspace):
+        return None
+    return route.model_copy(update={"hostname": host})
 
 
 def _key(entry: CustomHost) -> PreviewKey:

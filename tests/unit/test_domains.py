@@ -252,3 +252,31 @@ def test_moving_a_preview_off_its_custom_hostname_releases_it() -> None:
     same = plan_preview_put(preview(), sandbox=SANDBOX, old=old, holder=None, create=False,
                             force=False, expect_revision=None)  # fmt: skip
     assert isinstance(same, PreviewWrite) and same.old_custom is None
+
+
+@pytest.mark.parametrize(
+    ("attached_to", "routed"),
+    [
+        (domain(status="verified"), True),
+        (domain(status="pending"), False),
+        (domain(status="failed"), False),
+        (domain(status="verified", workspace="other"), False),
+        (domain(status="verified", name="b.acme.dev"), False),  # not the entry's domain
+        (None, False),
+    ],
+)
+def test_a_preview_write_routes_its_custom_hostname_only_on_a_served_domain(
+    attached_to: Domain | None, routed: bool
+) -> None:
+    write = plan_preview_put(
+        preview(), sandbox=SANDBOX, old=None, holder=None, create=True, force=False,
+        expect_revision=None, domain=attached_to,
+    )  # fmt: skip
+    assert isinstance(write, PreviewWrite)
+    if routed:
+        assert write.custom_route is not None
+        assert write.custom_route.hostname == "app.acme.dev"
+        assert write.custom_route.preview_uid == write.route.preview_uid
+        assert "app.acme.dev" in write.touched
+    else:
+        assert write.custom_route is None and "app.acme.dev" not in write.touched
