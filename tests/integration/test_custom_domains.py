@@ -283,35 +283,65 @@ async def test_fallback_takes_unknown_names_and_client_copies_are_stripped(
     assert (await edge_get(gw, "app.acme.test"))[0] == 404
 
 
-async def test_grace_then_refusal_after_the_record_vanishes(
-    request: pytest.FixtureRequest, dns: DnsServer, upstream: int
+async def spec_of(gw: Gateway) -> dict[str, Any]:
+    status, body = await gw.call("GET", "/customdomains/acme.test")
+    assert status == 200, body
+    return body["spec"]  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("store", STORES)
+async def test_a_vanished_record_is_forgiven_within_the_grace_period(
+    request: pytest.FixtureRequest, dns: DnsServer, upstream: int, store: str
 ) -> None:
-    settings = domain_settings(dns, domain_recheck_interval_s=0.1, domain_grace_s=1.0)
-    async with api_gateway("memory", request, **settings) as gw:
+    # Re-checks every 0.1 s, a grace far longer than the test: the domain must stay served.
+    settings = domain_settings(dns, domain_recheck_interval_s=0.1, domain_grace_s=600)
+    async with api_gateway(store, request, **settings) as gw:
+        body = await verified(gw, dns)
+        await gw.sandbox()
+        await gw.preview(upstream, customDomain="app.acme.test")
+        saved = dict(dns.txt)
+        dns.txt.clear()
+
+        async def noticed() -> bool:
+            return "No TXT record" in (await spec_of(gw)).get("verificationError", "")
+
+        await eventually(noticed)
+        assert (await spec_of(gw))["status"] == "verified"
+        assert (await edge_get(gw, "app.acme.test"))[0] == 200
+        dns.txt.update(saved)  # back in time: the error clears, nothing else changes
+
+        async def forgiven() -> bool:
+            return "verificationError" not in await spec_of(gw)
+
+        await eventually(forgiven)
+        assert (await spec_of(gw))["txtRecords"] == body["spec"]["txtRecords"]
+        assert (await edge_get(gw, "app.acme.test"))[0] == 200
+
+
+@pytest.mark.parametrize("store", STORES)
+async def test_after_the_grace_period_the_domain_fails_and_is_refused(
+    request: pytest.FixtureRequest, dns: DnsServer, upstream: int, store: str
+) -> None:
+    settings = domain_settings(dns, domain_recheck_interval_s=0.1, domain_grace_s=0.3)
+    async with api_gateway(store, request, **settings) as gw:
         await verified(gw, dns)
         await gw.sandbox()
         await gw.preview(upstream, customDomain="app.acme.test")
         assert (await edge_get(gw, "app.acme.test"))[0] == 200
+        saved = dict(dns.txt)
         dns.txt.clear()
 
-        async def spec() -> dict[str, Any]:
-            return (await gw.call("GET", "/customdomains/acme.test"))[1]["spec"]  # type: ignore[no-any-return]
-
-        async def noticed() -> bool:
-            return "verificationError" in await spec()
-
-        await eventually(noticed)
-        # Within the grace period: still verified, still served.
-        current = await spec()
-        if current["status"] == "verified":
-            assert (await edge_get(gw, "app.acme.test"))[0] == 200
-
         async def refused() -> bool:
-            return (await spec())["status"] == "failed"
+            return (await spec_of(gw))["status"] == "failed"
 
         await eventually(refused)
-        assert "No TXT record" in (await spec())["verificationError"]
+        assert "No TXT record" in (await spec_of(gw))["verificationError"]
         assert (await edge_get(gw, "app.acme.test"))[0] == 404
+        # The random hostname never stopped; a new verification serves the custom one again.
+        assert (await edge_get(gw, await random_hostname(gw, "web")))[0] == 200
+        dns.txt.update(saved)
+        assert (await gw.call("POST", "/customdomains/acme.test/verify"))[0] == 200
+        assert (await edge_get(gw, "app.acme.test"))[0] == 200
 
 
 # ── two replicas on one Redis ───────────────────────────────────────────────────────────────
