@@ -79,7 +79,14 @@ def plan_preview_put(
     moved = old is not None and old.hostname != preview.hostname
     old_custom = old.custom_domain if old is not None else None
     custom = None
-    if preview.custom_domain and preview.domain:
+    # Attached only to a domain that is (still) the workspace's: a preview written after its
+    # domain was deleted keeps the name in its spec but holds nothing, so it can never block
+    # the workspace that registers the domain next.
+    owned = domain is not None and (domain.name, domain.workspace) == (
+        preview.domain,
+        preview.workspace,
+    )
+    if preview.custom_domain and owned:
         custom = CustomHost(
             domain=preview.domain,
             workspace=preview.workspace,
@@ -101,10 +108,8 @@ def plan_preview_put(
 def _custom_route(
     route: Route, host: str | None, custom: CustomHost | None, domain: Domain | None
 ) -> Route | None:
-    """The route at the custom hostname, if its domain is this workspace's and served."""
+    """The route at the custom hostname, if it is attached (``custom``) and its domain served."""
     if host is None or custom is None or domain is None or not domain.served:
-        return None
-    if (domain.name, domain.workspace) != (custom.domain, custom.workspace):
         return None
     return route.model_copy(update={"hostname": host})
 

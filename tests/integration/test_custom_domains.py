@@ -433,3 +433,24 @@ async def test_a_revoked_token_stops_working_on_the_custom_host_too(
     assert (await gw.call("DELETE", f"/sandboxes/sb/previews/web/tokens/{name}"))[0] == 200
     for host in ("app.acme.test", await random_hostname(gw, "web")):
         assert (await edge_get(gw, host, header))[0] == 401, host
+
+
+async def test_a_deleted_domains_previews_never_block_its_next_owner(
+    gw: Gateway, dns: DnsServer, upstream: int
+) -> None:
+    await register(gw)
+    await gw.sandbox()
+    await gw.preview(upstream, public=False, customDomain="app.acme.test")
+    assert (await gw.call("DELETE", "/customdomains/acme.test"))[0] == 200
+    await gw.mint()  # rewrites the preview, which still names app.acme.test in its spec
+    body = {"metadata": {"name": "acme.test"}}
+    assert (await gw.call("POST", "/customdomains", key=OTHER_KEY, json=body))[0] == 200
+    sandbox = {"metadata": {"name": "sb"}, "spec": {"target": {"host": "127.0.0.1"}}}
+    assert (await gw.call("POST", "/sandboxes", key=OTHER_KEY, json=sandbox))[0] == 200
+    preview = {"metadata": {"name": "web"},
+               "spec": {"port": upstream, "customDomain": "app.acme.test"}}  # fmt: skip
+    status, answer = await gw.call("POST", "/sandboxes/sb/previews", key=OTHER_KEY, json=preview)
+    assert status == 200, answer
+    assert gw.running is not None
+    holder = await gw.running.store.get_custom_host("app.acme.test")
+    assert holder is not None and holder.workspace == "other"

@@ -233,7 +233,7 @@ def test_a_custom_hostname_has_one_holder(
 ) -> None:
     write = plan_preview_put(
         preview(), sandbox=SANDBOX, old=None, holder=None, create=True, force=force,
-        expect_revision=None, custom_holder=holder,
+        expect_revision=None, custom_holder=holder, domain=domain(),
     )  # fmt: skip
     if result == "ok":
         assert isinstance(write, PreviewWrite) and write.custom == entry()
@@ -268,6 +268,7 @@ def test_moving_a_preview_off_its_custom_hostname_releases_it() -> None:
 def test_a_preview_write_routes_its_custom_hostname_only_on_a_served_domain(
     attached_to: Domain | None, routed: bool
 ) -> None:
+    """And holds it only while the domain is still the workspace's (deleted: nothing)."""
     write = plan_preview_put(
         preview(), sandbox=SANDBOX, old=None, holder=None, create=True, force=False,
         expect_revision=None, domain=attached_to,
@@ -280,3 +281,8 @@ def test_a_preview_write_routes_its_custom_hostname_only_on_a_served_domain(
         assert "app.acme.dev" in write.touched
     else:
         assert write.custom_route is None and "app.acme.dev" not in write.touched
+    owned = attached_to is not None and (attached_to.name, attached_to.workspace) == (
+        "acme.dev",
+        "ws",
+    )
+    assert (write.custom is not None) is owned
