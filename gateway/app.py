@@ -21,7 +21,7 @@ import aiohttp
 from aiohttp import web
 
 from gateway.control.api_keys import KeyRing
-from gateway.control.domains import DomainService
+from gateway.control.domains import DomainConfig, DomainService
 from gateway.control.handlers import ApiConfig, ControlApi
 from gateway.control.service import ControlService, ServiceConfig
 from gateway.core.admission import AdmissionConfig
@@ -36,7 +36,6 @@ from gateway.edge.ws_hub import WebSocketHub, WsLimits
 from gateway.edge.ws_readmit import Readmission
 from gateway.edge.ws_relay import WsRelay
 from gateway.ops import log
-from gateway.ops.dns_check import TxtResolver
 from gateway.ops.metrics import CONTENT_TYPE, Metrics, StatsCollector
 from gateway.ops.settings import Settings
 from gateway.ops.sweeper import Sweeper
@@ -64,7 +63,6 @@ class Running:
     service: ControlService
     """The control API's rules, for in-process callers (the demo)."""
     domains: DomainService
-    recheck_interval_s: float
     draining: bool = False
 
 
@@ -201,6 +199,7 @@ def api_config(settings: Settings, allowed: list[IPNetwork]) -> ApiConfig:
         ),
         public_scheme=settings.public_scheme,
         public_port=settings.effective_public_port,
+        domains=DomainConfig.from_settings(settings),
     )
 
 
@@ -303,16 +302,7 @@ async def serve(
             settings, config, lookup, allowed, metrics.observe, hub, limits
         )
     readiness = Readiness(store, settings)
-    resolver = TxtResolver(settings.dns_nameservers, settings.dns_timeout_s)
-    api = ControlApi(
-        api_config(settings, allowed),
-        store,
-        keys,
-        readiness,
-        signer,
-        resolver,
-        domain_grace_s=settings.domain_grace_s,
-    )
+    api = ControlApi(api_config(settings, allowed), store, keys, readiness, signer)
     api_app = api.app()
     api_app.router.add_get("/metrics", metrics_endpoint(metrics))
     api_runner = web.AppRunner(api_app, access_log=None, shutdown_timeout=2.0)
@@ -343,7 +333,6 @@ async def serve(
             keys=keys,
             service=api.service,
             domains=api.domains,
-            recheck_interval_s=settings.domain_recheck_interval_s,
         )
         readiness.running = running
         await _run_until_stopped(running, stop, stop_accepting, on_ready)
@@ -377,9 +366,7 @@ async def _run_until_stopped(
             tasks.create_task(running.lookup.follow_invalidations(), name="invalidations"),
             tasks.create_task(running.hub.run(), name="websocket re-admission"),
             tasks.create_task(running.sweeper.run(), name="sweeper"),
-            tasks.create_task(
-                running.domains.run_rechecks(running.recheck_interval_s), name="domain re-checks"
-            ),
+            tasks.create_task(running.domains.run_rechecks(), name="domain re-checks"),
         ]
         if on_ready is not None:
             on_ready(running)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
 
@@ -23,6 +24,7 @@ from gateway.core import domains
 from gateway.core.domains import Lookup
 from gateway.core.errors import BadRequest, Conflict, NotFound, RoutingUnavailable
 from gateway.core.records import Domain, utcnow
+from gateway.ops.settings import Settings
 from gateway.store.base import PutResult, Registry
 
 log = logging.getLogger("gateway.domains")
@@ -31,6 +33,23 @@ CAS_ATTEMPTS = 8
 
 class Resolver(Protocol):
     async def lookup(self, name: str) -> Lookup: ...
+
+
+@dataclass(frozen=True)
+class DomainConfig:
+    nameservers: list[str] = field(default_factory=list)
+    dns_timeout_s: float = 3.0
+    grace_s: float = 3600.0
+    recheck_interval_s: float = 300.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DomainConfig:
+        return cls(
+            nameservers=settings.dns_nameservers,
+            dns_timeout_s=settings.dns_timeout_s,
+            grace_s=settings.domain_grace_s,
+            recheck_interval_s=settings.domain_recheck_interval_s,
+        )
 
 
 async def attach(store: Registry, workspace: str, host: str) -> str:
@@ -56,14 +75,15 @@ class DomainService:
         *,
         preview_domain: str,
         region: str,
-        grace_s: float,
+        config: DomainConfig,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self._store = store
         self._resolver = resolver
         self._preview_domain = preview_domain
         self._region = region
-        self._grace = timedelta(seconds=grace_s)
+        self._grace = timedelta(seconds=config.grace_s)
+        self._interval_s = config.recheck_interval_s
         self._now = clock
 
     async def list(self, workspace: str) -> list[Domain]:
@@ -143,10 +163,10 @@ class DomainService:
                 log.warning("custom domain %s failed re-verification", domain.name)
         return changed
 
-    async def run_rechecks(self, interval_s: float) -> None:
-        """``recheck_all`` every ``interval_s`` until cancelled (in the app's task group)."""
+    async def run_rechecks(self) -> None:
+        """``recheck_all`` every re-check interval until cancelled (in the app's task group)."""
         while True:
-            await asyncio.sleep(interval_s)
+            await asyncio.sleep(self._interval_s)
             try:
                 await self.recheck_all()
             except RoutingUnavailable:

@@ -16,7 +16,7 @@ import json
 import logging
 import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -26,7 +26,7 @@ from pydantic import BaseModel, ValidationError
 from gateway.control import openapi
 from gateway.control.api_keys import KeyRing
 from gateway.control.domain_models import DomainIn, domain_out
-from gateway.control.domains import DomainService, Resolver
+from gateway.control.domains import DomainConfig, DomainService, Resolver
 from gateway.control.models import (
     Out,
     PreviewIn,
@@ -82,6 +82,7 @@ class ApiConfig:
     public_scheme: str
     public_port: int
     max_body_bytes: int = 1024 * 1024
+    domains: DomainConfig = field(default_factory=DomainConfig)
 
 
 WORKSPACE = web.RequestKey("workspace", str)
@@ -98,18 +99,17 @@ class ControlApi:
         ready: Callable[[], Awaitable[bool]],
         signer: TokenSigner,
         resolver: Resolver | None = None,
-        domain_grace_s: float = 3600.0,
     ) -> None:
         self._config = config
         self._signer = signer
         self.service = ControlService(config.rules, store)
-        rules = config.rules
+        rules, domains = config.rules, config.domains
         self.domains = DomainService(
             store,
-            resolver or TxtResolver([], timeout_s=3.0),
+            resolver or TxtResolver(domains.nameservers, domains.dns_timeout_s),
             preview_domain=rules.preview_domain,
             region=rules.region,
-            grace_s=domain_grace_s,
+            config=domains,
         )
         """The domain rules; the handlers below only translate HTTP to and from it."""
         self._keys = keys
