@@ -136,8 +136,11 @@ class ClientConnection(asyncio.Protocol):
         self._pump()
 
     def eof_received(self) -> bool | None:
-        # Half-closed after sending its request: the response may still go out.
+        # Half-closed after sending its request: the response still goes out, then the close.
+        self._eof = True
         return self._busy
+
+    _eof = False
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._closing = True
@@ -194,7 +197,7 @@ class ClientConnection(asyncio.Protocol):
             else:
                 self._relay = _Discard(self._body_left, self._body_chunked)  # type: ignore[assignment]
         self._upstream_paused = False
-        if not self.keep_alive or self._server.draining:
+        if not self.keep_alive or self._server.draining or self._eof:
             self._close()
             return
         self._idle_since = self._loop.time()

@@ -14,10 +14,11 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+import uvloop
 
 from tests.helpers.gateway import Gateway, run_gateway
 from tests.helpers.polling import eventually
-from tests.helpers.probes import Probe
+from tests.helpers.probes import Probe, probe_upstream
 from tests.helpers.raw_http import (
     connect,
     exchange,
@@ -177,6 +178,17 @@ async def test_http_10_closes_unless_it_asks_for_keep_alive(pgw: Gateway, psite:
             assert response.status == 200 and response.header("Connection") == "keep-alive"
 
 
+async def test_a_half_closed_client_gets_its_answer_then_the_close(
+    pgw: Gateway, psite: str
+) -> None:
+    async with connect(pgw.edge_port) as (reader, writer):
+        writer.write(request_bytes(psite, "/last", close=False))
+        writer.write_eof()
+        response = await read_response(reader)
+        assert response.status == 200 and b'"raw_path": "/last"' in response.body
+        assert await read_until_closed(reader) == b""
+
+
 async def test_a_body_the_answer_did_not_need_is_skipped_on_a_kept_alive_connection(
     pgw: Gateway, psite: str
 ) -> None:
@@ -272,6 +284,30 @@ async def test_the_upstream_head_carries_the_forwarding_headers(pgw: Gateway) ->
     assert "X-Request-Id: " in head and "Connection: close" not in head
 
 
+async def _answer_once_then_go_stale(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    """Answer one request keep-alive; the next on this connection is read and not answered,
+    as when the app closed a pooled connection just as the gateway reused it."""
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    await writer.drain()
+    await reader.readuntil(b"\r\n\r\n")
+
+
+@pytest.mark.parametrize(("method", "status"), [("GET", 200), ("POST", 502)])
+async def test_a_stale_pooled_connection_is_retried_once_for_idempotent_requests(
+    pgw: Gateway, method: str, status: int
+) -> None:
+    async with raw_upstream(_answer_once_then_go_stale) as (port, heads):
+        host = await pgw.public_preview(port)
+        assert (await exchange(pgw.edge_port, request_bytes(host))).status == 200
+        again = request_bytes(host, method=method, headers=[("Content-Length", "0")])
+        response = await exchange(pgw.edge_port, again)
+        assert response.status == status
+    # Each connection's first head: the retry is the only reason for a second connection.
+    assert len(heads) == (2 if status == 200 else 1)
+
+
 # ── drain ───────────────────────────────────────────────────────────────────────────────────
 async def test_drain_closes_idle_connections_and_finishes_busy_ones(probe: Probe) -> None:
     running = run_gateway(edge_impl="protocol")
@@ -297,3 +333,27 @@ async def test_drain_closes_idle_connections_and_finishes_busy_ones(probe: Probe
     finally:
         if stopping is None:
             await running.__aexit__(None, None, None)
+
+
+# ── on uvloop, the loop the gateway runs on (its transports are not asyncio's classes) ──────
+async def _on_uvloop() -> None:
+    async with probe_upstream() as probe, run_gateway(edge_impl="protocol") as gw:
+        host = await gw.public_preview(probe.port)
+        upload = request_bytes(
+            host, "/up", method="POST", headers=[("Transfer-Encoding", "chunked")], close=False
+        )
+        async with connect(gw.edge_port) as (reader, writer):
+            writer.write(upload + b"5\r\nhello\r\n0\r\n\r\n" + request_bytes(host, "/next"))
+            await writer.drain()
+            first = await read_response(reader)
+            assert first.status == 200 and b'"body_bytes": 5' in first.body
+            assert (await read_response(reader)).status == 200
+        assert (
+            await exchange(gw.edge_port, request_bytes(host, headers=[("X", "a" * 9000)]))
+        ).status == 431
+        assert probe.paths == ["/up", "/next"]
+
+
+def test_the_protocol_edge_on_uvloop() -> None:
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(_on_uvloop())
