@@ -19,7 +19,7 @@ async def test_operator_registers_verifies_and_serves_a_domain(
     gateway_process: SpawnGateway, upstream: int, store: str, request: pytest.FixtureRequest
 ) -> None:
     async with dns_server() as dns:
-        env = {"GATEWAY_DNS_NAMESERVERS": dns.address, "GATEWAY_EDGE_IMPL": "protocol"}
+        env = {"GATEWAY_DNS_NAMESERVERS": dns.address}
         if store == "redis":
             redis: Any = request.getfixturevalue("redis_server")
             env |= {"GATEWAY_REDIS_URL": redis.url, "GATEWAY_REDIS_PREFIX": secrets.token_hex(4)}

@@ -31,7 +31,6 @@ def domain_settings(dns: DnsServer, **overrides: Any) -> dict[str, Any]:
     return {
         "dns_nameservers": dns.address,
         "dns_timeout_s": 0.3,
-        "edge_impl": "protocol",
         **overrides,
     }
 
@@ -227,18 +226,18 @@ async def test_a_custom_host_is_taken_once_unless_forced(gw: Gateway, upstream: 
     assert holder is not None and holder.preview == "two"
 
 
-@pytest.fixture(params=["protocol", "aiohttp"])
-async def any_edge(request: pytest.FixtureRequest, dns: DnsServer) -> AsyncIterator[Gateway]:
-    """The embedded store behind either edge: both read routes through ``RouteLookup.find``."""
-    settings = domain_settings(dns, edge_impl=request.param)
+@pytest.fixture
+async def memory_gateway(request: pytest.FixtureRequest, dns: DnsServer) -> AsyncIterator[Gateway]:
+    """The embedded store: the edge reads routes through ``RouteLookup.find``."""
+    settings = domain_settings(dns)
     async with api_gateway("memory", request, **settings) as gateway:
         yield gateway
 
 
-async def test_both_edges_route_custom_hosts_and_fallbacks(
-    any_edge: Gateway, dns: DnsServer, upstream: int
+async def test_the_edge_routes_custom_hosts_and_fallbacks(
+    memory_gateway: Gateway, dns: DnsServer, upstream: int
 ) -> None:
-    gw = any_edge
+    gw = memory_gateway
     await verified(gw, dns)
     await gw.sandbox()
     await gw.preview(upstream, name="fb")
