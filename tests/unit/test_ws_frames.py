@@ -15,13 +15,15 @@ from gateway.core.ws_frames import (
     FAILED,
     FORWARD,
     NEED_MORE,
+    FrameScanner,
+)
+from gateway.core.ws_wire import (
     OP_BINARY,
     OP_CLOSE,
     OP_CONT,
     OP_PING,
     OP_PONG,
     OP_TEXT,
-    FrameScanner,
     build_frame,
     close_frame,
     ping_frame,
@@ -233,6 +235,12 @@ def test_mask_keys_are_random() -> None:
 
 def test_unmask_is_its_own_inverse() -> None:
     assert unmask(unmask(b"hello world", KEY), KEY) == b"hello world"
+
+
+@given(st.binary(max_size=5000), st.binary(min_size=4, max_size=4))
+def test_unmask_xors_each_byte_with_the_key(payload: bytes, key: bytes) -> None:
+    """The big-integer path (16 bytes and more) agrees with the byte-by-byte definition."""
+    assert unmask(payload, key) == bytes(b ^ key[i % 4] for i, b in enumerate(payload))
 
 
 # ── property: the stream is passed on unchanged, however it is split ────────────────────────
