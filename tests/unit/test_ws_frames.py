@@ -278,3 +278,25 @@ def test_any_stream_split_anywhere_passes_unchanged(
     assert run.controls == controls
     assert run.messages == messages
     assert run.s.at_boundary
+
+
+@given(
+    st.booleans(),
+    st.binary(max_size=400) | streams().map(lambda case: case[1] + b"\x00" * 3),
+    st.lists(st.integers(0, 400), max_size=8),
+)
+def test_any_bytes_split_anywhere_get_the_same_verdict(
+    masked: bool, data: bytes, splits: list[int]
+) -> None:
+    """Hostile bytes (not just valid frames): the scanner never raises, passes on only a prefix
+    of what came in, and how the bytes were split changes neither what passed nor the verdict."""
+    whole = Run(FrameScanner(masked=masked, max_message_bytes=256))
+    whole.feed(data)
+    pieces = Run(FrameScanner(masked=masked, max_message_bytes=256))
+    bounds = [0, *sorted(min(s, len(data)) for s in splits), len(data)]
+    for a, b in itertools.pairwise(bounds):
+        pieces.feed(data[a:b])
+    assert data.startswith(bytes(whole.out))
+    assert bytes(pieces.out) == bytes(whole.out)
+    assert pieces.failure == whole.failure
+    assert pieces.controls == whole.controls
