@@ -22,6 +22,7 @@ from gateway.core.ws_close import (
     MESSAGE_TOO_BIG,
     NO_STATUS,
     PROTOCOL_ERROR,
+    valid_received_code,
     wire_reason,
 )
 
@@ -267,6 +268,9 @@ class FrameScanner:
             return CONTROL, end
         if len(control.payload) == 1:
             self.failure = (PROTOCOL_ERROR, "protocol error")
+            return FAILED, off
+        if len(control.payload) >= 2 and not valid_received_code(control.close_code):
+            self.failure = (PROTOCOL_ERROR, "invalid close code")
             return FAILED, off
         try:
             control.payload[2:].decode("utf-8")

@@ -137,7 +137,17 @@ VIOLATIONS = {
     "rsv2": (frame(OP_TEXT, b"x", rsv=0x20), True, 1002),
     "close with one byte": (frame(OP_CLOSE, b"\x03"), True, 1002),
     "close reason not utf-8": (frame(OP_CLOSE, b"\x03\xe8\xff"), True, 1007),
+    **{
+        f"close code {code}": (frame(OP_CLOSE, struct.pack("!H", code)), True, 1002)
+        for code in (0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535)
+    },
 }
+
+
+@pytest.mark.parametrize("code", [1000, 1001, 1002, 1003, 1007, 1011, 1014, 3000, 4404, 4999])
+def test_close_frames_with_a_valid_code_pass(code: int) -> None:
+    run = scan_all(frame(OP_CLOSE, struct.pack("!H", code) + b"bye"))
+    assert run.failure is None and run.controls == [(OP_CLOSE, struct.pack("!H", code) + b"bye")]
 
 
 @pytest.mark.parametrize("name", VIOLATIONS)
