@@ -23,7 +23,12 @@ from __future__ import annotations
 import codecs
 import struct
 
-from gateway.core.ws_close import MESSAGE_TOO_BIG, NO_STATUS, PROTOCOL_ERROR
+from gateway.core.ws_close import (
+    MESSAGE_TOO_BIG,
+    NO_STATUS,
+    PROTOCOL_ERROR,
+    valid_received_code,
+)
 from gateway.core.ws_wire import OP_BINARY, OP_CLOSE, OP_CONT, OP_PONG, OP_TEXT, unmask
 
 INVALID_PAYLOAD = 1007
@@ -358,6 +363,9 @@ class FrameScanner:
             return CONTROL, end
         if len(control.payload) == 1:
             self.failure = (PROTOCOL_ERROR, "protocol error")
+            return FAILED, off
+        if len(control.payload) >= 2 and not valid_received_code(control.close_code):
+            self.failure = (PROTOCOL_ERROR, "invalid close code")
             return FAILED, off
         try:
             control.payload[2:].decode("utf-8")
