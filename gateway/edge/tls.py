@@ -90,14 +90,18 @@ class CertificateStore:
 
     def reload(self) -> bool:
         """Re-read every certificate; on success swap them in and return True. A certificate
-        that fails to load is skipped (logged); without a default, the old table stays."""
+        that fails to load keeps its previous version, or is left out if it had none."""
         signature = self._files.signature()
         contexts: dict[str, ssl.SSLContext] = {}
         for name, (chain, key) in self._files.pairs().items():
             try:
                 contexts[name] = server_context(chain, key)
             except (OSError, ssl.SSLError) as exc:
+                # Half-replaced (the new key beside the old chain) or broken: the one that
+                # worked keeps serving until the files are right again.
                 log.warning("TLS certificate %s not loaded: %s", chain, exc)
+                if name in self._contexts:
+                    contexts[name] = self._contexts[name]
         if not contexts:
             log.error("no TLS certificate loaded; keeping the previous ones")
             return False
