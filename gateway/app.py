@@ -19,6 +19,7 @@ from typing import TypeVar
 
 from aiohttp import web
 
+from gateway.control import tls_ask
 from gateway.control.api_keys import KeyRing
 from gateway.control.handlers import ApiConfig, ControlApi
 from gateway.control.service import ControlService, ServiceConfig
@@ -222,9 +223,8 @@ def edge_server(settings: Settings, handler: EdgeHandler) -> EdgeServer:
 
 
 def certificate_store(settings: Settings) -> CertificateStore | None:
-    files = files_from(
-        settings.preview_domain, settings.tls_cert, settings.tls_key, settings.tls_cert_dir
-    )
+    paths = (settings.tls_cert, settings.tls_key, settings.tls_cert_dir)
+    files = files_from(settings.preview_domain, *paths)
     return CertificateStore(files, settings.tls_reload_interval_s) if files else None
 
 
@@ -320,10 +320,9 @@ async def serve(
     api = ControlApi(api_config(settings, allowed), store, keys, readiness, signer)
     api_app = api.app()
     api_app.router.add_get("/metrics", metrics_endpoint(metrics))
+    api_app.router.add_get(tls_ask.ASK_PATH, tls_ask.ask_endpoint(lookup.find))
     api_runner = web.AppRunner(api_app, access_log=None, shutdown_timeout=2.0)
     certs = certificate_store(settings)
-    if certs is not None:
-        certs.load()  # CertificateError: no start without a usable certificate
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(store.close)
         # Cleanups run last-in first-out: the edge drains its in-flight requests first, while

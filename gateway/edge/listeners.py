@@ -31,6 +31,7 @@ async def start_listeners(
     then only redirects to https (and passes ACME challenges on)."""
     if certs is None:
         return await edge.start(ports.bind, ports.edge_port), None
+    certs.load()  # CertificateError: no start without a usable certificate
     tls_port = await edge.start(ports.bind, ports.tls_port, tls=certs.listening)
     acme = acme_handler(ports, edge.edge)
     if acme is not None:
