@@ -31,6 +31,7 @@ from typing import Any
 
 import pytest
 
+from tests.browser.private_app import PrivateApp
 from tests.helpers.ports import unused_port
 from tests.helpers.process import GatewayProcess
 
@@ -63,6 +64,17 @@ def missing_prerequisites() -> list[str]:
     if absent:
         problems.append(f"{NODE_MODULES} lacks {', '.join(absent)}")
     return problems
+
+
+@pytest.fixture
+def private_app() -> Iterator[PrivateApp]:
+    """The private-preview tests' upstream app (``private_app.py``) on 127.0.0.1."""
+    app = PrivateApp()
+    try:
+        app.start()
+        yield app
+    finally:
+        app.stop()
 
 
 @pytest.fixture(scope="session")

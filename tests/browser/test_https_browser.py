@@ -70,16 +70,6 @@ def https_driver(
         driver.stop()
 
 
-@pytest.fixture
-def private_app() -> Iterator[PrivateApp]:
-    app = PrivateApp()
-    try:
-        app.start()
-        yield app
-    finally:
-        app.stop()
-
-
 def check_https_session(result: dict[str, Any], url: str, app: PrivateApp) -> list[str]:
     problems = []
     chain = result["navigation"]["chain"]
