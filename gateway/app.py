@@ -21,6 +21,7 @@ from aiohttp import web
 
 from gateway.control import tls_ask
 from gateway.control.api_keys import KeyRing
+from gateway.control.domains import DomainConfig, DomainService
 from gateway.control.handlers import ApiConfig, ControlApi
 from gateway.control.service import ControlService, ServiceConfig
 from gateway.core.admission import AdmissionConfig
@@ -30,10 +31,10 @@ from gateway.core.planner import PlannerConfig
 from gateway.core.tokens import SigningKey, TokenSigner, generate_key, parse_keys
 from gateway.edge.config import EdgeConfig, RelayLimits
 from gateway.edge.handler import EdgeHandler
-from gateway.edge.listeners import ListenerPorts, start_listeners
+from gateway.edge.listeners import ListenerPorts, certificate_store, start_listeners
 from gateway.edge.pool import UpstreamPool
 from gateway.edge.server import EdgeServer
-from gateway.edge.tls import CertificateStore, files_from
+from gateway.edge.tls import CertificateStore
 from gateway.edge.ws_hub import WebSocketHub, WsLimits
 from gateway.edge.ws_readmit import Readmission
 from gateway.ops import log
@@ -63,6 +64,7 @@ class Running:
     keys: KeyRing
     service: ControlService
     """The control API's rules, for in-process callers (the demo)."""
+    domains: DomainService
     tls_port: int | None = None
     certs: CertificateStore | None = None
     """The edge's certificates when it serves TLS (``reload`` on SIGHUP)."""
@@ -135,6 +137,7 @@ def build_lookup(settings: Settings, store: RouteSource) -> RouteLookup:
         stale_grace_s=settings.cache_stale_grace_s,
         private_stale_grace_s=settings.private_stale_grace_s,
         max_entries=settings.cache_max_entries,
+        preview_domain=settings.preview_domain,
     )
 
 
@@ -200,6 +203,7 @@ def api_config(settings: Settings, allowed: list[IPNetwork]) -> ApiConfig:
         ),
         public_scheme=settings.effective_public_scheme,
         public_port=settings.effective_public_port,
+        domains=DomainConfig.from_settings(settings),
     )
 
 
@@ -219,23 +223,6 @@ def edge_server(settings: Settings, handler: EdgeHandler) -> EdgeServer:
         header_timeout_s=settings.header_read_timeout_s,
         keepalive_s=settings.keepalive_timeout_s,
         grace_s=settings.shutdown_grace_s,
-    )
-
-
-def certificate_store(settings: Settings) -> CertificateStore | None:
-    paths = (settings.tls_cert, settings.tls_key, settings.tls_cert_dir)
-    files = files_from(settings.preview_domain, *paths)
-    return CertificateStore(files, settings.tls_reload_interval_s) if files else None
-
-
-def listener_ports(settings: Settings) -> ListenerPorts:
-    return ListenerPorts(
-        bind=settings.bind,
-        edge_port=settings.edge_port,
-        tls_port=settings.tls_port,
-        public_port=settings.public_port,
-        acme_upstream=settings.acme_http_upstream,
-        connect_timeout_s=settings.upstream_connect_timeout_s,
     )
 
 
@@ -329,7 +316,9 @@ async def serve(
         # the API listener still answers /readyz with 503; only then does the API close.
         await _listen(stack, api_runner, settings.bind, settings.api_port)
         await stack.enter_async_context(edge)  # on exit, busy connections get their grace
-        edge_port, tls_port = await start_listeners(listener_ports(settings), edge, certs)
+        edge_port, tls_port = await start_listeners(
+            ListenerPorts.from_settings(settings), edge, certs
+        )
         if settings.public_port is None:
             api.set_public_port(tls_port or edge_port)  # an ephemeral port is only known now
         sweeper = Sweeper(store, settings.sweep_interval_s)
@@ -343,6 +332,7 @@ async def serve(
             sweeper=sweeper,
             keys=keys,
             service=api.service,
+            domains=api.domains,
             tls_port=tls_port,
             certs=certs,
         )
@@ -362,6 +352,7 @@ async def _run_until_stopped(
             tasks.create_task(running.lookup.follow_invalidations(), name="invalidations"),
             tasks.create_task(running.hub.run(), name="websocket re-admission"),
             tasks.create_task(running.sweeper.run(), name="sweeper"),
+            tasks.create_task(running.domains.run_rechecks(), name="domain re-checks"),
         ]
         if running.certs is not None:
             watch = running.certs.watch(running.certs.interval_s)

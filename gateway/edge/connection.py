@@ -1,4 +1,4 @@
-"""The protocol edge's listener: one ``asyncio.Protocol`` per client connection, heads parsed
+"""The edge's client connections: one ``asyncio.Protocol`` per client connection, heads parsed
 strictly by httptools (llhttp), bodies relayed raw by the exchange.
 
 The listener finds the end of each head itself and gives httptools only the head, so the body

@@ -9,7 +9,8 @@ from gateway.edge.handler import EdgeHandler
 from gateway.edge.pool import UpstreamPool
 from gateway.edge.redirect import AcmeResponder, HttpsRedirect
 from gateway.edge.server import EdgeServer
-from gateway.edge.tls import CertificateStore
+from gateway.edge.tls import CertificateStore, files_from
+from gateway.ops.settings import Settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +23,24 @@ class ListenerPorts:
     acme_upstream: str | None
     """``host:port`` of the ACME HTTP-01 responder."""
     connect_timeout_s: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ListenerPorts:
+        return cls(
+            bind=settings.bind,
+            edge_port=settings.edge_port,
+            tls_port=settings.tls_port,
+            public_port=settings.public_port,
+            acme_upstream=settings.acme_http_upstream,
+            connect_timeout_s=settings.upstream_connect_timeout_s,
+        )
+
+
+def certificate_store(settings: Settings) -> CertificateStore | None:
+    """The edge's certificates, not loaded yet; None when TLS is off."""
+    paths = (settings.tls_cert, settings.tls_key, settings.tls_cert_dir)
+    files = files_from(settings.preview_domain, *paths)
+    return CertificateStore(files, settings.tls_reload_interval_s) if files else None
 
 
 async def start_listeners(

@@ -24,6 +24,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 from gateway.control import openapi
 from tests.helpers.api import ERROR_KEYS
 from tests.helpers.gateway import TEST_KEY
+from tests.helpers.ports import unused_ports
 from tests.helpers.process import GatewayProcess, spawn_gateway
 from tests.helpers.redis_server import RedisServer
 
@@ -51,6 +52,9 @@ def api_process(
             "GATEWAY_REDIS_URL": redis_server.url,
             "GATEWAY_REDIS_PREFIX": f"st{secrets.token_hex(4)}:",
             "GATEWAY_ACCESS_LOG": "false",
+            # A verify must never leave loopback: a port where no DNS server listens.
+            "GATEWAY_DNS_NAMESERVERS": f"127.0.0.1:{unused_ports(1)[0]}",
+            "GATEWAY_DNS_TIMEOUT_S": "0.2",
         },
     )
     try:
@@ -78,8 +82,12 @@ schema = schemathesis.openapi.from_dict(
 
 
 def _seed(session: requests.Session, base_url: str) -> None:
-    """Keep `sb` / `web` / `tok` alive (the documented path examples), so that cases reach
-    real objects and not only 404s; a fuzzed DELETE may have removed them."""
+    """Keep `sb` / `web` / `tok` and the domain `acme.test` alive (the documented path
+    examples), so that cases reach real objects and not only 404s; a fuzzed DELETE may have
+    removed them."""
+    domains = base_url + "/v0/customdomains"
+    r = session.post(domains, json={"metadata": {"name": "acme.test"}}, headers=AUTH, timeout=10)
+    assert r.status_code in (200, 409), r.text
     api = base_url + "/v0/sandboxes"
     r = session.get(api + "/sb/previews/web/tokens", headers=AUTH, timeout=10)
     if r.status_code == 200 and any(t["metadata"]["name"] == "tok" for t in r.json()):

@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import pytest
 
-from tests.helpers.gateway import Gateway, host_of
+from tests.helpers.dns_server import DnsServer, dns_server
+from tests.helpers.gateway import Gateway, host_of, run_gateway
 
 
 async def ask(gw: Gateway, domain: str) -> int:
@@ -47,3 +50,35 @@ async def test_anything_else_is_refused(gateway: Gateway, domain: str) -> None:
 async def test_without_the_domain_parameter_it_is_refused(gateway: Gateway) -> None:
     async with gateway.session.get(f"http://127.0.0.1:{gateway.api_port}/v0/tls/ask") as r:
         assert r.status == 404
+
+
+@pytest.fixture
+async def dns() -> AsyncIterator[DnsServer]:
+    async with dns_server() as server:
+        yield server
+
+
+async def test_a_custom_domain_is_allowed_once_verified_and_until_deleted(
+    dns: DnsServer, upstream: int
+) -> None:
+    async with run_gateway(dns_nameservers=dns.address, dns_timeout_s=0.3) as gw:
+        status, domain = await gw.call(
+            "POST", "/customdomains", json={"metadata": {"name": "acme.test"}, "spec": {}}
+        )
+        assert status == 200, domain
+        await gw.sandbox()
+        await gw.preview(upstream, name="app", customDomain="app.acme.test")
+        await gw.preview(upstream, name="fb")
+        assert await ask(gw, "app.acme.test") == 404  # pending: not served, no certificate
+        txt = domain["spec"]["txtRecords"][0]
+        dns.txt[txt["name"]] = [txt["value"]]
+        status, body = await gw.call("POST", "/customdomains/acme.test/verify")
+        assert status == 200 and body["spec"]["status"] == "verified", body
+        assert await ask(gw, "app.acme.test") == 200
+        assert await ask(gw, "other.acme.test") == 404  # no preview there, no fallback yet
+        fallback = {"metadata": {"name": "acme.test"}, "spec": {"fallbackPreviewId": "sb/fb"}}
+        assert (await gw.call("PUT", "/customdomains/acme.test", json=fallback))[0] == 200
+        assert await ask(gw, "other.acme.test") == 200  # the fallback serves it
+        assert (await gw.call("DELETE", "/customdomains/acme.test"))[0] == 200
+        assert await ask(gw, "app.acme.test") == 404
+        assert await ask(gw, "other.acme.test") == 404
