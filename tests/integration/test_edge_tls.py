@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.dns_server import DnsServer, dns_server
 from tests.helpers.gateway import Gateway, run_gateway
 from tests.helpers.polling import eventually
 from tests.helpers.raw_http import exchange, read_response, request_bytes
@@ -25,7 +26,13 @@ def ca(tmp_path: Path) -> TestCA:
 
 
 @pytest.fixture
-async def tls_gateway(ca: TestCA, tmp_path: Path) -> AsyncIterator[Gateway]:
+async def dns() -> AsyncIterator[DnsServer]:
+    async with dns_server() as server:
+        yield server
+
+
+@pytest.fixture
+async def tls_gateway(ca: TestCA, tmp_path: Path, dns: DnsServer) -> AsyncIterator[Gateway]:
     cert, key = ca.issue(tmp_path / "preview", "wildcard", PREVIEW_WILDCARD)
     certs = tmp_path / "certs"
     ca.issue(certs, "app.acme.test", "app.acme.test")
@@ -36,6 +43,8 @@ async def tls_gateway(ca: TestCA, tmp_path: Path) -> AsyncIterator[Gateway]:
         tls_key=str(key),
         tls_cert_dir=str(certs),
         tls_reload_interval_s=0.1,
+        dns_nameservers=dns.address,
+        dns_timeout_s=0.3,
     ) as gw:
         yield gw
 
@@ -73,6 +82,26 @@ async def test_a_domain_gets_its_own_certificate_from_the_directory(
     names, response = await tls_get(tls_port(tls_gateway), server_name, ca.client_context())
     assert names == {expected}
     assert response.status == 404  # nothing routes there (yet): the edge's own page
+
+
+async def test_a_verified_custom_domain_is_served_with_its_own_certificate(
+    tls_gateway: Gateway, ca: TestCA, dns: DnsServer, upstream: int
+) -> None:
+    gw = tls_gateway
+    status, domain = await gw.call(
+        "POST", "/customdomains", json={"metadata": {"name": "acme.test"}, "spec": {}}
+    )
+    assert status == 200, domain
+    txt = domain["spec"]["txtRecords"][0]
+    dns.txt[txt["name"]] = [txt["value"]]
+    assert (await gw.call("POST", "/customdomains/acme.test/verify"))[0] == 200
+    await gw.sandbox()
+    preview = await gw.preview(upstream, customDomain="app.acme.test")
+    assert preview["spec"]["url"] == f"https://app.acme.test:{tls_port(gw)}/"
+    names, response = await tls_get(tls_port(gw), "app.acme.test", ca.client_context(), "/c")
+    assert names == {"app.acme.test"}
+    assert response.status == 200
+    assert echoed(response.body)["x-forwarded-proto"] == "https"
 
 
 async def test_an_unknown_name_gets_the_default_certificate_then_404(
