@@ -260,7 +260,14 @@ def parser() -> argparse.ArgumentParser:
     kinds = root.add_subparsers(
         dest="kind", required=True, metavar="{sandboxes,previews,tokens,domains}"
     )
+    _sandbox_commands(kinds)
+    _preview_commands(kinds)
+    _token_commands(kinds)
+    api_domains.add_parser(kinds)
+    return root
 
+
+def _sandbox_commands(kinds: Any) -> None:  # argparse's subparsers
     sb = kinds.add_parser("sandboxes", help="sandboxes: where the gateway dials")
     sba = sb.add_subparsers(dest="action", required=True)
     sba.add_parser("list").set_defaults(run=sandboxes_list)
@@ -277,6 +284,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("sandbox")
     p.set_defaults(run=sandboxes_delete)
 
+
+def _preview_commands(kinds: Any) -> None:  # argparse's subparsers
     pv = kinds.add_parser("previews", help="previews: one URL per sandbox port")
     pva = pv.add_subparsers(dest="action", required=True)
     p = pva.add_parser("list")
@@ -300,6 +309,8 @@ def parser() -> argparse.ArgumentParser:
     _lifetime_args(p)
     p.set_defaults(run=previews_create)
 
+
+def _token_commands(kinds: Any) -> None:  # argparse's subparsers
     tk = kinds.add_parser("tokens", help="tokens: access to private previews")
     tka = tk.add_subparsers(dest="action", required=True)
     p = tka.add_parser("list")
@@ -319,8 +330,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("preview")
     p.add_argument("token")
     p.set_defaults(run=tokens_delete)
-    api_domains.add_parser(kinds)
-    return root
 
 
 def main(argv: Sequence[str] | None = None) -> int:
