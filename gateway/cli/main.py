@@ -72,11 +72,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings)
     _raise_nofile_limit()
     from gateway.app import StartupFailed
+    from gateway.edge.tls import CertificateError
 
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             return runner.run(_run(settings, demo=args.demo))
-    except* StartupFailed as group:
+    except* (StartupFailed, CertificateError) as group:
         print(f"preview-gateway: cannot start: {group.exceptions[0]}", file=sys.stderr)
     except* OSError as group:  # a port in use, an address not on this host
         print(f"preview-gateway: cannot listen: {group.exceptions[0]}", file=sys.stderr)
@@ -126,22 +127,29 @@ async def _run(settings: Settings, *, demo: bool) -> int:
             waiter.cancel()
         else:
             running = holder[0]
-            # SIGHUP re-reads the API keys file at once (it is also re-read when it changes).
-            loop.add_signal_handler(signal.SIGHUP, lambda: running.keys.reload(force=True))
+            # SIGHUP re-reads the API keys file and the TLS certificates at once (both are also
+            # re-read when they change).
+            loop.add_signal_handler(signal.SIGHUP, lambda: _reload(running))
             _announce(settings, running)
             if demo:
                 from gateway.cli.demo import start_demo
 
                 demo_runner, url = await start_demo(
                     running,
-                    public_scheme=settings.public_scheme,
-                    public_port=settings.public_port or running.edge_port,
+                    public_scheme=settings.effective_public_scheme,
+                    public_port=settings.public_port or running.tls_port or running.edge_port,
                 )
                 print(f"\n  Demo preview:  {url}\n  Try:           curl {url}\n", flush=True)
     if demo_runner is not None:
         with contextlib.suppress(Exception):
             await demo_runner.cleanup()
     return 0
+
+
+def _reload(running: Running) -> None:
+    running.keys.reload(force=True)
+    if running.certs is not None:
+        running.certs.reload()
 
 
 def _announce(settings: Settings, running: Running) -> None:

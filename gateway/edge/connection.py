@@ -23,8 +23,7 @@ from gateway.ops import log
 
 if TYPE_CHECKING:
     from gateway.edge.exchange import Relay
-    from gateway.edge.handler import EdgeHandler
-    from gateway.edge.server import EdgeServer
+    from gateway.edge.server import EdgeServer, RequestHandler
 
 MAX_HEAD_BYTES = 0x10000
 MAX_FIELDS = 128
@@ -55,7 +54,7 @@ class _Head:
         self.headers.append((name, value))
 
 
-def parse_head(raw: bytes, peer: str) -> tuple[RequestHead, bool]:
+def parse_head(raw: bytes, peer: str, scheme: str = "http") -> tuple[RequestHead, bool]:
     """The head (with its final CRLFCRLF) as a ``RequestHead``, and whether the connection may
     stay open after it. Raises ``BadRequest`` or ``HeadersTooLarge``."""
     lines = raw.count(b"\r\n") - 2
@@ -91,14 +90,17 @@ def parse_head(raw: bytes, peer: str) -> tuple[RequestHead, bool]:
         version=version,
         headers=headers,
         peer=peer,
+        scheme=scheme,
     )
     return head, keep_alive
 
 
 class ClientConnection(asyncio.Protocol):
-    def __init__(self, edge: EdgeHandler, server: EdgeServer) -> None:
+    def __init__(self, edge: RequestHandler, server: EdgeServer, scheme: str = "http") -> None:
         self._edge = edge
         self._server = server
+        self._scheme = scheme
+        """'https' on the TLS listener: X-Forwarded-Proto and the token cookie follow it."""
         self._loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.peer = ""
@@ -268,7 +270,7 @@ class ClientConnection(asyncio.Protocol):
         del buf[: end + 4]
         self._head_started = None
         try:
-            head, keep_alive = parse_head(raw, self.peer)
+            head, keep_alive = parse_head(raw, self.peer, self._scheme)
         except GatewayError as exc:
             self._refuse(exc)
             return
