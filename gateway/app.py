@@ -35,9 +35,10 @@ from gateway.edge.ws_hub import WebSocketHub, WsLimits
 from gateway.edge.ws_readmit import Readmission
 from gateway.edge.ws_relay import WsRelay
 from gateway.ops import log
-from gateway.ops.metrics import CONTENT_TYPE, Metrics, StatsCollector
+from gateway.ops.metrics import Metrics, StatsCollector
 from gateway.ops.settings import Settings
 from gateway.ops.sweeper import Sweeper
+from gateway.ops.workers import WorkerSlot, join_workers, metrics_endpoint
 from gateway.store.base import RouteSource, Store
 from gateway.store.lookup import RouteLookup
 from gateway.store.memory import MemoryStore
@@ -256,21 +257,16 @@ def metrics_for(lookup: RouteLookup, store: Store, hub: WebSocketHub) -> Metrics
     return metrics
 
 
-def metrics_endpoint(metrics: Metrics) -> Callable[[web.Request], Awaitable[web.Response]]:
-    async def serve_metrics(request: web.Request) -> web.Response:
-        return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE})
-
-    return serve_metrics
-
-
 async def serve(
     settings: Settings,
     stop: asyncio.Event,
     *,
     on_ready: Callable[[Running], object] | None = None,
     extra_targets: list[str] | None = None,
+    worker: WorkerSlot | None = None,
 ) -> None:
-    """Run the gateway until ``stop`` is set, then drain and return."""
+    """Run the gateway until ``stop`` is set, then drain and return. A ``worker`` shares its
+    ports with its siblings (``SO_REUSEPORT``) and their metrics."""
     allowed = allowed_targets(settings, extra_targets)
     store = build_store(settings)
     lookup = build_lookup(settings, store)
@@ -300,7 +296,8 @@ async def serve(
     readiness = Readiness(store, settings)
     api = ControlApi(api_config(settings, allowed), store, keys, readiness, signer)
     api_app = api.app()
-    api_app.router.add_get("/metrics", metrics_endpoint(metrics))
+    api_app.router.add_get("/metrics", metrics_endpoint(metrics.render, worker))
+    shared = worker is not None
     api_runner = web.AppRunner(api_app, access_log=None, shutdown_timeout=2.0)
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(store.close)
@@ -308,12 +305,15 @@ async def serve(
         stack.push_async_callback(ws_session.close)
         # Cleanups run last-in first-out: the edge drains its in-flight requests first, while
         # the API listener still answers /readyz with 503; only then does the API close.
-        await _listen(stack, api_runner, settings.bind, settings.api_port)
+        await join_workers(stack, worker, metrics.render)
+        await _listen(stack, api_runner, settings.bind, settings.api_port, reuse_port=shared)
         if protocol_edge is None:
-            edge_port, stop_accepting = await _start_aiohttp_edge(stack, settings, edge)
+            edge_port, stop_accepting = await _start_aiohttp_edge(stack, settings, edge, shared)
         else:
             await stack.enter_async_context(protocol_edge)
-            edge_port = await protocol_edge.start(settings.bind, settings.edge_port)
+            edge_port = await protocol_edge.start(
+                settings.bind, settings.edge_port, reuse_port=shared
+            )
             stop_accepting = _async(protocol_edge.stop_accepting)  # busy ones drain on exit
         if settings.public_port is None and settings.edge_port == 0:
             api.set_public_port(edge_port)  # an ephemeral edge port is only known now
@@ -335,11 +335,11 @@ async def serve(
 
 
 async def _start_aiohttp_edge(
-    stack: contextlib.AsyncExitStack, settings: Settings, edge: Edge
+    stack: contextlib.AsyncExitStack, settings: Settings, edge: Edge, reuse_port: bool
 ) -> tuple[int, Callable[[], Awaitable[None]]]:
     """The aiohttp edge (``GATEWAY_EDGE_IMPL=aiohttp``): its port, and how to stop accepting."""
     runner = edge_runner(settings, edge.handle)
-    site = await _listen(stack, runner, settings.bind, settings.edge_port)
+    site = await _listen(stack, runner, settings.bind, settings.edge_port, reuse_port=reuse_port)
     return _bound_port(runner), site.stop
 
 
@@ -374,11 +374,16 @@ async def _run_until_stopped(
 
 
 async def _listen(
-    stack: contextlib.AsyncExitStack, runner: web.BaseRunner, host: str, port: int
+    stack: contextlib.AsyncExitStack,
+    runner: web.BaseRunner,
+    host: str,
+    port: int,
+    *,
+    reuse_port: bool = False,
 ) -> web.TCPSite:
     await runner.setup()
     stack.push_async_callback(runner.cleanup)
-    site = web.TCPSite(runner, host, port, reuse_address=True)
+    site = web.TCPSite(runner, host, port, reuse_address=True, reuse_port=reuse_port or None)
     await site.start()
     return site
 

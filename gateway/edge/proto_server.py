@@ -59,10 +59,16 @@ class EdgeListener:
         assert self._tasks is not None
         await self._tasks.__aexit__(None, None, None)
 
-    async def start(self, host: str, port: int) -> int:
+    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> int:
+        """Listen; ``reuse_port`` lets sibling worker processes bind the same port."""
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: ClientConnection(self.edge, self), host, port, reuse_address=True, backlog=1024
+            lambda: ClientConnection(self.edge, self),
+            host,
+            port,
+            reuse_address=True,
+            reuse_port=reuse_port or None,
+            backlog=1024,
         )
         return int(self._server.sockets[0].getsockname()[1])
 
