@@ -305,7 +305,6 @@ async def serve(
         stack.push_async_callback(ws_session.close)
         # Cleanups run last-in first-out: the edge drains its in-flight requests first, while
         # the API listener still answers /readyz with 503; only then does the API close.
-        await join_workers(stack, worker, metrics.render)
         await _listen(stack, api_runner, settings.bind, settings.api_port, reuse_port=shared)
         if protocol_edge is None:
             edge_port, stop_accepting = await _start_aiohttp_edge(stack, settings, edge, shared)
@@ -315,6 +314,7 @@ async def serve(
                 settings.bind, settings.edge_port, reuse_port=shared
             )
             stop_accepting = _async(protocol_edge.stop_accepting)  # busy ones drain on exit
+        await join_workers(stack, worker, metrics.render)  # once it serves, siblings see it
         if settings.public_port is None and settings.edge_port == 0:
             api.set_public_port(edge_port)  # an ephemeral edge port is only known now
         sweeper = Sweeper(store, settings.sweep_interval_s)

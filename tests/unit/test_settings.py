@@ -204,3 +204,33 @@ def test_settings_are_frozen() -> None:
 def test_invalid_values_are_refused(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
     with pytest.raises((ValidationError, ValueError)):
         from_env(monkeypatch, **env)
+
+
+@pytest.mark.parametrize(
+    ("env", "workers"),
+    [
+        ({}, 1),
+        ({"workers": "3", "redis_url": "redis://r:6379/0"}, 3),
+        ({"workers": "auto", "redis_url": "redis://r:6379/0"}, len(os.sched_getaffinity(0))),
+        ({"workers": "AUTO ", "redis_url": "redis://r:6379/0"}, len(os.sched_getaffinity(0))),
+    ],
+)
+def test_workers(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], workers: int) -> None:
+    assert from_env(monkeypatch, **env).workers == workers
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"workers": "0", "redis_url": "redis://r:6379/0"},
+        {"workers": "many", "redis_url": "redis://r:6379/0"},
+        # Every worker would hold its own in-memory table.
+        {"workers": "2"},
+        # Port 0 would give each worker a different ephemeral port.
+        {"workers": "2", "redis_url": "redis://r:6379/0", "edge_port": "0"},
+        {"workers": "2", "redis_url": "redis://r:6379/0", "api_port": "0"},
+    ],
+)
+def test_workers_refused(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
+    with pytest.raises(ValidationError):
+        from_env(monkeypatch, **env)
