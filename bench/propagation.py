@@ -188,7 +188,10 @@ async def run(work_dir: Path, count: int, connections: int) -> dict[str, Any]:
             loaded = await changes(c, count)
         finally:
             load = _stop_load(procs)
+        # A request's own latency at saturation: the floor under "serves the new state".
         loaded["wrk_rps_per_replica"] = [round(r["rps"]) for r in load]
+        loaded["wrk_p50_ms_per_replica"] = [r["p50_ms"] for r in load]
+        loaded["wrk_p99_ms_per_replica"] = [r["p99_ms"] for r in load]
         loaded["wrk_connections_per_replica"] = connections
         print(f"propagation under load: {loaded}", flush=True)
     return {"replicas": 3, "idle": idle, "saturated": loaded}

@@ -11,6 +11,9 @@ import asyncio
 import os
 import re
 import signal
+import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -18,8 +21,10 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.helpers.gateway import ROOT
 from tests.helpers.polling import eventually
-from tests.helpers.process import GatewayProcess
+from tests.helpers.ports import unused_ports
+from tests.helpers.process import GatewayProcess, gateway_env
 from tests.helpers.redis_server import RedisServer
 
 CONNECTIONS = 40
@@ -196,3 +201,38 @@ async def test_sigterm_drains_both_workers(
     assert await asyncio.to_thread(gp.proc.wait, 20) == 0
     assert all(not Path(f"/proc/{pid}").exists() for pid in pids)
     assert gp.output().count("draining") == 2
+
+
+async def test_workers_that_cannot_listen_stop_the_supervisor(
+    redis_server: RedisServer, redis_prefix: str
+) -> None:
+    """A port held by another program: the workers keep exiting at once, and the supervisor
+    gives up with exit code 1 instead of restarting them forever."""
+    edge_port, api_port = unused_ports(2)
+    with socket.create_server(("127.0.0.1", edge_port)):  # held, without SO_REUSEPORT
+        env = gateway_env(
+            edge_port,
+            api_port,
+            {
+                "GATEWAY_WORKERS": "2",
+                "GATEWAY_REDIS_URL": redis_server.url,
+                "GATEWAY_REDIS_PREFIX": redis_prefix,
+            },
+        )
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            out, _ = await asyncio.to_thread(proc.communicate, timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 1
+    assert "keeps exiting" in out
+    assert "cannot listen" in out
