@@ -1,9 +1,10 @@
-"""``python -m bench.scale propagation|table``: the scale-out figures of issue 13.
+"""``python -m bench.scale propagation|table|workers``: the scale-out figures of issue 13.
 
 * ``propagation``: three replicas on one Redis; 1,000 changes, p50/p99/max of the time until each
   other replica's edge serves the new state, idle and with wrk at 32 connections per replica.
 * ``table``: lookup cost at 10 to 100,000 routes on both stores, memory per cached route,
   loading 100,000 routes through the API, and a cold replica's start against them.
+* ``workers``: edge throughput and API loading with ``GATEWAY_WORKERS`` = 1 and 2.
 
 Loopback only; results go to ``bench/results/scale-<kind>-<time>.json``. The machine's load is
 recorded with them (``os.getloadavg`` before and after): read the figures with it.
@@ -23,14 +24,14 @@ from typing import Any
 
 import uvloop
 
-from bench import propagation, table_size
+from bench import propagation, table_size, workers
 from bench.cli import terminate
 from bench.procs import REPO
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__)
-    p.add_argument("kind", choices=["propagation", "table"])
+    p.add_argument("kind", choices=["propagation", "table", "workers"])
     p.add_argument("--changes", type=int, default=1000, help="propagation: changes per phase")
     p.add_argument("--connections", type=int, default=32, help="propagation: wrk per replica")
     p.add_argument("--routes", type=int, default=100_000, help="table: the largest table")
@@ -60,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     ):
         if args.kind == "propagation":
             figures = runner.run(propagation.run(Path(tmp), args.changes, args.connections))
+        elif args.kind == "workers":
+            figures = runner.run(workers.run(Path(tmp)))
         else:
             figures = runner.run(
                 table_size.run(Path(tmp), args.routes, args.load_clients, args.workers)
