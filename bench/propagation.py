@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import signal
 import statistics
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,8 @@ class Cluster:
     host: str
     upstream_port: int
     redis_url: str
+    changed: list[tuple[int, float]] = field(default_factory=list)
+    """Per change so far: the replica it was written through, and the wall time of its 200."""
 
 
 def start_redis(work_dir: Path, name: str = "redis") -> tuple[Child, str]:
@@ -67,7 +70,8 @@ def cluster(work_dir: Path, count: int = 3, env: dict[str, str] | None = None) -
         wait_http_ok(f"http://127.0.0.1:{upstream_port}/small", app)
         redis, url = start_redis(work_dir)
         children.append(redis)
-        replica_env = {"GATEWAY_REDIS_URL": url, **(env or {})}
+        # Debug logs carry the time each invalidation was applied (see ``applied``).
+        replica_env = {"GATEWAY_REDIS_URL": url, "GATEWAY_LOG_LEVEL": "debug", **(env or {})}
         replicas = []
         for i in range(count):
             replica = gw.start(
@@ -120,6 +124,7 @@ async def changes(c: Cluster, count: int) -> dict[str, Any]:
             async with api.put(url, json=body) as r:
                 assert r.status == 200, await r.text()
             t0 = time.perf_counter()
+            c.changed.append((i % len(c.replicas), time.time()))
             waits = [
                 _until_serves(edges[j], replica, c.host, str(i), t0)
                 for j, replica in enumerate(c.replicas)
@@ -135,6 +140,27 @@ async def changes(c: Cluster, count: int) -> dict[str, Any]:
         for session in edges:
             await session.close()
     return {"changes": count, "observations": len(took), "lost": lost, **summary(took)}
+
+
+_APPLIED = re.compile(r"route cache: invalidated (\S+) at ([\d.]+)")
+
+
+def applied(c: Cluster, first: int) -> dict[str, Any]:
+    """From the replicas' debug logs: how long after each change's 200 (from change ``first``
+    on) the other replicas had applied its invalidation, before any request saw it. Negative:
+    applied before the writer's answer reached the client."""
+    delays: list[float] = []
+    for index, replica in enumerate(c.replicas):
+        log = replica.child.log_path.read_text(errors="replace")
+        hostname = c.host.rsplit(":", 1)[0]
+        times = [float(t) for host, t in _APPLIED.findall(log) if host == hostname]
+        for (writer, at), seen in zip(c.changed[first:], times[first:], strict=False):
+            if writer != index:
+                delays.append((seen - at) * 1000)
+    return {
+        "applied_observations": len(delays),
+        **{f"applied_{k}": v for k, v in summary(delays).items()},
+    }
 
 
 def summary(ms: list[float]) -> dict[str, float]:
@@ -181,6 +207,7 @@ def _stop_load(procs: list[subprocess.Popen[str]]) -> list[dict[str, float]]:
 async def run(work_dir: Path, count: int, connections: int) -> dict[str, Any]:
     with cluster(work_dir) as c:
         idle = await changes(c, count)
+        idle.update(applied(c, 0))
         print(f"propagation idle: {idle}", flush=True)
         procs = _start_load(c, connections, work_dir)
         try:
@@ -188,6 +215,7 @@ async def run(work_dir: Path, count: int, connections: int) -> dict[str, Any]:
             loaded = await changes(c, count)
         finally:
             load = _stop_load(procs)
+        loaded.update(applied(c, count))
         # A request's own latency at saturation: the floor under "serves the new state".
         loaded["wrk_rps_per_replica"] = [round(r["rps"]) for r in load]
         loaded["wrk_p50_ms_per_replica"] = [r["p50_ms"] for r in load]
