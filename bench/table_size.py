@@ -160,6 +160,7 @@ async def load_through_api(
             async with http.post(f"{api}/sandboxes", json=body) as r:
                 assert r.status == 200, await r.text()
         todo = iter(range(count))
+        retried = [0]
 
         async def client() -> None:
             for i in todo:
@@ -168,9 +169,7 @@ async def load_through_api(
                     "metadata": {"name": name},
                     "spec": {"port": c.upstream_port, "public": True},
                 }
-                async with http.post(f"{api}/sandboxes/{sandbox}/previews", json=body) as r:
-                    assert r.status == 200, await r.text()
-                    url = (await r.json())["spec"]["url"]
+                url = await _create(http, f"{api}/sandboxes/{sandbox}/previews", body, retried)
                 hosts.append(url.split("//", 1)[1].split("/", 1)[0])
 
         started = time.perf_counter()
