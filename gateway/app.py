@@ -38,9 +38,10 @@ from gateway.edge.tls import CertificateStore
 from gateway.edge.ws_hub import WebSocketHub, WsLimits
 from gateway.edge.ws_readmit import Readmission
 from gateway.ops import log
-from gateway.ops.metrics import CONTENT_TYPE, Metrics, StatsCollector
+from gateway.ops.metrics import Metrics, StatsCollector
 from gateway.ops.settings import Settings
 from gateway.ops.sweeper import Sweeper
+from gateway.ops.workers import WorkerSlot, join_workers, metrics_endpoint
 from gateway.store.base import RouteSource, Store
 from gateway.store.lookup import RouteLookup
 from gateway.store.memory import MemoryStore
@@ -271,21 +272,16 @@ def metrics_for(lookup: RouteLookup, store: Store, hub: WebSocketHub) -> Metrics
     return metrics
 
 
-def metrics_endpoint(metrics: Metrics) -> Callable[[web.Request], Awaitable[web.Response]]:
-    async def serve_metrics(request: web.Request) -> web.Response:
-        return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE})
-
-    return serve_metrics
-
-
 async def serve(
     settings: Settings,
     stop: asyncio.Event,
     *,
     on_ready: Callable[[Running], object] | None = None,
     extra_targets: list[str] | None = None,
+    worker: WorkerSlot | None = None,
 ) -> None:
-    """Run the gateway until ``stop`` is set, then drain and return."""
+    """Run the gateway until ``stop`` is set, then drain and return. A ``worker`` shares its
+    ports with its siblings (``SO_REUSEPORT``) and their metrics."""
     allowed = allowed_targets(settings, extra_targets)
     store = build_store(settings)
     lookup = build_lookup(settings, store)
@@ -306,19 +302,21 @@ async def serve(
     readiness = Readiness(store, settings)
     api = ControlApi(api_config(settings, allowed), store, keys, readiness, signer)
     api_app = api.app()
-    api_app.router.add_get("/metrics", metrics_endpoint(metrics))
+    api_app.router.add_get("/metrics", metrics_endpoint(metrics.render, worker))
     api_app.router.add_get(tls_ask.ASK_PATH, tls_ask.ask_endpoint(lookup.find))
+    shared = worker is not None
     api_runner = web.AppRunner(api_app, access_log=None, shutdown_timeout=2.0)
     certs = certificate_store(settings)
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(store.close)
         # Cleanups run last-in first-out: the edge drains its in-flight requests first, while
         # the API listener still answers /readyz with 503; only then does the API close.
-        await _listen(stack, api_runner, settings.bind, settings.api_port)
+        await _listen(stack, api_runner, settings.bind, settings.api_port, reuse_port=shared)
         await stack.enter_async_context(edge)  # on exit, busy connections get their grace
         edge_port, tls_port = await start_listeners(
-            ListenerPorts.from_settings(settings), edge, certs
+            ListenerPorts.from_settings(settings), edge, certs, reuse_port=shared
         )
+        await join_workers(stack, worker, metrics.render)  # once it serves, siblings see it
         if settings.public_port is None:
             api.set_public_port(tls_port or edge_port)  # an ephemeral port is only known now
         sweeper = Sweeper(store, settings.sweep_interval_s)
@@ -369,11 +367,16 @@ async def _run_until_stopped(
 
 
 async def _listen(
-    stack: contextlib.AsyncExitStack, runner: web.BaseRunner, host: str, port: int
+    stack: contextlib.AsyncExitStack,
+    runner: web.BaseRunner,
+    host: str,
+    port: int,
+    *,
+    reuse_port: bool = False,
 ) -> web.TCPSite:
     await runner.setup()
     stack.push_async_callback(runner.cleanup)
-    site = web.TCPSite(runner, host, port, reuse_address=True)
+    site = web.TCPSite(runner, host, port, reuse_address=True, reuse_port=reuse_port or None)
     await site.start()
     return site
 

@@ -44,19 +44,27 @@ def certificate_store(settings: Settings) -> CertificateStore | None:
 
 
 async def start_listeners(
-    ports: ListenerPorts, edge: EdgeServer, certs: CertificateStore | None
+    ports: ListenerPorts,
+    edge: EdgeServer,
+    certs: CertificateStore | None,
+    *,
+    reuse_port: bool = False,
 ) -> tuple[int, int | None]:
     """The bound edge port, and the TLS port when certificates are configured: the edge port
-    then only redirects to https (and passes ACME challenges on)."""
+    then only redirects to https (and passes ACME challenges on). ``reuse_port``: workers."""
     if certs is None:
-        return await edge.start(ports.bind, ports.edge_port), None
+        return await edge.start(ports.bind, ports.edge_port, reuse_port=reuse_port), None
     certs.load()  # CertificateError: no start without a usable certificate
-    tls_port = await edge.start(ports.bind, ports.tls_port, tls=certs.listening)
+    tls_port = await edge.start(
+        ports.bind, ports.tls_port, tls=certs.listening, reuse_port=reuse_port
+    )
     acme = acme_handler(ports, edge.edge)
     if acme is not None:
         edge.pools.append(acme.pool)
     redirect = HttpsRedirect(ports.public_port or tls_port, acme)
-    edge_port = await edge.start(ports.bind, ports.edge_port, handler=redirect)
+    edge_port = await edge.start(
+        ports.bind, ports.edge_port, handler=redirect, reuse_port=reuse_port
+    )
     return edge_port, tls_port
 
 

@@ -66,9 +66,11 @@ class EdgeServer:
         *,
         tls: ssl.SSLContext | None = None,
         handler: RequestHandler | None = None,
+        reuse_port: bool = False,
     ) -> int:
         """Listen on ``host:port`` (HTTPS with ``tls``); requests go to ``handler``, by default
-        the edge. Called once per listener; all of them drain together."""
+        the edge. Called once per listener; all of them drain together. ``reuse_port`` lets
+        sibling worker processes bind the same port."""
         loop = asyncio.get_running_loop()
         target = handler or self.edge
         scheme = "https" if tls is not None else "http"
@@ -77,6 +79,7 @@ class EdgeServer:
             host,
             port,
             reuse_address=True,
+            reuse_port=reuse_port or None,
             backlog=1024,
             ssl=tls,
             # A client that stalls its handshake is a slowloris like one that stalls its head.

@@ -8,6 +8,7 @@ table are both generated from it.
 from __future__ import annotations
 
 import ipaddress
+import os
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -42,6 +43,10 @@ class Settings(BaseSettings):
     """Edge listener: preview traffic (HTTP and WebSocket)."""
     api_port: int = Field(8081, ge=0, le=65535)
     """Control API, `/healthz`, `/readyz` and `/metrics`."""
+    workers: int = Field(1, ge=1, le=256)
+    """Processes sharing both ports (`SO_REUSEPORT`), one per core; `auto` means the CPUs this
+    process may run on. Above 1 a supervisor restarts a worker that dies and forwards SIGTERM and
+    SIGHUP to all; it needs Redis and fixed ports. Each worker has its own route cache."""
 
     # ── naming ──────────────────────────────────────────────────────────────────────────────
     preview_domain: str = "preview.localhost"
@@ -221,6 +226,17 @@ class Settings(BaseSettings):
                 )
         return value
 
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return (
+                len(os.sched_getaffinity(0))
+                if hasattr(os, "sched_getaffinity")
+                else (os.cpu_count() or 1)
+            )
+        return value
+
     @field_validator("preview_domain")
     @classmethod
     def _domain(cls, value: str) -> str:
@@ -247,6 +263,16 @@ class Settings(BaseSettings):
             raise ValueError("tls_cert and tls_key go together")
         if self.tls_enabled and self.tls_port and self.tls_port in (self.edge_port, self.api_port):
             raise ValueError("tls_port must differ from edge_port and api_port")
+        return self
+
+    @model_validator(mode="after")
+    def _workers_share(self) -> Settings:
+        # Workers share one routing table and one port each: an in-memory table per process
+        # would disagree, and port 0 would give every worker a different port.
+        if self.workers > 1 and self.redis_url is None:
+            raise ValueError("workers > 1 needs redis_url (one routing table for all workers)")
+        if self.workers > 1 and 0 in (self.edge_port, self.api_port):
+            raise ValueError("workers > 1 needs fixed edge_port and api_port (not 0)")
         return self
 
     @property

@@ -245,3 +245,33 @@ def test_with_tls_urls_are_https_on_the_tls_port(monkeypatch: pytest.MonkeyPatch
     behind = from_env(monkeypatch, public_scheme="http", public_port="80")
     assert (behind.effective_public_scheme, behind.effective_public_port) == ("http", 80)
     assert from_env(monkeypatch, acme_http_upstream="[::1]:8888").acme_http_upstream == "[::1]:8888"
+
+
+@pytest.mark.parametrize(
+    ("env", "workers"),
+    [
+        ({}, 1),
+        ({"workers": "3", "redis_url": "redis://r:6379/0"}, 3),
+        ({"workers": "auto", "redis_url": "redis://r:6379/0"}, len(os.sched_getaffinity(0))),
+        ({"workers": "AUTO ", "redis_url": "redis://r:6379/0"}, len(os.sched_getaffinity(0))),
+    ],
+)
+def test_workers(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], workers: int) -> None:
+    assert from_env(monkeypatch, **env).workers == workers
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"workers": "0", "redis_url": "redis://r:6379/0"},
+        {"workers": "many", "redis_url": "redis://r:6379/0"},
+        # Every worker would hold its own in-memory table.
+        {"workers": "2"},
+        # Port 0 would give each worker a different ephemeral port.
+        {"workers": "2", "redis_url": "redis://r:6379/0", "edge_port": "0"},
+        {"workers": "2", "redis_url": "redis://r:6379/0", "api_port": "0"},
+    ],
+)
+def test_workers_refused(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
+    with pytest.raises(ValidationError):
+        from_env(monkeypatch, **env)
