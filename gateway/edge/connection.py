@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from typing import TYPE_CHECKING, cast
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, cast
 
 import httptools
 
@@ -272,7 +273,12 @@ class ClientConnection(asyncio.Protocol):
         self._busy = True
         self._body_left = 0
         self._body_chunked = False
-        self._task = self._server.spawn(self._edge.handle(self, head))
+        self._edge.start(self, head)
+
+    def spawn(self, step: Coroutine[Any, Any, None]) -> None:
+        """Run a step of this connection's request that has to wait; cancelled if the client
+        goes away before it is done."""
+        self._task = self._server.spawn(step)
 
     def body_framing(self, framing: BodyFraming, length: int) -> None:
         """The request's body, as the planner read it: skipped if the answer does not need it."""

@@ -200,6 +200,22 @@ class UpstreamPool:
             self._free_slot(target)
             raise
 
+    def take_idle(self, host: str, port: int) -> UpstreamConnection | None:
+        """An idle connection to ``host:port`` with its slot taken, without waiting; ``None``
+        when there is none, or no free slot, or others wait for one: then ``acquire``. Lets the
+        common request run without a task. Raises as ``acquire`` does before it would wait."""
+        self.check_target(host)
+        if self._closed:
+            raise UpstreamUnreachable("The gateway is shutting down.")
+        target = (host, port)
+        if target not in self._idle or target in self._waiters or not self._has_slot(target):
+            return None
+        conn = self._pop_idle(target)
+        if conn is not None:
+            self._busy[target] = self._busy.get(target, 0) + 1
+            self._busy_total += 1
+        return conn
+
     def release(self, conn: UpstreamConnection, *, reusable: bool) -> None:
         """Give the connection back after its exchange ended. ``reusable``: the response was
         complete and both sides allowed keep-alive; otherwise it is closed. Frees its slot."""
