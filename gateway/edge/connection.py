@@ -96,7 +96,8 @@ class ClientConnection(asyncio.Protocol):
     def __init__(self, edge: EdgeHandler, server: EdgeServer) -> None:
         self._edge = edge
         self._server = server
-        self._loop = asyncio.get_running_loop()
+        # Kept: asyncio.get_running_loop() costs a getpid() syscall on Python 3.11.
+        self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.peer = ""
         self.version = (1, 1)
@@ -108,7 +109,7 @@ class ClientConnection(asyncio.Protocol):
         self._closing = False
         self._reading_paused = False
         self._upstream_paused = False
-        self._idle_since = self._loop.time()
+        self._idle_since = self.loop.time()
         self._head_started: float | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
@@ -201,7 +202,7 @@ class ClientConnection(asyncio.Protocol):
         if not self.keep_alive or self._server.draining or self._eof:
             self._close()
             return
-        self._idle_since = self._loop.time()
+        self._idle_since = self.loop.time()
         self._pump()
 
     def hand_over(self) -> bytes:
@@ -252,7 +253,7 @@ class ClientConnection(asyncio.Protocol):
         end = buf.find(b"\r\n\r\n")
         if end < 0:
             if self._head_started is None:
-                self._head_started = self._loop.time()
+                self._head_started = self.loop.time()
                 self._arm(self._head_started + self._server.header_timeout_s)
             last = len(buf) - (buf.rfind(b"\n") + 1)
             if len(buf) > MAX_HEAD_BYTES or last > MAX_LINE_BYTES:
@@ -321,13 +322,13 @@ class ClientConnection(asyncio.Protocol):
             if timer.when() <= when:
                 return
             timer.cancel()
-        self._timer = self._loop.call_at(when, self._check)
+        self._timer = self.loop.call_at(when, self._check)
 
     def _check(self) -> None:
         self._timer = None
         if self._closing:
             return
-        now = self._loop.time()
+        now = self.loop.time()
         server = self._server
         if self._busy:
             self._arm(now + server.header_timeout_s)
