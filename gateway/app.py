@@ -141,6 +141,7 @@ def upstream_pool(
     total = settings.upstream_max_connections
     return UpstreamPool(
         allowed=allowed,
+        denied=settings.deny_target_nets,
         max_connections=total,
         max_per_target=total if websocket else settings.upstream_max_connections_per_target,
         connect_timeout_s=settings.upstream_connect_timeout_s,
@@ -191,6 +192,7 @@ def api_config(settings: Settings, allowed: list[IPNetwork]) -> ApiConfig:
             blocked_ports=settings.blocked_ports(),
             allowed_targets=allowed,
             token_max_lifetime_s=settings.token_max_lifetime_s,
+            denied_targets=settings.deny_target_nets,
         ),
         public_scheme=settings.public_scheme,
         public_port=settings.effective_public_port,

@@ -11,9 +11,10 @@ D02b); a request over a limit waits for a slot (its own deadline bounds the wait
 connections are reused newest first (LIFO: the warm ones serve, the cold ones age out) and
 closed after ``idle_timeout_s``.
 
-Only addresses inside ``allowed_targets`` are dialled: IP literals are checked before the
-connect, DNS names after resolution, keeping only allowed addresses (threat model R01, R02,
-R08). Dial failures become the gateway's error classes in ``upstream_errors``.
+Only addresses inside ``allowed_targets`` and outside ``deny_target_nets`` are dialled: IP
+literals are checked before the connect, DNS names after resolution, keeping only allowed
+addresses (threat model R01, R02, R08). Dial failures become the gateway's error classes in
+``upstream_errors``.
 
 A request that meets a stale pooled connection (it is closed before any response byte) may be
 sent once more when it is idempotent: release the connection with ``reusable=False`` and
@@ -138,6 +139,7 @@ class UpstreamPool:
         self,
         *,
         allowed: Sequence[IPNetwork],
+        denied: Sequence[IPNetwork] = (),
         max_connections: int,
         max_per_target: int,
         connect_timeout_s: float,
@@ -145,6 +147,7 @@ class UpstreamPool:
         dns_ttl_s: float = 10.0,
     ) -> None:
         self._allowed = allowed
+        self._denied = denied
         self._max = max_connections
         self._per_target = max_per_target
         self._connect_timeout_s = connect_timeout_s
@@ -174,7 +177,7 @@ class UpstreamPool:
         host: parsing it costs microseconds). DNS names are checked after resolution."""
         allowed = self._literal_allowed.get(host)
         if allowed is None:
-            allowed = not is_ip_literal(host) or address_allowed(host, self._allowed)
+            allowed = not is_ip_literal(host) or address_allowed(host, self._allowed, self._denied)
             if len(self._literal_allowed) >= _TARGET_CACHE_MAX:
                 self._literal_allowed.clear()  # bounded; refilled by the next requests
             self._literal_allowed[host] = allowed
@@ -370,7 +373,7 @@ class UpstreamPool:
         host, port = target
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
-        kept = [a for a in addresses if address_allowed(a, self._allowed)]
+        kept = [a for a in addresses if address_allowed(a, self._allowed, self._denied)]
         if not kept:
             # The same refusal as an IP literal outside allowed_targets, not an unreachable
             # sandbox: a name that resolves to the metadata service is never dialled.
