@@ -28,12 +28,14 @@ from gateway.core.netpolicy import IPNetwork
 from gateway.core.planner import PlannerConfig
 from gateway.core.tokens import SigningKey, TokenSigner, generate_key, parse_keys
 from gateway.edge.config import EdgeConfig, RelayLimits
+from gateway.edge.guard import EdgeGuard, GuardLimits
 from gateway.edge.handler import EdgeHandler
 from gateway.edge.pool import UpstreamPool
 from gateway.edge.server import EdgeServer
 from gateway.edge.ws_hub import WebSocketHub, WsLimits
 from gateway.edge.ws_readmit import Readmission
 from gateway.ops import log
+from gateway.ops.memory import MemoryWatch
 from gateway.ops.metrics import CONTENT_TYPE, Metrics, StatsCollector
 from gateway.ops.settings import Settings
 from gateway.ops.sweeper import Sweeper
@@ -60,6 +62,7 @@ class Running:
     keys: KeyRing
     service: ControlService
     """The control API's rules, for in-process callers (the demo)."""
+    memory: MemoryWatch
     draining: bool = False
 
 
@@ -145,6 +148,8 @@ def upstream_pool(
         max_connections=total,
         max_per_target=total if websocket else settings.upstream_max_connections_per_target,
         connect_timeout_s=settings.upstream_connect_timeout_s,
+        queue_per_target=settings.upstream_queue_per_target,
+        queue_timeout_s=settings.upstream_queue_timeout_s,
     )
 
 
@@ -178,9 +183,24 @@ def edge_config(
             response_s=settings.upstream_response_timeout_s,
             upstream_idle_s=settings.upstream_idle_timeout_s,
             max_body_bytes=settings.max_body_bytes,
+            min_upload_rate=settings.min_upload_rate,
+            upload_window_s=settings.min_upload_rate_window_s,
         ),
         admission=admission,
         public_scheme=settings.public_scheme,
+        guard=guard_limits(settings),
+    )
+
+
+def guard_limits(settings: Settings) -> GuardLimits:
+    return GuardLimits(
+        max_connections=settings.max_connections,
+        connections_per_client_ip=settings.max_connections_per_client_ip,
+        requests_per_preview=settings.max_connections_per_preview,
+        websockets_per_client_ip=settings.max_websockets_per_client_ip,
+        websockets_per_preview=settings.max_websockets_per_preview,
+        preview_rate=settings.preview_rate_limit,
+        preview_burst=settings.preview_rate_burst,
     )
 
 
@@ -292,9 +312,10 @@ async def serve(
     lookup.add_listener(hub.on_invalidation)
     metrics = metrics_for(lookup, store, hub)
     config = edge_config(settings, allowed, admission)
-    handler = EdgeHandler(
-        config, planner_config(config), lookup, pool, (ws_pool, limits, hub), metrics.observe
-    )
+    memory = MemoryWatch(settings.memory_limit_mib)
+    guard = EdgeGuard(config.guard, config.trusted_proxies, memory.pressure)
+    ws = (ws_pool, limits, hub)
+    handler = EdgeHandler(config, planner_config(config), lookup, pool, ws, metrics.observe, guard)
     edge = edge_server(settings, handler)
     readiness = Readiness(store, settings)
     api = ControlApi(api_config(settings, allowed), store, keys, readiness, signer)
@@ -321,6 +342,7 @@ async def serve(
             sweeper=sweeper,
             keys=keys,
             service=api.service,
+            memory=memory,
         )
         readiness.running = running
         await _run_until_stopped(running, stop, edge, on_ready)
@@ -338,6 +360,7 @@ async def _run_until_stopped(
             tasks.create_task(running.lookup.follow_invalidations(), name="invalidations"),
             tasks.create_task(running.hub.run(), name="websocket re-admission"),
             tasks.create_task(running.sweeper.run(), name="sweeper"),
+            tasks.create_task(running.memory.run(), name="memory budget"),
         ]
         if on_ready is not None:
             on_ready(running)

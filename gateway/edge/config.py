@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gateway.core.admission import AdmissionConfig
 from gateway.core.netpolicy import IPNetwork
+from gateway.edge.guard import GuardLimits
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +21,9 @@ class RelayLimits:
     upstream_idle_s: float
     """The upstream's response body may pause this long (0: no limit, for SSE)."""
     max_body_bytes: int
+    min_upload_rate: int = 0
+    """Bytes a second a request body must average over ``upload_window_s`` (0: no rule)."""
+    upload_window_s: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,3 +34,4 @@ class EdgeConfig:
     limits: RelayLimits
     admission: AdmissionConfig
     public_scheme: str = "http"
+    guard: GuardLimits = field(default_factory=GuardLimits)

@@ -18,6 +18,7 @@ import httptools
 from gateway.core.errors import BadRequest, GatewayError
 from gateway.core.http_framing import ChunkedScanner, FramingError
 from gateway.core.planner import BodyFraming, RequestHead
+from gateway.edge.guard import shed
 from gateway.edge.pages import render_bytes
 from gateway.ops import log
 
@@ -122,10 +123,20 @@ class ClientConnection(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # Tunnels left ``connections`` when they took the socket over; they count all the same.
+        open_now = len(self._server.connections) + self._edge.hub.open_count
+        refusal = self._edge.guard.admit_connection(self.peer, open_now)
+        if refusal is not None:
+            # Shed before any parsing, routing or task: the cheapest answer there is.
+            self._shed = self._closing = True
+            self._timer = shed(self.transport, refusal, self.date_header())
+            return
         self._server.connections.add(self)
         self._arm(self._idle_since + self._server.keepalive_s)
 
     def data_received(self, data: bytes) -> None:
+        if self._shed:
+            return  # answered at accept; read and dropped until the client closes
         relay = self._relay
         if relay is not None and not relay.body_done and not self._buf:
             n = relay.take_body(data)
@@ -141,12 +152,16 @@ class ClientConnection(asyncio.Protocol):
         return self._busy
 
     _eof = False
+    _shed = False
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._closing = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._shed:
+            return
+        self._edge.guard.connection_closed(self.peer)
         self._server.connections.discard(self)
         self._server.check_drained()
         if self._relay is not None:

@@ -40,10 +40,11 @@ from gateway.core.planner import (
 )
 from gateway.core.records import Route
 from gateway.edge.config import EdgeConfig
-from gateway.edge.exchange import Relay, not_upgraded
+from gateway.edge.exchange import Relay
+from gateway.edge.guard import EdgeGuard, preview_key
 from gateway.edge.pages import closes_connection, render_bytes, status_phrase
 from gateway.edge.pool import UpstreamConnection, UpstreamPool
-from gateway.edge.upstream_errors import closed_without_answer
+from gateway.edge.upstream_errors import closed_without_answer, not_upgraded
 from gateway.edge.ws_hub import WebSocketHub, WsLimits
 from gateway.edge.ws_tunnel import WsTunnel
 from gateway.ops import log
@@ -62,8 +63,10 @@ class EdgeHandler:
         pool: UpstreamPool,
         ws: tuple[UpstreamPool, WsLimits, WebSocketHub],
         observe: Callable[[log.AccessRecord], None] | None = None,
+        guard: EdgeGuard | None = None,
     ) -> None:
         self.config = config
+        self.guard = guard or EdgeGuard(config.guard, config.trusted_proxies)
         self.ws_pool, self.ws_limits, self.hub = ws
         self._planner = planner
         self._lookup = lookup
@@ -136,6 +139,7 @@ class EdgeHandler:
         client.body_framing(inspected.framing, inspected.content_length)
         if inspected.framing is BodyFraming.CHUNKED:
             _check_visible_chunks(client.buffered)
+        self.guard.check_memory(websocket=inspected.websocket)
         route = await self._lookup.find(host)
         if route is None:
             raise UnknownPreview(f"No preview is registered for {host}.")
@@ -148,10 +152,17 @@ class EdgeHandler:
             return None
         record.upstream = f"{route.sandbox}:{route.port}"
         record.overhead_ms = round((loop.time() - started) * 1000, 3)
-        if not isinstance(decision, Forward):
-            record.kind = "websocket"
-            return await self._upgrade(client, inspected, decision, route, record, started)
-        return await self._relay(client, inspected, decision)
+        # Counted once admitted: a client without a token cannot spend a private preview's
+        # rate or its slots, and answers that never reach the sandbox cost next to nothing.
+        key = preview_key(route)
+        self.guard.enter_request(key, loop.time())
+        try:
+            if not isinstance(decision, Forward):
+                record.kind = "websocket"
+                return await self._upgrade(client, inspected, decision, route, record, started)
+            return await self._relay(client, inspected, decision)
+        finally:
+            self.guard.leave_request(key)
 
     async def _relay(self, client: ClientConnection, inspected: Inspected, fwd: Forward) -> Relay:
         retry = fwd.idempotent
@@ -184,7 +195,13 @@ class EdgeHandler:
         other answer is relayed as an ordinary response. The tunnel is attached to the hub and
         this task ends: an open WebSocket holds no task (issue 9's memory per idle socket)."""
         self.hub.refuse_if_draining()
-        conn = await self.ws_pool.acquire(up.target_host, up.port, fresh=True)
+        key, peer, trusted = preview_key(route), inspected.head.peer, inspected.trusted_peer
+        self.guard.enter_websocket(key, peer, trusted_peer=trusted)
+        try:
+            conn = await self.ws_pool.acquire(up.target_host, up.port, fresh=True)
+        except BaseException:
+            self.guard.leave_websocket(key, peer, trusted_peer=trusted)
+            raise
         relay: Relay | None = None
         try:
             relay = Relay(
@@ -213,6 +230,7 @@ class EdgeHandler:
         finally:
             if relay is None or not relay.tunneled:
                 self.ws_pool.release(conn, reusable=False)
+                self.guard.leave_websocket(key, peer, trusted_peer=trusted)
 
     def _open_tunnel(
         self,
@@ -250,6 +268,12 @@ class EdgeHandler:
         def ended(_: object) -> None:
             # After the hub's own callback, which noted the tunnel's end in the record.
             self.ws_pool.release(conn, reusable=False)
+            # The client connection became the tunnel's: its slots are freed here, not in
+            # ``ClientConnection.connection_lost``, which no longer runs for it.
+            self.guard.leave_websocket(
+                preview_key(route), inspected.head.peer, trusted_peer=inspected.trusted_peer
+            )
+            self.guard.connection_closed(inspected.head.peer)
             self._write_record(record, started)
 
         tunnel.done.add_done_callback(ended)
