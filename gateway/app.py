@@ -63,6 +63,7 @@ class Running:
     service: ControlService
     """The control API's rules, for in-process callers (the demo)."""
     memory: MemoryWatch
+    pool: UpstreamPool
     draining: bool = False
 
 
@@ -343,6 +344,7 @@ async def serve(
             keys=keys,
             service=api.service,
             memory=memory,
+            pool=pool,
         )
         readiness.running = running
         await _run_until_stopped(running, stop, edge, on_ready)

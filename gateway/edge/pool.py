@@ -166,6 +166,10 @@ class UpstreamPool:
     def in_use(self) -> int:
         return self._slots.in_use
 
+    def queued(self, target: Target) -> int:
+        """Requests waiting for a slot to ``target``."""
+        return self._slots.queued(target)
+
     @property
     def idle(self) -> int:
         return self._idle_count
