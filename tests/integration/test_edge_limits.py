@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 from tests.helpers.edge_client import assert_gateway_error, get
-from tests.helpers.gateway import host_of, run_gateway
+from tests.helpers.gateway import Gateway, host_of, run_gateway
 from tests.helpers.polling import WAIT_S, eventually
 from tests.helpers.probes import Probe, probe_upstream
 from tests.helpers.raw_http import connect, read_response, read_until_closed, request_bytes
@@ -174,16 +174,26 @@ async def test_websockets_per_preview_are_capped(wsup: WsUpstream) -> None:
             plain, _ = await get(gw, host)
             assert plain.status == 404 and "X-Blaxel-Error-Code" not in plain.headers
         # The closed tunnel gives its slot back.
-        async with asyncio.timeout(WAIT_S):
-            while True:
-                try:
-                    async with ws_connect(gw, host) as again:
-                        await again.send_str("two")
-                        assert (await receive(again)).data == "two"
-                        break
-                except aiohttp.WSServerHandshakeError as exc:
-                    assert exc.status == 429
-                    await asyncio.sleep(0.02)
+        async with ws_once_free(gw, host) as again:
+            await again.send_str("two")
+            assert (await receive(again)).data == "two"
+
+
+@contextlib.asynccontextmanager
+async def ws_once_free(gw: Gateway, host: str) -> AsyncIterator[aiohttp.ClientWebSocketResponse]:
+    """A WebSocket opened as soon as the gateway frees a slot: it answers 429 until then."""
+    async with asyncio.timeout(WAIT_S):
+        while True:
+            try:
+                ws = await ws_connect(gw, host)
+                break
+            except aiohttp.WSServerHandshakeError as exc:
+                assert exc.status == 429
+                await asyncio.sleep(0.02)
+    try:
+        yield ws
+    finally:
+        await ws.close()
 
 
 async def test_websockets_per_client_ip_are_capped(wsup: WsUpstream) -> None:
@@ -204,18 +214,11 @@ async def test_a_tunnel_gives_back_its_client_connection_slot(wsup: WsUpstream) 
     async with run_gateway(max_connections_per_client_ip=1) as gw:
         host = await gw.public_preview(wsup.port)
         for _ in range(3):
-            async with asyncio.timeout(WAIT_S):
-                while True:
-                    try:
-                        async with ws_connect(gw, host) as ws:
-                            await ws.send_str("x")
-                            assert (await receive(ws)).data == "x"
-                            status, code, _ = await _refused_at_accept(gw.edge_port, host)
-                            assert (status, code) == (429, "too_many_connections")
-                            break
-                    except aiohttp.WSServerHandshakeError as exc:
-                        assert exc.status == 429  # the last tunnel's slot is not back yet
-                        await asyncio.sleep(0.02)
+            async with ws_once_free(gw, host) as ws:  # the last tunnel's slot came back
+                await ws.send_str("x")
+                assert (await receive(ws)).data == "x"
+                status, code, _ = await _refused_at_accept(gw.edge_port, host)
+                assert (status, code) == (429, "too_many_connections")
 
 
 async def test_memory_budget_refuses_new_work_with_503(probe: Probe, wsup: WsUpstream) -> None:
