@@ -179,7 +179,7 @@ class EdgeHandler:
                 retry, fresh = False, True
                 continue
             if relay.error is not None:
-                raise relay.error
+                raise _closing_if(relay)
             return relay
 
     async def _upgrade(
@@ -221,7 +221,7 @@ class EdgeHandler:
             relay.arm()
             await relay.done
             if relay.error is not None:
-                raise relay.error
+                raise _closing_if(relay)
             if relay.switched is None or conn.transport is None:
                 record.extra["upstream_refused"] = relay.status
                 return relay
@@ -308,6 +308,16 @@ class EdgeHandler:
         if not client.keep_alive:
             extra += "Connection: close\r\n"
         return _head_bytes(answer.status, answer.headers, extra)
+
+
+def _closing_if(relay: Relay) -> GatewayError:
+    """The relay's error, with the client connection marked to close when the request body was
+    cut off part way: the rest of it must never be read as the next request, and the page
+    says ``Connection: close``."""
+    assert relay.error is not None
+    if relay.close_client:
+        relay.client.keep_alive = False
+    return relay.error
 
 
 def _head_bytes(status: int, headers: list[tuple[str, str]], extra: str = "") -> bytes:
