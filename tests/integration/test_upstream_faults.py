@@ -15,7 +15,7 @@ import pytest
 
 from tests.helpers.edge_client import assert_gateway_error, get
 from tests.helpers.faults import black_hole_listener, fault_proxy
-from tests.helpers.gateway import run_gateway
+from tests.helpers.gateway import Gateway, run_gateway
 from tests.helpers.ports import unused_port
 from tests.helpers.probes import Probe
 from tests.helpers.raw_http import connect, read_response, read_until_closed, request_bytes
@@ -24,24 +24,26 @@ from tests.helpers.raw_http import connect, read_response, read_until_closed, re
 async def test_refused_is_502_at_once() -> None:
     async with run_gateway(upstream_connect_timeout_s=5) as gw:
         host = await gw.public_preview(unused_port())
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        response, _ = await get(gw, host)
-        assert response.status == 502
-        assert_gateway_error(response, "upstream_refused")
-        assert loop.time() - started < 1.0, "a refusal is not waited out like a timeout"
+        elapsed = await failing_get(gw, host, 502, "upstream_refused")
+        assert elapsed < 1.0, "a refusal is not waited out like a timeout"
+
+
+async def failing_get(gw: Gateway, host: str, status: int, code: str) -> float:
+    """GET that must fail with this status and code; returns how long the answer took."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    response, _ = await get(gw, host)
+    elapsed = loop.time() - started
+    assert response.status == status
+    assert_gateway_error(response, code)
+    return elapsed
 
 
 async def test_a_black_holed_connect_is_504_at_the_connect_deadline() -> None:
     with black_hole_listener() as port:
         async with run_gateway(upstream_connect_timeout_s=0.5) as gw:
             host = await gw.public_preview(port)
-            loop = asyncio.get_running_loop()
-            started = loop.time()
-            response, _ = await get(gw, host)
-            elapsed = loop.time() - started
-        assert response.status == 504
-        assert_gateway_error(response, "upstream_timeout")
+            elapsed = await failing_get(gw, host, 504, "upstream_timeout")
         assert 0.5 - 0.05 <= elapsed < 0.5 + 2.0
 
 
@@ -51,12 +53,7 @@ async def test_no_response_head_is_504_at_the_response_deadline(probe: Probe) ->
         run_gateway(upstream_response_timeout_s=0.4) as gw,
     ):
         host = await gw.public_preview(proxy.port)
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        response, _ = await get(gw, host)
-        elapsed = loop.time() - started
-        assert response.status == 504
-        assert_gateway_error(response, "upstream_timeout")
+        elapsed = await failing_get(gw, host, 504, "upstream_timeout")
         assert 0.4 - 0.05 <= elapsed < 0.4 + 2.0
         assert proxy.accepted == 1
     assert probe.requests == 0
