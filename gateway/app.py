@@ -189,19 +189,15 @@ def edge_config(
         ),
         admission=admission,
         public_scheme=settings.public_scheme,
-        guard=guard_limits(settings),
-    )
-
-
-def guard_limits(settings: Settings) -> GuardLimits:
-    return GuardLimits(
-        max_connections=settings.max_connections,
-        connections_per_client_ip=settings.max_connections_per_client_ip,
-        requests_per_preview=settings.max_connections_per_preview,
-        websockets_per_client_ip=settings.max_websockets_per_client_ip,
-        websockets_per_preview=settings.max_websockets_per_preview,
-        preview_rate=settings.preview_rate_limit,
-        preview_burst=settings.preview_rate_burst,
+        guard=GuardLimits(
+            max_connections=settings.max_connections,
+            connections_per_client_ip=settings.max_connections_per_client_ip,
+            requests_per_preview=settings.max_connections_per_preview,
+            websockets_per_client_ip=settings.max_websockets_per_client_ip,
+            websockets_per_preview=settings.max_websockets_per_preview,
+            preview_rate=settings.preview_rate_limit,
+            preview_burst=settings.preview_rate_burst,
+        ),
     )
 
 
@@ -267,7 +263,9 @@ class Readiness:
         return True
 
 
-def metrics_for(lookup: RouteLookup, store: Store, hub: WebSocketHub) -> Metrics:
+def metrics_for(
+    lookup: RouteLookup, store: Store, hub: WebSocketHub, guard: EdgeGuard, memory: MemoryWatch
+) -> Metrics:
     metrics = Metrics()
     failed_lookups = ("stale", "error")
     metrics.add_collector(
@@ -278,8 +276,12 @@ def metrics_for(lookup: RouteLookup, store: Store, hub: WebSocketHub) -> Metrics
                     "operation",
                     {"route_lookup": sum(lookup.stats[k] for k in failed_lookups), **store.errors},
                 ),
+                "gateway_limit_refusals": ("code", guard.refused),
             },
-            gauges=lambda: {"gateway_websockets_open": hub.open_count},
+            gauges=lambda: {
+                "gateway_websockets_open": hub.open_count,
+                "gateway_memory_resident_bytes": memory.rss_bytes,
+            },
         )
     )
     return metrics
@@ -311,10 +313,10 @@ async def serve(
     limits = ws_limits(settings)
     hub = WebSocketHub(Readmission(lookup.find, admission), close_timeout_s=limits.close_timeout_s)
     lookup.add_listener(hub.on_invalidation)
-    metrics = metrics_for(lookup, store, hub)
     config = edge_config(settings, allowed, admission)
     memory = MemoryWatch(settings.memory_limit_mib)
     guard = EdgeGuard(config.guard, config.trusted_proxies, memory.pressure)
+    metrics = metrics_for(lookup, store, hub, guard, memory)
     ws = (ws_pool, limits, hub)
     handler = EdgeHandler(config, planner_config(config), lookup, pool, ws, metrics.observe, guard)
     edge = edge_server(settings, handler)

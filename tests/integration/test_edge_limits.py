@@ -21,6 +21,7 @@ from tests.helpers.raw_http import connect, read_response, read_until_closed, re
 from tests.helpers.ws_client import connect as ws_connect
 from tests.helpers.ws_client import receive
 from tests.helpers.ws_upstreams import WsUpstream
+from tests.integration.test_metrics import scrape
 
 
 async def test_idle_keep_alive_connection_is_closed_after_the_limit(probe: Probe) -> None:
@@ -83,6 +84,10 @@ async def test_connections_per_client_ip_are_capped_with_429(probe: Probe) -> No
             status, code, retry = await _refused_at_accept(gw.edge_port, host)
             assert (status, code, retry) == (429, "too_many_connections", "1")
             assert probe.requests == seen, "a refused connection sends nothing upstream"
+            # In no access log line (there was no request), so counted for /metrics.
+            metrics = await scrape(gw)
+            refused = ("gateway_limit_refusals_total", (("code", "too_many_connections"),))
+            assert metrics[refused] == 1
         # Closed connections give their slots back.
         await eventually(lambda: _served(gw.edge_port, host))
 
