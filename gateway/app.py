@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import ipaddress
 import logging
 import secrets
@@ -27,7 +28,7 @@ from gateway.core.errors import RoutingUnavailable
 from gateway.core.netpolicy import IPNetwork
 from gateway.core.planner import PlannerConfig
 from gateway.core.tokens import SigningKey, TokenSigner, generate_key, parse_keys
-from gateway.edge.config import EdgeConfig, RelayLimits
+from gateway.edge.config import EdgeConfig, HeadLimits, RelayLimits
 from gateway.edge.guard import EdgeGuard, GuardLimits
 from gateway.edge.handler import EdgeHandler
 from gateway.edge.pool import UpstreamPool
@@ -46,6 +47,7 @@ from gateway.store.redis import RedisStore, connect_redis
 
 logger = logging.getLogger("gateway.app")
 T = TypeVar("T")
+L = TypeVar("L")
 
 
 @dataclass
@@ -189,16 +191,14 @@ def edge_config(
         ),
         admission=admission,
         public_scheme=settings.public_scheme,
-        guard=GuardLimits(
-            max_connections=settings.max_connections,
-            connections_per_client_ip=settings.max_connections_per_client_ip,
-            requests_per_preview=settings.max_connections_per_preview,
-            websockets_per_client_ip=settings.max_websockets_per_client_ip,
-            websockets_per_preview=settings.max_websockets_per_preview,
-            preview_rate=settings.preview_rate_limit,
-            preview_burst=settings.preview_rate_burst,
-        ),
+        guard=from_settings(GuardLimits, settings),
     )
+
+
+def from_settings(cls: type[L], settings: Settings) -> L:
+    """A limits dataclass whose fields are named as the settings they are read from."""
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    return cls(**settings.model_dump(include=names))
 
 
 def api_config(settings: Settings, allowed: list[IPNetwork]) -> ApiConfig:
@@ -233,6 +233,7 @@ def edge_server(settings: Settings, handler: EdgeHandler) -> EdgeServer:
         keepalive_s=settings.keepalive_timeout_s,
         grace_s=settings.shutdown_grace_s,
         scheme=settings.public_scheme,
+        head_limits=from_settings(HeadLimits, settings),
     )
 
 

@@ -5,9 +5,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from gateway.core import http_framing
 from gateway.core.admission import AdmissionConfig
 from gateway.core.netpolicy import IPNetwork
 from gateway.edge.guard import GuardLimits
+
+
+@dataclass(frozen=True, slots=True)
+class HeadLimits:
+    """What a request head may hold before it gets 431 (``GATEWAY_MAX_HEADER_*``)."""
+
+    max_header_line_bytes: int = http_framing.MAX_LINE_BYTES
+    """The request line and each header line."""
+    max_header_fields: int = http_framing.MAX_FIELDS
+    max_header_bytes: int = http_framing.MAX_HEAD_BYTES
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,8 @@ strictly by httptools (llhttp), bodies relayed raw by the exchange.
 The listener finds the end of each head itself and gives httptools only the head, so the body
 that follows stays raw bytes (relayed as framed) and a pipelined request stays in the buffer
 until the one before it is answered: responses go out in order without a queue. Limits that
-llhttp lacks are checked on the raw bytes first: 64 KiB of head, 128 fields, 8 KiB a line (431).
+llhttp lacks are checked on the raw bytes first: by default 64 KiB of head, 128 fields, 8 KiB a
+line (431; ``GATEWAY_MAX_HEADER_*``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import httptools
 from gateway.core.errors import BadRequest, GatewayError
 from gateway.core.http_framing import ChunkedScanner, FramingError
 from gateway.core.planner import BodyFraming, RequestHead
+from gateway.edge.config import HeadLimits
 from gateway.edge.guard import shed
 from gateway.edge.pages import render_bytes
 from gateway.ops import log
@@ -27,9 +29,7 @@ if TYPE_CHECKING:
     from gateway.edge.handler import EdgeHandler
     from gateway.edge.server import EdgeServer
 
-MAX_HEAD_BYTES = 0x10000
-MAX_FIELDS = 128
-MAX_LINE_BYTES = 0x2000
+HEAD_LIMITS = HeadLimits()
 _BUFFER_HIGH = 0x10000
 """Unconsumed client bytes (a pipelined head, a body not yet wanted) above which reading stops."""
 
@@ -56,14 +56,15 @@ class _Head:
         self.headers.append((name, value))
 
 
-def parse_head(raw: bytes, peer: str) -> tuple[RequestHead, bool]:
+def parse_head(raw: bytes, peer: str, limits: HeadLimits = HEAD_LIMITS) -> tuple[RequestHead, bool]:
     """The head (with its final CRLFCRLF) as a ``RequestHead``, and whether the connection may
     stay open after it. Raises ``BadRequest`` or ``HeadersTooLarge``."""
     lines = raw.count(b"\r\n") - 2
-    if lines > MAX_FIELDS:
-        raise HeadersTooLarge(f"More than {MAX_FIELDS} header fields.")
-    if max(len(line) for line in raw.split(b"\r\n")) > MAX_LINE_BYTES:
-        raise HeadersTooLarge(f"A request line or header field is over {MAX_LINE_BYTES} bytes.")
+    if lines > limits.max_header_fields:
+        raise HeadersTooLarge(f"More than {limits.max_header_fields} header fields.")
+    longest = limits.max_header_line_bytes
+    if max(len(line) for line in raw.split(b"\r\n")) > longest:
+        raise HeadersTooLarge(f"A request line or header field is over {longest} bytes.")
     cb = _Head()
     parser = httptools.HttpRequestParser(cb)
     try:
@@ -269,17 +270,18 @@ class ClientConnection(asyncio.Protocol):
                 self._head_started = self._loop.time()
                 self._arm(self._head_started + self._server.header_timeout_s)
             last = len(buf) - (buf.rfind(b"\n") + 1)
-            if len(buf) > MAX_HEAD_BYTES or last > MAX_LINE_BYTES:
+            limits = self._server.head_limits
+            if len(buf) > limits.max_header_bytes or last > limits.max_header_line_bytes:
                 self._refuse(HeadersTooLarge("The request headers are too large."))
             return
-        if end + 4 > MAX_HEAD_BYTES:
+        if end + 4 > self._server.head_limits.max_header_bytes:
             self._refuse(HeadersTooLarge("The request headers are too large."))
             return
         raw = bytes(buf[: end + 4])
         del buf[: end + 4]
         self._head_started = None
         try:
-            head, keep_alive = parse_head(raw, self.peer)
+            head, keep_alive = parse_head(raw, self.peer, self._server.head_limits)
         except GatewayError as exc:
             self._refuse(exc)
             return

@@ -28,15 +28,17 @@ CAP_RETRY_AFTER_S = 1
 
 @dataclass(frozen=True, slots=True)
 class GuardLimits:
-    """``GATEWAY_MAX_*`` and ``GATEWAY_PREVIEW_RATE_*``; 0 means no cap for each."""
+    """``GATEWAY_MAX_*`` and ``GATEWAY_PREVIEW_RATE_*``, named as those settings; 0 means no
+    cap for each."""
 
     max_connections: int = 0
-    connections_per_client_ip: int = 0
-    requests_per_preview: int = 0
-    websockets_per_client_ip: int = 0
-    websockets_per_preview: int = 0
-    preview_rate: float = 0.0
-    preview_burst: int = 1
+    max_connections_per_client_ip: int = 0
+    max_connections_per_preview: int = 0
+    """Requests in flight to one preview."""
+    max_websockets_per_client_ip: int = 0
+    max_websockets_per_preview: int = 0
+    preview_rate_limit: float = 0.0
+    preview_rate_burst: int = 1
 
 
 def preview_key(route: Route) -> str:
@@ -53,11 +55,11 @@ class EdgeGuard:
         self.limits = limits
         self._trusted = trusted
         self._pressure = pressure
-        self._per_ip = Caps(limits.connections_per_client_ip)
-        self._per_preview = Caps(limits.requests_per_preview)
-        self._ws_per_ip = Caps(limits.websockets_per_client_ip)
-        self._ws_per_preview = Caps(limits.websockets_per_preview)
-        self._rate = RateLimiter(limits.preview_rate, limits.preview_burst)
+        self._per_ip = Caps(limits.max_connections_per_client_ip)
+        self._per_preview = Caps(limits.max_connections_per_preview)
+        self._ws_per_ip = Caps(limits.max_websockets_per_client_ip)
+        self._ws_per_preview = Caps(limits.max_websockets_per_preview)
+        self._rate = RateLimiter(limits.preview_rate_limit, limits.preview_rate_burst)
         self.refused: dict[str, int] = {}
         """Refusals by error code, for ``/metrics``."""
 

@@ -10,7 +10,8 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
-from gateway.edge.connection import ClientConnection
+from gateway.edge.config import HeadLimits
+from gateway.edge.connection import HEAD_LIMITS, ClientConnection
 from gateway.edge.handler import EdgeHandler
 
 
@@ -25,8 +26,10 @@ class EdgeServer:
         keepalive_s: float,
         grace_s: float,
         scheme: str = "http",
+        head_limits: HeadLimits = HEAD_LIMITS,
     ) -> None:
         self.edge = edge
+        self.head_limits = head_limits
         self.grace_s = grace_s
         self.header_timeout_s = header_timeout_s
         self.keepalive_s = keepalive_s

@@ -113,6 +113,12 @@ class Settings(BaseSettings):
     trusted_proxies: Annotated[list[IPNetwork], NoDecode] = Field(default_factory=list)
     """Comma-separated CIDRs of load balancers whose `X-Forwarded-*`/`Forwarded` headers are
     kept and appended to. From anyone else they are replaced."""
+    max_header_line_bytes: int = Field(8 * 1024, ge=1024)
+    """Longest request line or header line (431 over it)."""
+    max_header_fields: int = Field(128, ge=8)
+    """Most header fields in one request head (431 over it)."""
+    max_header_bytes: int = Field(64 * 1024, ge=4096)
+    """Largest request head in all, request line included (431 over it)."""
     max_body_bytes: int = Field(100 * 1024 * 1024, ge=0)
     """Largest request body streamed to a sandbox; larger ones get 413. 0 means no limit."""
     header_read_timeout_s: float = Field(10.0, gt=0)

@@ -38,6 +38,31 @@ async def test_idle_keep_alive_connection_is_closed_after_the_limit(probe: Probe
             assert loop.time() - idle_from < 0.3 + 2.0, "closed near the limit, not much later"
 
 
+@pytest.mark.parametrize(
+    ("setting", "headers"),
+    [
+        ({"max_header_fields": 10}, [(f"X-F{i}", "v") for i in range(11)]),
+        ({"max_header_line_bytes": 1024}, [("X-Long", "v" * 1100)]),
+        ({"max_header_bytes": 4096}, [(f"X-B{i}", "v" * 900) for i in range(5)]),
+    ],
+    ids=["fields", "line", "total"],
+)
+async def test_header_limits_are_settings(
+    probe: Probe, setting: dict[str, int], headers: list[tuple[str, str]]
+) -> None:
+    async with run_gateway(**setting) as gw:
+        host = await gw.public_preview(probe.port)
+        fits = headers[: len(headers) // 2] if len(headers) > 1 else [("X-Long", "v" * 900)]
+        for extra, status in ((fits, 200), (headers, 431)):
+            async with connect(gw.edge_port) as (reader, writer):
+                writer.write(request_bytes(host, "/", headers=extra, close=True))
+                await writer.drain()
+                response = await read_response(reader)
+            assert response.status == status
+        assert_gateway_error(response, "headers_too_large")
+        assert probe.requests == 1, "only the head that fits went upstream"
+
+
 async def _open_connection(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     return await asyncio.open_connection("127.0.0.1", port)
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
+from gateway.app import from_settings
 from gateway.core.limits import (
     Caps,
     Pressure,
@@ -12,6 +15,10 @@ from gateway.core.limits import (
     retry_after,
     upload_too_slow,
 )
+from gateway.edge.config import HeadLimits
+from gateway.edge.guard import GuardLimits
+from gateway.ops.settings import Settings
+from tests.helpers.gateway import make_settings
 
 
 def test_caps_count_per_key_and_forget_released_keys() -> None:
@@ -103,3 +110,16 @@ def test_memory_pressure_levels(rss_mib: int, limit_mib: int, level: Pressure) -
 )
 def test_upload_progress_rule(received: int, window: float, rate: int, slow: bool) -> None:
     assert upload_too_slow(received, window, rate) is slow
+
+
+@pytest.mark.parametrize("cls", [GuardLimits, HeadLimits])
+def test_limits_are_read_from_the_settings_of_their_names(cls: type) -> None:
+    """``app.from_settings`` fills these by field name: a field no setting carries would keep
+    its default without a word."""
+    fields = dataclasses.fields(cls)
+    names = {f.name for f in fields}
+    assert names <= set(Settings.model_fields)
+    # Values unlike any default, and valid for each setting.
+    settings = make_settings(**{f.name: f.default * 2 if f.default else 7 for f in fields})
+    limits = from_settings(cls, settings)
+    assert all(getattr(limits, name) == getattr(settings, name) for name in names)
