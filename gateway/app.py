@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import ipaddress
 import logging
 import secrets
@@ -20,26 +19,36 @@ from typing import TypeVar
 
 from aiohttp import web
 
+from gateway.control import tls_ask
 from gateway.control.api_keys import KeyRing
+from gateway.control.domains import DomainConfig, DomainService
 from gateway.control.handlers import ApiConfig, ControlApi
 from gateway.control.service import ControlService, ServiceConfig
 from gateway.core.admission import AdmissionConfig
 from gateway.core.errors import RoutingUnavailable
 from gateway.core.netpolicy import IPNetwork
-from gateway.core.planner import PlannerConfig
 from gateway.core.tokens import SigningKey, TokenSigner, generate_key, parse_keys
-from gateway.edge.config import EdgeConfig, HeadLimits, RelayLimits
-from gateway.edge.guard import EdgeGuard, GuardLimits
+from gateway.edge.configure import (
+    edge_config,
+    edge_server,
+    planner_config,
+    upstream_pool,
+    ws_limits,
+)
+from gateway.edge.guard import EdgeGuard
 from gateway.edge.handler import EdgeHandler
+from gateway.edge.listeners import ListenerPorts, certificate_store, start_listeners
 from gateway.edge.pool import UpstreamPool
 from gateway.edge.server import EdgeServer
-from gateway.edge.ws_hub import WebSocketHub, WsLimits
+from gateway.edge.tls import CertificateStore
+from gateway.edge.ws_hub import WebSocketHub
 from gateway.edge.ws_readmit import Readmission
 from gateway.ops import log
 from gateway.ops.memory import MemoryWatch
-from gateway.ops.metrics import CONTENT_TYPE, Metrics, StatsCollector
+from gateway.ops.metrics import Metrics, StatsCollector
 from gateway.ops.settings import Settings
 from gateway.ops.sweeper import Sweeper
+from gateway.ops.workers import WorkerSlot, join_workers, metrics_endpoint
 from gateway.store.base import RouteSource, Store
 from gateway.store.lookup import RouteLookup
 from gateway.store.memory import MemoryStore
@@ -47,7 +56,6 @@ from gateway.store.redis import RedisStore, connect_redis
 
 logger = logging.getLogger("gateway.app")
 T = TypeVar("T")
-L = TypeVar("L")
 
 
 @dataclass
@@ -66,6 +74,10 @@ class Running:
     """The control API's rules, for in-process callers (the demo)."""
     memory: MemoryWatch
     pool: UpstreamPool
+    domains: DomainService
+    tls_port: int | None = None
+    certs: CertificateStore | None = None
+    """The edge's certificates when it serves TLS (``reload`` on SIGHUP)."""
     draining: bool = False
 
 
@@ -135,24 +147,7 @@ def build_lookup(settings: Settings, store: RouteSource) -> RouteLookup:
         stale_grace_s=settings.cache_stale_grace_s,
         private_stale_grace_s=settings.private_stale_grace_s,
         max_entries=settings.cache_max_entries,
-    )
-
-
-def upstream_pool(
-    settings: Settings, allowed: list[IPNetwork], *, websocket: bool = False
-) -> UpstreamPool:
-    """WebSockets hold their upstream connection for their whole life, so they get a pool of
-    their own, without a per-sandbox limit: in the HTTP pool they would take the per-sandbox
-    slots that keep one busy sandbox from starving requests to the same port."""
-    total = settings.upstream_max_connections
-    return UpstreamPool(
-        allowed=allowed,
-        denied=settings.deny_target_nets,
-        max_connections=total,
-        max_per_target=total if websocket else settings.upstream_max_connections_per_target,
-        connect_timeout_s=settings.upstream_connect_timeout_s,
-        queue_per_target=settings.upstream_queue_per_target,
-        queue_timeout_s=settings.upstream_queue_timeout_s,
+        preview_domain=settings.preview_domain,
     )
 
 
@@ -162,43 +157,6 @@ def admission_for(settings: Settings, signer: TokenSigner) -> AdmissionConfig:
         cookie_samesite=settings.cookie_samesite,
         allowed_origins=settings.ws_allowed_origins,
     )
-
-
-def ws_limits(settings: Settings) -> WsLimits:
-    return WsLimits(
-        idle_timeout_s=settings.ws_idle_timeout_s,
-        max_lifetime_s=settings.ws_max_lifetime_s,
-        ping_interval_s=settings.ws_ping_interval_s,
-        max_message_bytes=settings.ws_max_message_bytes,
-        handshake_timeout_s=settings.upstream_response_timeout_s,
-    )
-
-
-def edge_config(
-    settings: Settings, allowed: list[IPNetwork], admission: AdmissionConfig
-) -> EdgeConfig:
-    return EdgeConfig(
-        preview_domain=settings.preview_domain,
-        trusted_proxies=settings.trusted_proxies,
-        allowed_targets=allowed,
-        limits=RelayLimits(
-            body_idle_s=settings.body_idle_timeout_s,
-            response_s=settings.upstream_response_timeout_s,
-            upstream_idle_s=settings.upstream_idle_timeout_s,
-            max_body_bytes=settings.max_body_bytes,
-            min_upload_rate=settings.min_upload_rate,
-            upload_window_s=settings.min_upload_rate_window_s,
-        ),
-        admission=admission,
-        public_scheme=settings.public_scheme,
-        guard=from_settings(GuardLimits, settings),
-    )
-
-
-def from_settings(cls: type[L], settings: Settings) -> L:
-    """A limits dataclass whose fields are named as the settings they are read from."""
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    return cls(**settings.model_dump(include=names))
 
 
 def api_config(settings: Settings, allowed: list[IPNetwork]) -> ApiConfig:
@@ -211,29 +169,9 @@ def api_config(settings: Settings, allowed: list[IPNetwork]) -> ApiConfig:
             token_max_lifetime_s=settings.token_max_lifetime_s,
             denied_targets=settings.deny_target_nets,
         ),
-        public_scheme=settings.public_scheme,
+        public_scheme=settings.effective_public_scheme,
         public_port=settings.effective_public_port,
-    )
-
-
-def planner_config(config: EdgeConfig) -> PlannerConfig:
-    return PlannerConfig(
-        preview_domain=config.preview_domain,
-        trusted_proxies=config.trusted_proxies,
-        admission=config.admission,
-        max_body_bytes=config.limits.max_body_bytes,
-        public_scheme=config.public_scheme,
-    )
-
-
-def edge_server(settings: Settings, handler: EdgeHandler) -> EdgeServer:
-    return EdgeServer(
-        handler,
-        header_timeout_s=settings.header_read_timeout_s,
-        keepalive_s=settings.keepalive_timeout_s,
-        grace_s=settings.shutdown_grace_s,
-        scheme=settings.public_scheme,
-        head_limits=from_settings(HeadLimits, settings),
+        domains=DomainConfig.from_settings(settings),
     )
 
 
@@ -288,21 +226,16 @@ def metrics_for(
     return metrics
 
 
-def metrics_endpoint(metrics: Metrics) -> Callable[[web.Request], Awaitable[web.Response]]:
-    async def serve_metrics(request: web.Request) -> web.Response:
-        return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE})
-
-    return serve_metrics
-
-
 async def serve(
     settings: Settings,
     stop: asyncio.Event,
     *,
     on_ready: Callable[[Running], object] | None = None,
     extra_targets: list[str] | None = None,
+    worker: WorkerSlot | None = None,
 ) -> None:
-    """Run the gateway until ``stop`` is set, then drain and return."""
+    """Run the gateway until ``stop`` is set, then drain and return. A ``worker`` shares its
+    ports with its siblings (``SO_REUSEPORT``) and their metrics."""
     allowed = allowed_targets(settings, extra_targets)
     store = build_store(settings)
     lookup = build_lookup(settings, store)
@@ -324,17 +257,23 @@ async def serve(
     readiness = Readiness(store, settings)
     api = ControlApi(api_config(settings, allowed), store, keys, readiness, signer)
     api_app = api.app()
-    api_app.router.add_get("/metrics", metrics_endpoint(metrics))
+    api_app.router.add_get("/metrics", metrics_endpoint(metrics.render, worker))
+    api_app.router.add_get(tls_ask.ASK_PATH, tls_ask.ask_endpoint(lookup.find))
+    shared = worker is not None
     api_runner = web.AppRunner(api_app, access_log=None, shutdown_timeout=2.0)
+    certs = certificate_store(settings)
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(store.close)
         # Cleanups run last-in first-out: the edge drains its in-flight requests first, while
         # the API listener still answers /readyz with 503; only then does the API close.
-        await _listen(stack, api_runner, settings.bind, settings.api_port)
+        await _listen(stack, api_runner, settings.bind, settings.api_port, reuse_port=shared)
         await stack.enter_async_context(edge)  # on exit, busy connections get their grace
-        edge_port = await edge.start(settings.bind, settings.edge_port)
-        if settings.public_port is None and settings.edge_port == 0:
-            api.set_public_port(edge_port)  # an ephemeral edge port is only known now
+        edge_port, tls_port = await start_listeners(
+            ListenerPorts.from_settings(settings), edge, certs, reuse_port=shared
+        )
+        await join_workers(stack, worker, metrics.render)  # once it serves, siblings see it
+        if settings.public_port is None:
+            api.set_public_port(tls_port or edge_port)  # an ephemeral port is only known now
         sweeper = Sweeper(store, settings.sweep_interval_s)
         running = Running(
             edge_port=edge_port,
@@ -348,6 +287,9 @@ async def serve(
             service=api.service,
             memory=memory,
             pool=pool,
+            domains=api.domains,
+            tls_port=tls_port,
+            certs=certs,
         )
         readiness.running = running
         await _run_until_stopped(running, stop, edge, on_ready)
@@ -366,7 +308,11 @@ async def _run_until_stopped(
             tasks.create_task(running.hub.run(), name="websocket re-admission"),
             tasks.create_task(running.sweeper.run(), name="sweeper"),
             tasks.create_task(running.memory.run(), name="memory budget"),
+            tasks.create_task(running.domains.run_rechecks(), name="domain re-checks"),
         ]
+        if running.certs is not None:
+            watch = running.certs.watch(running.certs.interval_s)
+            background.append(tasks.create_task(watch, name="certificate reload"))
         if on_ready is not None:
             on_ready(running)
         await stop.wait()
@@ -379,11 +325,16 @@ async def _run_until_stopped(
 
 
 async def _listen(
-    stack: contextlib.AsyncExitStack, runner: web.BaseRunner, host: str, port: int
+    stack: contextlib.AsyncExitStack,
+    runner: web.BaseRunner,
+    host: str,
+    port: int,
+    *,
+    reuse_port: bool = False,
 ) -> web.TCPSite:
     await runner.setup()
     stack.push_async_callback(runner.cleanup)
-    site = web.TCPSite(runner, host, port, reuse_address=True)
+    site = web.TCPSite(runner, host, port, reuse_address=True, reuse_port=reuse_port or None)
     await site.start()
     return site
 

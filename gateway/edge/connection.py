@@ -1,4 +1,4 @@
-"""The protocol edge's listener: one ``asyncio.Protocol`` per client connection, heads parsed
+"""The edge's client connections: one ``asyncio.Protocol`` per client connection, heads parsed
 strictly by httptools (llhttp), bodies relayed raw by the exchange.
 
 The listener finds the end of each head itself and gives httptools only the head, so the body
@@ -26,8 +26,7 @@ from gateway.ops import log
 
 if TYPE_CHECKING:
     from gateway.edge.exchange import Relay
-    from gateway.edge.handler import EdgeHandler
-    from gateway.edge.server import EdgeServer
+    from gateway.edge.server import EdgeServer, RequestHandler
 
 HEAD_LIMITS = HeadLimits()
 _BUFFER_HIGH = 0x10000
@@ -56,7 +55,9 @@ class _Head:
         self.headers.append((name, value))
 
 
-def parse_head(raw: bytes, peer: str, limits: HeadLimits = HEAD_LIMITS) -> tuple[RequestHead, bool]:
+def parse_head(
+    raw: bytes, peer: str, scheme: str = "http", limits: HeadLimits = HEAD_LIMITS
+) -> tuple[RequestHead, bool]:
     """The head (with its final CRLFCRLF) as a ``RequestHead``, and whether the connection may
     stay open after it. Raises ``BadRequest`` or ``HeadersTooLarge``."""
     lines = raw.count(b"\r\n") - 2
@@ -73,8 +74,12 @@ def parse_head(raw: bytes, peer: str, limits: HeadLimits = HEAD_LIMITS) -> tuple
         pass  # the upgrade itself is decided by the planner and the upstream
     except httptools.HttpParserError as exc:
         raise BadRequest("The request could not be parsed.") from exc
+    http_version = parser.get_http_version()
+    if http_version not in ("1.0", "1.1"):
+        # llhttp reads "GET /a\r\n" as HTTP/0.9 and the next line as a header (threat model S16).
+        raise BadRequest("The request could not be parsed.")
     headers = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in cb.headers]
-    version = (1, 1) if parser.get_http_version() == "1.1" else (1, 0)
+    version = (1, 1) if http_version == "1.1" else (1, 0)
     # Not parser.should_keep_alive(): llhttp resets its flags once a bodiless message is complete.
     tokens = {
         t.strip().lower()
@@ -89,14 +94,17 @@ def parse_head(raw: bytes, peer: str, limits: HeadLimits = HEAD_LIMITS) -> tuple
         version=version,
         headers=headers,
         peer=peer,
+        scheme=scheme,
     )
     return head, keep_alive
 
 
 class ClientConnection(asyncio.Protocol):
-    def __init__(self, edge: EdgeHandler, server: EdgeServer) -> None:
+    def __init__(self, edge: RequestHandler, server: EdgeServer, scheme: str = "http") -> None:
         self._edge = edge
         self._server = server
+        self._scheme = scheme
+        """'https' on the TLS listener: X-Forwarded-Proto and the token cookie follow it."""
         self._loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.peer = ""
@@ -125,8 +133,8 @@ class ClientConnection(asyncio.Protocol):
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         # Tunnels left ``connections`` when they took the socket over; they count all the same.
-        open_now = len(self._server.connections) + self._edge.hub.open_count
-        refusal = self._edge.guard.admit_connection(self.peer, open_now)
+        open_now = len(self._server.connections) + self._server.edge.hub.open_count
+        refusal = self._server.edge.guard.admit_connection(self.peer, open_now)
         if refusal is not None:
             # Shed before any parsing, routing or task: the cheapest answer there is.
             self._shed = self._closing = True
@@ -162,7 +170,7 @@ class ClientConnection(asyncio.Protocol):
             self._timer = None
         if self._shed:
             return
-        self._edge.guard.connection_closed(self.peer)
+        self._server.edge.guard.connection_closed(self.peer)
         self._server.connections.discard(self)
         self._server.check_drained()
         if self._relay is not None:
@@ -281,7 +289,7 @@ class ClientConnection(asyncio.Protocol):
         del buf[: end + 4]
         self._head_started = None
         try:
-            head, keep_alive = parse_head(raw, self.peer, self._server.head_limits)
+            head, keep_alive = parse_head(raw, self.peer, self._scheme, self._server.head_limits)
         except GatewayError as exc:
             self._refuse(exc)
             return

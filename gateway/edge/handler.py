@@ -1,4 +1,4 @@
-"""The protocol edge's request task: Host → route → plan → pooled connection → relay.
+"""The edge's request task: Host → route → plan → pooled connection → relay.
 
 One task per request, spawned by the client connection once a head is parsed; the access
 record, metrics and request ids are kept as ``server.Edge.handle`` keeps them.
@@ -12,7 +12,7 @@ import hashlib
 import secrets
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from multidict import CIMultiDict
 
@@ -48,10 +48,15 @@ from gateway.edge.upstream_errors import closed_without_answer, not_upgraded
 from gateway.edge.ws_hub import WebSocketHub, WsLimits
 from gateway.edge.ws_tunnel import WsTunnel
 from gateway.ops import log
-from gateway.store.lookup import RouteLookup
 
 if TYPE_CHECKING:
     from gateway.edge.connection import ClientConnection
+
+
+class RouteFinder(Protocol):
+    """The route of a host: ``store.lookup.RouteLookup``, or a fixed one (the ACME responder)."""
+
+    async def find(self, host: str) -> Route | None: ...
 
 
 class EdgeHandler:
@@ -59,7 +64,7 @@ class EdgeHandler:
         self,
         config: EdgeConfig,
         planner: PlannerConfig,
-        lookup: RouteLookup,
+        lookup: RouteFinder,
         pool: UpstreamPool,
         ws: tuple[UpstreamPool, WsLimits, WebSocketHub],
         observe: Callable[[log.AccessRecord], None] | None = None,
@@ -68,7 +73,7 @@ class EdgeHandler:
         self.config = config
         self.guard = guard or EdgeGuard(config.guard, config.trusted_proxies)
         self.ws_pool, self.ws_limits, self.hub = ws
-        self._planner = planner
+        self.planner = planner
         self._lookup = lookup
         self.pool = pool
         self._observe = observe
@@ -133,7 +138,7 @@ class EdgeHandler:
         self, client: ClientConnection, head: RequestHead, record: log.AccessRecord, started: float
     ) -> Relay | None:
         loop = asyncio.get_running_loop()
-        inspected = inspect(head, self._planner)
+        inspected = inspect(head, self.planner)
         record.request_id = inspected.request_id or self._next_id()
         record.host = host = inspected.host
         client.body_framing(inspected.framing, inspected.content_length)
@@ -145,7 +150,7 @@ class EdgeHandler:
             raise UnknownPreview(f"No preview is registered for {host}.")
         record.workspace, record.sandbox = route.workspace, route.sandbox
         record.preview = route.preview
-        decision = plan(inspected, route, time.time(), self._planner, request_id=record.request_id)
+        decision = plan(inspected, route, time.time(), self.planner, request_id=record.request_id)
         if isinstance(decision, Respond):
             record.status, record.error_code = decision.status, decision.error_code
             client.respond(self._answer(client, decision), close=False)
