@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, cast
 import httptools
 
 from gateway.core.errors import BadRequest, GatewayError
-from gateway.core.http_framing import ChunkedScanner, FramingError
 from gateway.core.planner import BodyFraming, RequestHead
 from gateway.edge.config import HeadLimits
+from gateway.edge.discard import DISCARD_MAX, Discard
 from gateway.edge.guard import shed
 from gateway.edge.pages import render_bytes
 from gateway.ops import log
@@ -216,10 +216,10 @@ class ClientConnection(asyncio.Protocol):
         if relay is None and self._body_unread():
             # Answered without reading the body (an error page, a preflight): skip a small one
             # so the connection can serve the next request; otherwise close.
-            if self._body_left > _DISCARD_MAX:
+            if self._body_left > DISCARD_MAX:
                 self.keep_alive = False
             else:
-                self._relay = _Discard(self._body_left, self._body_chunked)  # type: ignore[assignment]
+                self._relay = Discard(self._body_left, self._body_chunked)  # type: ignore[assignment]
         self._upstream_paused = False
         if not self.keep_alive or self._server.draining or self._eof:
             self._close()
@@ -255,7 +255,7 @@ class ClientConnection(asyncio.Protocol):
             if not relay.body_done and self._buf:
                 n = relay.take_body(self._buf)
                 del self._buf[:n]
-            if isinstance(relay, _Discard):
+            if isinstance(relay, Discard):
                 if relay.failed:
                     self._close()
                     return
@@ -368,39 +368,3 @@ class ClientConnection(asyncio.Protocol):
             self._close()
         # Busy: the response in flight says Connection: close, and the connection ends with it.
         self.keep_alive = False
-
-
-_DISCARD_MAX = 0x100000
-
-
-class _Discard:
-    """Reads and drops the rest of a body the response did not need."""
-
-    def __init__(self, left: int, chunked: bool) -> None:
-        self.left = left
-        self.scanner = ChunkedScanner() if chunked else None
-        self.body_done = False
-        self.failed = False
-
-    def take_body(self, data: bytes | bytearray) -> int:
-        if self.scanner is None:
-            n = min(self.left, len(data))
-            self.left -= n
-            self.body_done = not self.left
-            return n
-        try:
-            end = self.scanner.feed(data)
-        except FramingError:
-            self.failed = True
-            return len(data)
-        self.body_done = end >= 0
-        return len(data) if end < 0 else end
-
-    def client_pause_writing(self) -> None:
-        pass
-
-    def client_resume_writing(self) -> None:
-        pass
-
-    def client_lost(self) -> None:
-        pass
