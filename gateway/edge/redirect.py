@@ -11,7 +11,7 @@ from gateway.core.errors import GatewayError, NotFound
 from gateway.core.https_redirect import is_acme_challenge, redirect_location
 from gateway.core.planner import RequestHead, first_header
 from gateway.core.records import Route
-from gateway.edge.handler import EdgeHandler, random_ids
+from gateway.edge.handler import EdgeHandler
 from gateway.edge.pages import render_bytes
 from gateway.ops import log
 
@@ -33,6 +33,9 @@ class AcmeResponder:
             public=True,
         )
 
+    def cached(self, host: str) -> Route:
+        return self._route
+
     async def find(self, host: str) -> Route | None:
         return self._route
 
@@ -41,11 +44,11 @@ class HttpsRedirect:
     def __init__(self, https_port: int, acme: EdgeHandler | None) -> None:
         self._https_port = https_port
         self._acme = acme
-        self._next_id = random_ids().__next__
+        self._next_id = log.random_ids().__next__
 
-    async def handle(self, client: ClientConnection, head: RequestHead) -> None:
+    def start(self, client: ClientConnection, head: RequestHead) -> None:
         if is_acme_challenge(head.target) and self._acme is not None:
-            await self._acme.handle(client, head)
+            self._acme.start(client, head)
             return
         record = log.AccessRecord(
             request_id=self._next_id(),

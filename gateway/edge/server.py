@@ -20,7 +20,8 @@ from gateway.edge.handler import EdgeHandler
 class RequestHandler(Protocol):
     """What a listener hands each parsed request to: the edge, or the https redirect."""
 
-    async def handle(self, client: ClientConnection, head: RequestHead) -> None: ...
+    def start(self, client: ClientConnection, head: RequestHead) -> None:
+        """Take the request on; what has to wait goes on in ``client.spawn``."""
 
 
 class EdgeServer:

@@ -42,7 +42,7 @@ class Slots:
     async def take(self, target: Target) -> None:
         """A slot for ``target``, now or after a wait in its queue. Raises ``UpstreamBusy``."""
         if self._has_slot(target):
-            self._hold(target)
+            self.hold(target)
             return
         if not self._queue_timeout_s:
             await self._queue_for_slot(target)
@@ -52,6 +52,16 @@ class Slots:
                 await self._queue_for_slot(target)
         except TimeoutError:
             raise UpstreamBusy("The app is busy: no connection to it came free in time.") from None
+
+    def free_now(self, target: Target) -> bool:
+        """A slot for ``target`` is free and no queued request is ahead: ``hold`` may take it
+        without waiting (the task-free path)."""
+        return target not in self._waiters and self._has_slot(target)
+
+    def hold(self, target: Target) -> None:
+        """Take a slot that ``free_now`` said is free."""
+        self._busy[target] = self._busy.get(target, 0) + 1
+        self._busy_total += 1
 
     def free(self, target: Target) -> None:
         left = self._busy[target] - 1
@@ -91,11 +101,7 @@ class Slots:
                 elif waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                     self._wake()  # woken, then cancelled: the slot goes to the next waiter
                 raise
-        self._hold(target)
-
-    def _hold(self, target: Target) -> None:
-        self._busy[target] = self._busy.get(target, 0) + 1
-        self._busy_total += 1
+        self.hold(target)
 
     def _wake(self, prefer: Target | None = None) -> None:
         """Wake one waiter that the free slot can serve: the same target's first."""
