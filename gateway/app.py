@@ -229,6 +229,28 @@ def metrics_for(
     return metrics
 
 
+def edge_handler(
+    settings: Settings,
+    allowed: list[IPNetwork],
+    lookup: RouteLookup,
+    store: Store,
+    admission: AdmissionConfig,
+) -> tuple[EdgeHandler, Metrics, MemoryWatch]:
+    """The edge's request handler with its pools, WebSocket hub, guard and metrics."""
+    pool = upstream_pool(settings, allowed)
+    ws_pool = upstream_pool(settings, allowed, websocket=True)
+    limits = ws_limits(settings)
+    hub = WebSocketHub(Readmission(lookup.find, admission), close_timeout_s=limits.close_timeout_s)
+    lookup.add_listener(hub.on_invalidation)
+    config = edge_config(settings, allowed, admission)
+    memory = MemoryWatch(settings.memory_limit_mib)
+    guard = EdgeGuard(config.guard, config.trusted_proxies, memory.pressure)
+    metrics = metrics_for(lookup, store, hub, guard, memory)
+    ws = (ws_pool, limits, hub)
+    handler = EdgeHandler(config, planner_config(config), lookup, pool, ws, metrics.observe, guard)
+    return handler, metrics, memory
+
+
 async def serve(
     settings: Settings,
     stop: asyncio.Event,
@@ -244,18 +266,10 @@ async def serve(
     lookup = build_lookup(settings, store)
     keys, generated_key = key_ring(settings)
     signer = TokenSigner(await _with_startup_retries(lambda: signing_keys(settings, store)))
-    admission = admission_for(settings, signer)
-    pool = upstream_pool(settings, allowed)
-    ws_pool = upstream_pool(settings, allowed, websocket=True)
-    limits = ws_limits(settings)
-    hub = WebSocketHub(Readmission(lookup.find, admission), close_timeout_s=limits.close_timeout_s)
-    lookup.add_listener(hub.on_invalidation)
-    config = edge_config(settings, allowed, admission)
-    memory = MemoryWatch(settings.memory_limit_mib)
-    guard = EdgeGuard(config.guard, config.trusted_proxies, memory.pressure)
-    metrics = metrics_for(lookup, store, hub, guard, memory)
-    ws = (ws_pool, limits, hub)
-    handler = EdgeHandler(config, planner_config(config), lookup, pool, ws, metrics.observe, guard)
+    handler, metrics, memory = edge_handler(
+        settings, allowed, lookup, store, admission_for(settings, signer)
+    )
+    pool, hub = handler.pool, handler.hub
     edge = edge_server(settings, handler)
     readiness = Readiness(store, settings)
     api = ControlApi(api_config(settings, allowed), store, keys, readiness, signer)
