@@ -36,12 +36,11 @@ from gateway.edge.ws_readmit import Readmission
 from gateway.edge.ws_relay import WsRelay
 from gateway.ops import log
 from gateway.ops.metrics import CONTENT_TYPE, Metrics, StatsCollector
+from gateway.ops.redis_config import build_store
 from gateway.ops.settings import Settings
 from gateway.ops.sweeper import Sweeper
 from gateway.store.base import RouteSource, Store
 from gateway.store.lookup import RouteLookup
-from gateway.store.memory import MemoryStore
-from gateway.store.redis import RedisStore, connect_redis
 
 logger = logging.getLogger("gateway.app")
 T = TypeVar("T")
@@ -62,15 +61,6 @@ class Running:
     service: ControlService
     """The control API's rules, for in-process callers (the demo)."""
     draining: bool = False
-
-
-def build_store(settings: Settings) -> Store:
-    if settings.redis_url is None:
-        return MemoryStore()
-    url = settings.redis_url.get_secret_value()
-    client = connect_redis(url, settings.redis_timeout_s)
-    subscriber = connect_redis(url, 30.0)
-    return RedisStore(client, subscriber, settings.redis_prefix)
 
 
 def key_ring(settings: Settings) -> tuple[KeyRing, str | None]:

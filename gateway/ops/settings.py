@@ -57,7 +57,20 @@ class Settings(BaseSettings):
     # ── store ───────────────────────────────────────────────────────────────────────────────
     redis_url: SecretStr | None = None
     """Routing table in Redis (`redis://host:6379/0`); unset means the embedded in-memory store
-    (single node)."""
+    (single node). With `GATEWAY_REDIS_CLUSTER`, or as `redis+cluster://host:port`, any one
+    node of a Redis Cluster."""
+    redis_cluster: bool = False
+    """The URL is a node of a Redis Cluster: keys get per-workspace hash tags (docs/redis.md)."""
+    redis_sentinels: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Comma-separated `host:port` of Redis Sentinels (instead of a URL): the gateway asks them
+    for the primary and follows failovers without a restart."""
+    redis_master: str = "mymaster"
+    """With Sentinels: the name of the monitored primary."""
+    redis_password: SecretStr | None = None
+    """Password of the Redis data nodes (Sentinel's primary and replicas, or Cluster nodes),
+    when it is not in the URL."""
+    redis_sentinel_password: SecretStr | None = None
+    """Password of the Sentinels themselves (their `requirepass`), if they have one."""
     redis_prefix: str = "pgw:"
     """Prefix of every Redis key and channel the gateway uses."""
     redis_timeout_s: float = Field(0.3, gt=0)
@@ -164,6 +177,7 @@ class Settings(BaseSettings):
         "trusted_proxies",
         "token_keys",
         "ws_allowed_origins",
+        "redis_sentinels",
         mode="before",
     )
     @classmethod
@@ -200,6 +214,14 @@ class Settings(BaseSettings):
         if not value or " " in value:
             raise ValueError("preview_domain must be a DNS name")
         return value
+
+    @model_validator(mode="after")
+    def _one_redis(self) -> Settings:
+        if self.redis_sentinels and self.redis_url is not None:
+            raise ValueError("set either redis_url or redis_sentinels, not both")
+        if self.redis_cluster and self.redis_url is None:
+            raise ValueError("redis_cluster needs redis_url (any one node of the cluster)")
+        return self
 
     @model_validator(mode="after")
     def _ports_differ(self) -> Settings:

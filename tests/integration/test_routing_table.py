@@ -1,5 +1,6 @@
 """One contract suite for every routing table: the embedded ``MemoryStore`` and the ``RedisStore``
-against a real redis-server (each test under its own key prefix).
+against a real redis-server, a real Sentinel set (primary, replica, three sentinels, passwords)
+and a real 3-primary Redis Cluster (each test under its own key prefix).
 
 Invalidations are checked exactly: after an operation the test writes a marker and collects what
 was published before the marker arrived, so "published these hostnames and nothing else" is
@@ -20,8 +21,21 @@ from gateway.core.errors import RoutingUnavailable
 from gateway.core.records import Keys, Preview, Route, Sandbox, TokenRecord, utcnow
 from gateway.store.base import FLUSH_ALL, PutResult, Store
 from gateway.store.memory import MemoryStore
-from gateway.store.redis import RedisStore, connect_redis
+from gateway.store.redis import RedisStore
+from gateway.store.redis_connect import (
+    cluster_clients,
+    parse_sentinels,
+    sentinel_clients,
+    single_clients,
+)
 from tests.helpers.redis_server import RedisServer
+from tests.helpers.redis_topologies import (
+    DATA_PASSWORD,
+    MASTER,
+    SENTINEL_PASSWORD,
+    RedisCluster,
+    SentinelSet,
+)
 
 WS = "ws1"
 OTHER_WS = "ws2"
@@ -56,19 +70,33 @@ def preview(
     )
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def store(
-    request: pytest.FixtureRequest, redis_server: RedisServer, redis_prefix: str
-) -> AsyncIterator[Store]:
+def redis_store(request: pytest.FixtureRequest, kind: str, prefix: str) -> RedisStore:
+    """A store on the named Redis shape; its fixture starts on first use."""
+    if kind == "sentinel":
+        sentinels: SentinelSet = request.getfixturevalue("redis_sentinels")
+        clients = sentinel_clients(
+            parse_sentinels(sentinels.addresses.split(",")),
+            MASTER,
+            5.0,
+            password=DATA_PASSWORD,
+            sentinel_password=SENTINEL_PASSWORD,
+        )
+    elif kind == "cluster":
+        cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+        clients = cluster_clients(cluster.url, 5.0)
+    else:
+        server: RedisServer = request.getfixturevalue("redis_server")
+        clients = single_clients(server.url, 5.0)
+    return RedisStore(clients, prefix)
+
+
+@pytest.fixture(params=["memory", "redis", "sentinel", "cluster"])
+async def store(request: pytest.FixtureRequest, redis_prefix: str) -> AsyncIterator[Store]:
     made: Store
     if request.param == "memory":
         made = MemoryStore()
     else:
-        made = RedisStore(
-            connect_redis(redis_server.url, 5.0),
-            connect_redis(redis_server.url, 30.0),
-            redis_prefix,
-        )
+        made = redis_store(request, request.param, redis_prefix)
     try:
         yield made
     finally:
@@ -561,9 +589,7 @@ async def raw_redis(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
 async def test_corrupt_redis_values_are_treated_as_absent(
     redis_server: RedisServer, redis_prefix: str, raw_redis: aioredis.Redis, value: bytes
 ) -> None:
-    store = RedisStore(
-        connect_redis(redis_server.url, 5.0), connect_redis(redis_server.url, 30.0), redis_prefix
-    )
+    store = RedisStore(single_clients(redis_server.url, 5.0), redis_prefix)
     keys = Keys(redis_prefix)
     try:
         await store.put_sandbox(sandbox(), create=True)
@@ -592,9 +618,7 @@ async def test_corrupt_redis_values_are_treated_as_absent(
 async def test_redis_keys_stay_under_the_prefix(
     redis_server: RedisServer, redis_prefix: str, raw_redis: aioredis.Redis
 ) -> None:
-    store = RedisStore(
-        connect_redis(redis_server.url, 5.0), connect_redis(redis_server.url, 30.0), redis_prefix
-    )
+    store = RedisStore(single_clients(redis_server.url, 5.0), redis_prefix)
     try:
         await store.put_sandbox(sandbox(expires_at=utcnow() + timedelta(1)), create=True)
         await store.put_preview(preview(), create=True, force=False)
@@ -617,14 +641,7 @@ async def test_redis_keys_stay_under_the_prefix(
 async def test_shared_secret_first_writer_wins(
     redis_server: RedisServer, redis_prefix: str
 ) -> None:
-    stores = [
-        RedisStore(
-            connect_redis(redis_server.url, 5.0),
-            connect_redis(redis_server.url, 30.0),
-            redis_prefix,
-        )
-        for _ in range(2)
-    ]
+    stores = [RedisStore(single_clients(redis_server.url, 5.0), redis_prefix) for _ in range(2)]
     try:
         first = await stores[0].shared_secret("token-key", "k1:aaa")
         second = await stores[1].shared_secret("token-key", "k2:bbb")
@@ -640,12 +657,7 @@ async def test_keepalive_pongs_are_not_invalidations(
 ) -> None:
     """The subscriber pings Redis when the channel is quiet; the PONG that comes back on the
     subscription is not a hostname and must not reach the cache as one."""
-    store = RedisStore(
-        connect_redis(redis_server.url, 5.0),
-        connect_redis(redis_server.url, 30.0),
-        redis_prefix,
-        ping_interval_s=0.05,
-    )
+    store = RedisStore(single_clients(redis_server.url, 5.0), redis_prefix, ping_interval_s=0.05)
     try:
         async with Published(store) as published:
 
