@@ -22,20 +22,9 @@ from gateway.core.records import Keys, Preview, Route, Sandbox, TokenRecord, utc
 from gateway.store.base import FLUSH_ALL, PutResult, Store
 from gateway.store.memory import MemoryStore
 from gateway.store.redis import RedisStore
-from gateway.store.redis_connect import (
-    cluster_clients,
-    parse_sentinels,
-    sentinel_clients,
-    single_clients,
-)
+from gateway.store.redis_connect import single_clients
 from tests.helpers.redis_server import RedisServer
-from tests.helpers.redis_topologies import (
-    DATA_PASSWORD,
-    MASTER,
-    SENTINEL_PASSWORD,
-    RedisCluster,
-    SentinelSet,
-)
+from tests.helpers.redis_stores import redis_store
 
 WS = "ws1"
 OTHER_WS = "ws2"
@@ -68,26 +57,6 @@ def preview(
         hostname=hostname or host(f"{name}-{sb}-{ws}"),
         **extra,
     )
-
-
-def redis_store(request: pytest.FixtureRequest, kind: str, prefix: str) -> RedisStore:
-    """A store on the named Redis shape; its fixture starts on first use."""
-    if kind == "sentinel":
-        sentinels: SentinelSet = request.getfixturevalue("redis_sentinels")
-        clients = sentinel_clients(
-            parse_sentinels(sentinels.addresses.split(",")),
-            MASTER,
-            5.0,
-            password=DATA_PASSWORD,
-            sentinel_password=SENTINEL_PASSWORD,
-        )
-    elif kind == "cluster":
-        cluster: RedisCluster = request.getfixturevalue("redis_cluster")
-        clients = cluster_clients(cluster.url, 5.0)
-    else:
-        server: RedisServer = request.getfixturevalue("redis_server")
-        clients = single_clients(server.url, 5.0)
-    return RedisStore(clients, prefix)
 
 
 @pytest.fixture(params=["memory", "redis", "sentinel", "cluster"])

@@ -1,0 +1,162 @@
+"""What the Redis shapes add to the contract suite (``test_routing_table.py``): a lost
+subscriber flushes the cache on every shape; the Cluster's key layout keeps each workspace in
+one hash slot; hostname claims decide which workspace's route is served."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import pytest
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster as ClusterClient
+
+from gateway.core.records import Keys, Preview, Sandbox, utcnow
+from gateway.store.base import FLUSH_ALL, PutResult
+from gateway.store.lookup import RouteLookup
+from gateway.store.redis import RedisStore
+from gateway.store.redis_hosts import CLAIM_TTL_MS
+from tests.helpers.polling import eventually
+from tests.helpers.redis_stores import SHAPES, raw_client, raw_nodes, redis_store
+
+WS = "ws1"
+OTHER_WS = "ws2"
+
+
+def host(label: str) -> str:
+    return f"{label}.eu.preview.test"
+
+
+def preview(hostname: str, name: str = "web", port: int = 3000) -> Preview:
+    return Preview(workspace=WS, sandbox="sb", name=name, port=port, public=True, hostname=hostname)
+
+
+@contextlib.asynccontextmanager
+async def opened(
+    request: pytest.FixtureRequest, shape: str, prefix: str
+) -> AsyncIterator[tuple[RedisStore, aioredis.Redis | ClusterClient, list[aioredis.Redis]]]:
+    """The store under test, a raw client of the same data, and every writable node."""
+    store = redis_store(request, shape, prefix)
+    raw, nodes = raw_client(request, shape), raw_nodes(request, shape)
+    try:
+        yield store, raw, nodes
+    finally:
+        await store.close()
+        await raw.aclose()
+        for node in nodes:
+            await node.aclose()
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+async def test_subscriber_loss_flushes_the_cache(
+    request: pytest.FixtureRequest, shape: str, redis_prefix: str
+) -> None:
+    """``CLIENT KILL TYPE pubsub`` on every node: whatever was published meanwhile is lost, so
+    the resubscribed replica drops its whole cache. A route changed without a message is
+    served fresh at once, though its cache TTL (10 minutes) is far from over."""
+    async with opened(request, shape, redis_prefix) as (store, raw, nodes):
+        keys = Keys(redis_prefix, tagged=shape == "cluster")
+        routes = RouteLookup(
+            store,
+            timeout_s=5.0,
+            ttl_s=600,
+            negative_ttl_s=600,
+            stale_grace_s=600,
+            max_entries=100,
+        )
+        flushes: list[str] = []
+        routes.add_listener(lambda h: flushes.append(h) if h == FLUSH_ALL else None)
+        follower = asyncio.get_running_loop().create_task(routes.follow_invalidations())
+        try:
+            await eventually(lambda: len(flushes) == 1)
+            await store.put_sandbox(Sandbox(workspace=WS, name="sb", target_host="10.0.0.7"),
+                                    create=True)  # fmt: skip
+            assert await store.put_preview(preview(host("a")), create=True, force=False) is (
+                PutResult.OK
+            )
+            cached = await routes.find(host("a"))
+            assert cached is not None and cached.port == 3000
+            # The route changes with no message on the channel, as if the message were lost.
+            changed = cached.model_copy(update={"port": 4000})
+            await raw.set(keys.route(host("a"), WS), changed.model_dump_json())
+            again = await routes.find(host("a"))
+            assert again is not None and again.port == 3000, "served from the cache"
+
+            for node in nodes:
+                assert await node.execute_command("CLIENT", "KILL", "TYPE", "pubsub") >= 0
+            await eventually(lambda: len(flushes) >= 2)
+            fresh = await routes.find(host("a"))
+            assert fresh is not None and fresh.port == 4000
+            assert store.errors["subscriber"] >= 1
+        finally:
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follower
+
+
+async def test_cluster_keys_of_a_workspace_share_one_slot(
+    request: pytest.FixtureRequest, redis_prefix: str
+) -> None:
+    async with opened(request, "cluster", redis_prefix) as (store, raw, nodes):
+        assert isinstance(raw, ClusterClient)
+        k = Keys(redis_prefix, tagged=True)
+        sb = Sandbox(workspace=WS, name="sb", target_host="10.0.0.7",
+                     expires_at=utcnow() + timedelta(1))  # fmt: skip
+        await store.put_sandbox(sb, create=True)
+        await store.put_preview(preview(host("a")), create=True, force=False)
+
+        async def stored() -> set[str]:
+            found: set[str] = set()
+            for node in nodes:
+                found |= {key.decode() async for key in node.scan_iter(match=f"{redis_prefix}*")}
+            return found
+
+        workspace_keys = {
+            k.sandbox(WS, "sb"),
+            k.sandboxes(WS),
+            k.preview(WS, "sb", "web"),
+            k.previews(WS, "sb"),
+            k.route(host("a"), WS),
+            k.expiries(WS),
+        }
+        assert await stored() == workspace_keys | {k.expiring(), k.host_owner(host("a"))}
+        assert len({raw.keyslot(key) for key in [*workspace_keys, k.channel(WS)]}) == 1
+        assert raw.keyslot(k.host_owner(host("a"))) == raw.keyslot(host("a"))
+        assert await raw.pttl(k.host_owner(host("a"))) == -1, "a hostname in use: settled"
+
+        await store.delete_sandbox(WS, "sb")
+        assert await stored() == {k.expiring(), k.host_owner(host("a"))}
+        ttl = await raw.pttl(k.host_owner(host("a")))
+        assert 0 < ttl <= CLAIM_TTL_MS, "a claim without a route is left to expire"
+
+
+async def test_cluster_claims_decide_which_route_is_served(
+    request: pytest.FixtureRequest, redis_prefix: str
+) -> None:
+    async with opened(request, "cluster", redis_prefix) as (store, raw, _):
+        k = Keys(redis_prefix, tagged=True)
+        await store.put_sandbox(Sandbox(workspace=WS, name="sb", target_host="10.0.0.7"),
+                                create=True)  # fmt: skip
+
+        # A settled claim whose workspace has no route there (its writer died between its
+        # delete and its settle) is taken over.
+        await raw.set(k.host_owner(host("left")), OTHER_WS)
+        assert await store.put_preview(preview(host("left")), create=True, force=False) is (
+            PutResult.OK
+        )
+        assert await raw.get(k.host_owner(host("left"))) == WS.encode()
+        route = await store.get_route(host("left"))
+        assert route is not None and route.workspace == WS
+
+        # A pending claim is another writer mid-write: the hostname is taken.
+        await raw.set(k.host_owner(host("busy")), OTHER_WS, px=CLAIM_TTL_MS)
+        busy = preview(host("busy"), name="other")
+        assert await store.put_preview(busy, create=True, force=False) is PutResult.HOST_TAKEN
+        assert await store.get_preview(WS, "sb", "other") is None
+
+        # Reads follow the claim: a route whose claim another workspace holds is not served.
+        await raw.set(k.host_owner(host("left")), OTHER_WS)
+        assert await raw.get(k.route(host("left"), WS)) is not None
+        assert await store.get_route(host("left")) is None
