@@ -47,6 +47,7 @@ class RedisStore:
         # without the short socket timeout of the request path.
         self._sub: Client = clients.subscriber
         self._closers = clients.closers
+        self._on_primary = clients.on_primary
         self.errors = {"command": 0, "transaction": 0, "subscriber": 0}
         """Redis failures by kind of operation, for the ``gateway_store_errors`` metric."""
         cluster = isinstance(self._client, RedisCluster)
@@ -241,7 +242,9 @@ class RedisStore:
         return found
 
     def invalidations(self) -> AsyncIterator[str]:
-        return subscribe(self._sub, self._keys, self.errors, self._ping_interval_s)
+        return subscribe(
+            self._sub, self._keys, self.errors, self._ping_interval_s, self._on_primary
+        )
 
     async def shared_secret(self, name: str, candidate: str) -> str:
         """The first replica's candidate wins (SET NX); every replica then uses it."""

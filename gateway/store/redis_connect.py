@@ -17,10 +17,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import Connection
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
 
 Client = aioredis.Redis | RedisCluster
 
@@ -35,6 +38,8 @@ class RedisClients:
     subscriber: Client
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     """More to close with the store (the Sentinel's own connections)."""
+    on_primary: Callable[[PubSub], Awaitable[bool]] | None = None
+    """Sentinel: is a subscription still on the primary the sentinels name?"""
 
 
 def _no_retries(timeout_s: float) -> dict[str, Any]:
@@ -115,7 +120,19 @@ def sentinel_clients(
         )
         return client
 
-    return RedisClients(primary(timeout_s), primary(SUBSCRIBER_TIMEOUT_S), [manager.aclose])
+    async def on_primary(pubsub: PubSub) -> bool:
+        connection: Connection | None = pubsub.connection
+        if connection is None:
+            return True
+        try:
+            address: tuple[str, int] = await manager.discover_master(master)
+        except RedisError:
+            return True  # the sentinels are unreachable: no news is no reason to move
+        return (connection.host, connection.port) == address
+
+    return RedisClients(
+        primary(timeout_s), primary(SUBSCRIBER_TIMEOUT_S), [manager.aclose], on_primary
+    )
 
 
 def as_text(value: object) -> str:

@@ -10,8 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 
+from redis.asyncio.client import PubSub
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from gateway.core.records import Keys
@@ -23,8 +26,20 @@ log = logging.getLogger("gateway.routing")
 RESUBSCRIBE_DELAY_S = 1.0
 
 
+PrimaryCheck = Callable[[PubSub], Awaitable[bool]]
+"""Is this subscription still on the current primary? (Sentinel: ask the sentinels.)"""
+
+
+class PrimaryMoved(RedisConnectionError):
+    """The subscription is on a node that is no longer the primary."""
+
+
 async def subscribe(
-    subscriber: Client, keys: Keys, errors: dict[str, int], ping_interval_s: float
+    subscriber: Client,
+    keys: Keys,
+    errors: dict[str, int],
+    ping_interval_s: float,
+    on_primary: PrimaryCheck | None = None,
 ) -> AsyncIterator[str]:
     """Hostnames whose routes changed, from any replica.
 
@@ -33,41 +48,54 @@ async def subscribe(
     """
     while True:
         pubsub = subscriber.pubsub(ignore_subscribe_messages=True)
-        # On a Cluster each workspace publishes on a channel of its own slot (so the PUBLISH
-        # can be part of its transaction); classic pub/sub reaches every node, so one
-        # pattern subscription on any node hears every workspace.
-        tagged = keys.tagged
         try:
-            if tagged:
+            # On a Cluster each workspace publishes on a channel of its own slot (so the
+            # PUBLISH can be part of its transaction); classic pub/sub reaches every node, so
+            # one pattern subscription on any node hears every workspace.
+            if keys.tagged:
                 await pubsub.psubscribe(keys.invalidations)
             else:
                 await pubsub.subscribe(keys.invalidations)
             yield FLUSH_ALL
-            while True:
-                message = await pubsub.get_message(timeout=ping_interval_s)
-                # redis-py can swallow a CancelledError that lands while it handles a
-                # message; without this check the loop, and so shutdown, never ends.
-                _raise_if_cancelling()
-                if message is None:
-                    await pubsub.ping()
-                    _raise_if_cancelling()
-                    continue
-                # Only published messages are invalidations. The PONG answering the ping
-                # above comes back on the subscription too (type "pong", data b"").
-                if message.get("type") != ("pmessage" if tagged else "message"):
-                    continue
-                data = message.get("data")
-                if isinstance(data, bytes):
-                    yield data.decode()
+            async for hostname in _listen(pubsub, keys.tagged, ping_interval_s, on_primary):
+                yield hostname
         except (RedisError, OSError) as exc:
             errors["subscriber"] += 1
             log.warning(
                 "invalidation subscriber lost Redis (%s); resubscribing", type(exc).__name__
             )
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(RESUBSCRIBE_DELAY_S)
         finally:
             with contextlib.suppress(RedisError, OSError):
                 await pubsub.aclose()
+
+
+async def _listen(
+    pubsub: PubSub, tagged: bool, ping_interval_s: float, on_primary: PrimaryCheck | None
+) -> AsyncIterator[str]:
+    checked = time.monotonic()
+    while True:
+        message = await pubsub.get_message(timeout=ping_interval_s)
+        # redis-py can swallow a CancelledError that lands while it handles a message;
+        # without this check the loop, and so shutdown, never ends.
+        _raise_if_cancelling()
+        if on_primary is not None and time.monotonic() - checked >= ping_interval_s:
+            # A demoted primary that stays up keeps this subscription open, and hears the new
+            # primary's messages only while it replicates from it: move to the primary.
+            checked = time.monotonic()
+            if not await on_primary(pubsub):
+                raise PrimaryMoved("the primary moved")
+        if message is None:
+            await pubsub.ping()
+            _raise_if_cancelling()
+            continue
+        # Only published messages are invalidations. The PONG answering the ping above comes
+        # back on the subscription too (type "pong", data b"").
+        if message.get("type") != ("pmessage" if tagged else "message"):
+            continue
+        data = message.get("data")
+        if isinstance(data, bytes):
+            yield data.decode()
 
 
 def _raise_if_cancelling() -> None:
