@@ -18,7 +18,7 @@ from tests.helpers.api import api_gateway
 from tests.helpers.gateway import Gateway, run_gateway
 from tests.helpers.process import GatewayProcess, spawn_gateway
 from tests.helpers.redis_server import RedisServer
-from tests.helpers.redis_topologies import RedisCluster, SentinelSet
+from tests.helpers.redis_topologies import RedisCluster, SentinelSet, running
 from tests.helpers.upstreams import echo_app
 from tests.helpers.ws_upstreams import WsUpstream, ws_upstream
 
@@ -39,23 +39,15 @@ def redis_server() -> Iterator[RedisServer]:
 @pytest.fixture(scope="session")
 def redis_sentinels() -> Iterator[SentinelSet]:
     """A primary, a replica and three sentinels, shared by the tests that do not fail it over."""
-    sentinels = SentinelSet()
-    try:
-        sentinels.start()
+    with running(SentinelSet()) as sentinels:
         yield sentinels
-    finally:
-        sentinels.close()
 
 
 @pytest.fixture(scope="session")
 def redis_cluster() -> Iterator[RedisCluster]:
     """A real 3-primary Redis Cluster."""
-    cluster = RedisCluster()
-    try:
-        cluster.start()
+    with running(RedisCluster()) as cluster:
         yield cluster
-    finally:
-        cluster.close()
 
 
 @pytest.fixture

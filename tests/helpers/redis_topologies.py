@@ -10,8 +10,9 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 from tests.helpers.ports import unused_ports
 from tests.helpers.redis_server import RedisServer
@@ -60,6 +61,24 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+class Topology(Protocol):
+    def start(self) -> None: ...
+    def close(self) -> None: ...
+
+
+T = TypeVar("T", bound=Topology)
+
+
+@contextlib.contextmanager
+def running(topology: T) -> Iterator[T]:
+    """Started, and always closed (also when starting fails half-way)."""
+    try:
+        topology.start()
+        yield topology
+    finally:
+        topology.close()
 
 
 class SentinelSet:

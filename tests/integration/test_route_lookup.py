@@ -430,14 +430,7 @@ async def test_invalidation_travels_between_gateways(
         await until_status(b, host, 200)
         assert first.requests >= 1
 
-        status, _ = await a.call(
-            "PUT",
-            "/sandboxes/sb/previews/web",
-            json={
-                "metadata": {"name": "web"},
-                "spec": {"port": second.port, "public": True, "prefixUrl": "web"},
-            },
-        )
+        status, _ = await a.replace_preview(second.port, prefixUrl="web")
         assert status == 200
         async with asyncio.timeout(10):
             while second.requests == 0:

@@ -25,6 +25,7 @@ from tests.helpers.redis_topologies import (
     MASTER,
     SENTINEL_PASSWORD,
     SentinelSet,
+    running,
 )
 from tests.helpers.ws_client import connect, receive
 from tests.helpers.ws_upstreams import WsUpstream
@@ -36,12 +37,8 @@ PROMOTION_TO_HEALTHY_S = 5.0
 @pytest.fixture
 def sentinels() -> Iterator[SentinelSet]:
     """A set of its own: this test fails its primary over."""
-    made = SentinelSet()
-    try:
-        made.start()
+    with running(SentinelSet()) as made:
         yield made
-    finally:
-        made.close()
 
 
 class Traffic:
@@ -124,14 +121,7 @@ async def test_failover_under_traffic(
 
                 # Writes through the API succeed again after the promotion.
                 async def write_succeeds() -> bool:
-                    status, _ = await a.call(
-                        "PUT",
-                        "/sandboxes/sb/previews/web",
-                        json={
-                            "metadata": {"name": "web"},
-                            "spec": {"port": second.port, "public": True, "prefixUrl": "web"},
-                        },
-                    )
+                    status, _ = await a.replace_preview(second.port, prefixUrl="web")
                     return status == 200
 
                 await eventually(write_succeeds, timeout=PROMOTION_TO_HEALTHY_S)
