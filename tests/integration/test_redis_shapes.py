@@ -23,6 +23,7 @@ from tests.helpers.redis_stores import SHAPES, raw_client, raw_nodes, redis_stor
 
 WS = "ws1"
 OTHER_WS = "ws2"
+SANDBOX = Sandbox(workspace=WS, name="sb", target_host="10.0.0.7")
 
 
 def host(label: str) -> str:
@@ -71,8 +72,7 @@ async def test_subscriber_loss_flushes_the_cache(
         follower = asyncio.get_running_loop().create_task(routes.follow_invalidations())
         try:
             await eventually(lambda: len(flushes) == 1)
-            await store.put_sandbox(Sandbox(workspace=WS, name="sb", target_host="10.0.0.7"),
-                                    create=True)  # fmt: skip
+            await store.put_sandbox(SANDBOX, create=True)
             assert await store.put_preview(preview(host("a")), create=True, force=False) is (
                 PutResult.OK
             )
@@ -102,9 +102,8 @@ async def test_cluster_keys_of_a_workspace_share_one_slot(
     async with opened(request, "cluster", redis_prefix) as (store, raw, nodes):
         assert isinstance(raw, ClusterClient)
         k = Keys(redis_prefix, tagged=True)
-        sb = Sandbox(workspace=WS, name="sb", target_host="10.0.0.7",
-                     expires_at=utcnow() + timedelta(1))  # fmt: skip
-        await store.put_sandbox(sb, create=True)
+        expiring = SANDBOX.model_copy(update={"expires_at": utcnow() + timedelta(1)})
+        await store.put_sandbox(expiring, create=True)
         await store.put_preview(preview(host("a")), create=True, force=False)
 
         async def stored() -> set[str]:
@@ -137,8 +136,7 @@ async def test_cluster_claims_decide_which_route_is_served(
 ) -> None:
     async with opened(request, "cluster", redis_prefix) as (store, raw, _):
         k = Keys(redis_prefix, tagged=True)
-        await store.put_sandbox(Sandbox(workspace=WS, name="sb", target_host="10.0.0.7"),
-                                create=True)  # fmt: skip
+        await store.put_sandbox(SANDBOX, create=True)
 
         # A settled claim whose workspace has no route there (its writer died between its
         # delete and its settle) is taken over.
