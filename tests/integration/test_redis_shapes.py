@@ -1,6 +1,7 @@
 """What the Redis shapes add to the contract suite (``test_routing_table.py``): a lost
 subscriber flushes the cache on every shape; the Cluster's key layout keeps each workspace in
-one hash slot; hostname claims decide which workspace's route is served."""
+one hash slot; hostname claims decide which workspace's route is served; whole gateways share
+a table on the Cluster. (The Sentinel failover is ``test_sentinel_failover.py``.)"""
 
 from __future__ import annotations
 
@@ -18,8 +19,11 @@ from gateway.store.base import FLUSH_ALL, PutResult
 from gateway.store.lookup import RouteLookup
 from gateway.store.redis import RedisStore
 from gateway.store.redis_hosts import CLAIM_TTL_MS
+from tests.helpers.gateway import host_of, run_gateway
 from tests.helpers.polling import eventually
+from tests.helpers.probes import Probe, probe_upstream
 from tests.helpers.redis_stores import SHAPES, raw_client, raw_nodes, redis_store
+from tests.helpers.redis_topologies import RedisCluster
 
 WS = "ws1"
 OTHER_WS = "ws2"
@@ -158,3 +162,32 @@ async def test_cluster_claims_decide_which_route_is_served(
         await raw.set(k.host_owner(host("left")), OTHER_WS)
         assert await raw.get(k.route(host("left"), WS)) is not None
         assert await store.get_route(host("left")) is None
+
+
+async def test_gateways_on_a_cluster_share_the_table(
+    request: pytest.FixtureRequest, redis_prefix: str
+) -> None:
+    """Two gateways on the Cluster, one configured by setting, one by URL scheme: a preview
+    made through A is served by B, and a change through A reaches B's ten-minute cache."""
+    cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+    node = f"127.0.0.1:{cluster.ports[1]}"
+    long_cache = {"cache_ttl_s": 600, "cache_negative_ttl_s": 600, "redis_prefix": redis_prefix}
+    async with (
+        probe_upstream() as first,
+        probe_upstream() as second,
+        run_gateway(redis_url=f"redis://{node}", redis_cluster=True, **long_cache) as a,
+        run_gateway(redis_url=f"redis+cluster://{node}", **long_cache) as b,
+    ):
+        assert a.running is not None and b.running is not None
+        await a.sandbox()
+        hostname = host_of(await a.preview(first.port, prefixUrl="web"))
+
+        async def b_serves(probe: Probe) -> bool:
+            async with b.session.get(b.edge("/"), headers={"Host": hostname}) as response:
+                await response.read()
+            return response.status == 200 and probe.requests > 0
+
+        await eventually(lambda: b_serves(first))
+        status, _ = await a.replace_preview(second.port, prefixUrl="web")
+        assert status == 200
+        await eventually(lambda: b_serves(second))
