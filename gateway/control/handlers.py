@@ -112,12 +112,12 @@ class ControlApi:
         app = web.Application(
             middlewares=[self._errors, self._auth], client_max_size=self._config.max_body_bytes
         )
-        r = app.router
-        r.add_get("/healthz", self.healthz)
-        r.add_get("/readyz", self.readyz)
-        r.add_get(openapi.OPENAPI_PATH, self.openapi_json)
-        for ep in openapi.ENDPOINTS:
-            r.add_route(ep.method, ep.path, getattr(self, ep.handler))
+        router = app.router
+        router.add_get("/healthz", self.healthz)
+        router.add_get("/readyz", self.readyz)
+        router.add_get(openapi.OPENAPI_PATH, self.openapi_json)
+        for endpoint in openapi.ENDPOINTS:
+            router.add_route(endpoint.method, endpoint.path, getattr(self, endpoint.handler))
         return app
 
     @web.middleware

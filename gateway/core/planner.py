@@ -15,7 +15,14 @@ The listener builds a ``RequestHead`` once per request, from the parser's callba
    edits) or ``Upgrade`` (the same, for a WebSocket handshake).
 
 It reproduces the decisions of the old edge (``Edge._handle``, ``admission.decide`` and
-``header_policy``), which stay the reference until that edge is deleted.
+``header_policy``), which stay the reference until that edge is deleted (``tests/unit/
+test_planner.py`` compares the two). Where it differs, on purpose: the body is relayed as the
+client framed it, so only ``Transfer-Encoding: chunked`` and a single plain ``Content-Length``
+are accepted (aiohttp's parser refused the rest before); and a WebSocket handshake goes upstream
+with the client's own ``Sec-WebSocket-*`` headers (the raw relay does not build its own).
+
+A token is verified once per preview and then found in ``PlannerConfig.tokens`` until it
+expires; revocation is read from the route on every request.
 """
 
 from __future__ import annotations

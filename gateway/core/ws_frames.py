@@ -42,6 +42,9 @@ _MAX_CONTROL = 125
 _MAX_HEAD = 14  # 2 + 8 (64-bit length) + 4 (mask key)
 _MAX_HELD = _MAX_HEAD + _MAX_CONTROL
 _STOP = -1
+# A message's first frame, without FIN: text or binary, RSV1 too when deflate was negotiated.
+_PLAIN_STARTS = frozenset((OP_TEXT, OP_BINARY))
+_COMPRESSED_STARTS = frozenset((OP_TEXT, OP_BINARY, 0x40 | OP_TEXT, 0x40 | OP_BINARY))
 
 
 class Control:
@@ -142,6 +145,7 @@ class FrameScanner:
         "_message",
         "_remaining",
         "_rsv_allowed",
+        "_starts",
         "control",
         "data_frames",
         "failure",
@@ -153,6 +157,7 @@ class FrameScanner:
         self._masked = masked
         self._max = max_message_bytes
         self._rsv_allowed = 0x40 if compressed else 0
+        self._starts = _COMPRESSED_STARTS if compressed else _PLAIN_STARTS
         self._held = b""
         self._remaining = 0
         self._message = 0
@@ -183,7 +188,7 @@ class FrameScanner:
         start, n = pos, len(data)
         if self._held:
             kind, pos = self._scan_held(data, pos)
-            if kind != FORWARD:
+            if kind != FORWARD or (stop_at_boundary and not self._remaining):
                 return kind, pos
         while True:
             if self._remaining:
@@ -191,6 +196,10 @@ class FrameScanner:
                 pos += take
                 self._remaining -= take
                 if self._remaining or stop_at_boundary:
+                    return FORWARD, pos
+            if pos < n:
+                pos = self._small_frames(data, pos, n, stop_at_boundary)
+                if stop_at_boundary and pos > start:
                     return FORWARD, pos
             if pos >= n:
                 return (FORWARD if pos > start or self.prefix else NEED_MORE), pos
@@ -204,6 +213,45 @@ class FrameScanner:
             pos = end
             if stop_at_boundary and not self._remaining:
                 return FORWARD, pos
+
+    def _small_frames(self, data: bytes, pos: int, n: int, one: bool) -> int:
+        """The fast path: skip data frames with a header of up to 8 bytes (payload under
+        64 KiB), all of it in ``data``, and nothing to object to; stop at anything else, which
+        ``_header`` reads. A payload that runs past ``data`` is left in ``_remaining``."""
+        mask_bit, short = (0x80, 6) if self._masked else (0, 2)
+        starts, most = self._starts, self._max or 1 << 63
+        in_message, message = self._in_message, self._message
+        frames = messages = 0
+        while pos + short <= n:
+            b0, b1 = data[pos], data[pos + 1]
+            length, size = b1 & 0x7F, short
+            if length > 125:
+                if length == 127 or pos + short + 2 > n:
+                    break
+                length, size = data[pos + 2] << 8 | data[pos + 3], short + 2
+            if b1 & 0x80 != mask_bit:
+                break
+            if in_message:
+                if b0 & 0x7F or message + length > most:
+                    break
+                grown = message + length
+            elif b0 & 0x7F not in starts or length > most:
+                break
+            else:
+                grown = length
+            pos, message = pos + size + length, grown
+            frames += 1
+            messages += b0 >> 7
+            in_message = not b0 & 0x80
+            if pos > n:
+                self._remaining, pos = pos - n, n  # the rest of its payload is still to come
+                break
+            if one:
+                break
+        self._in_message, self._message = in_message, message
+        self.data_frames += frames
+        self.messages += messages
+        return pos
 
     def _scan_held(self, data: bytes, pos: int) -> tuple[int, int]:
         held = self._held

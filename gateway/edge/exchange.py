@@ -2,7 +2,7 @@
 
 The request task awaits the route, admission and a pooled connection; from then on the bytes
 move in protocol callbacks (no coroutine per chunk), and the task waits for one future. Bodies
-are relayed as framed: ``Content-Length`` by count, chunked through ``ChunkScanner``,
+are relayed as framed: ``Content-Length`` by count, chunked through ``ChunkedScanner``,
 close-delimited until EOF. Each side's write buffer pauses the other side's reading.
 """
 
@@ -34,7 +34,11 @@ from gateway.edge.http_relay import RelayTimeouts
 from gateway.edge.pages import status_phrase
 from gateway.edge.pool import UpstreamConnection
 
-NOT_UPGRADED = UpstreamBadResponse("The app did not accept the WebSocket upgrade on this path.")
+
+def not_upgraded() -> UpstreamBadResponse:
+    """A page, or a 101 with a wrong accept key, for a WebSocket handshake: not the app's
+    status to pass on."""
+    return UpstreamBadResponse("The app did not accept the WebSocket upgrade on this path.")
 
 
 class Client(Protocol):
@@ -81,6 +85,8 @@ class Relay:
         """The response head went to the client: failures from now on can only cut it."""
         self.reusable = False
         self.upgrade = upgrade
+        self.tunneled = False
+        """The connections became a WebSocket tunnel's; it outlives this relay."""
         self.switched: tuple[ResponseHead, bytes] | None = None
         """A WebSocket handshake the upstream accepted: its 101 head and the bytes after it."""
         self.aborted = False
@@ -97,6 +103,9 @@ class Relay:
         self._scanner: ChunkedScanner | None = None
         self._dechunk: Dechunker | None = None
         now = self.loop.time()
+        self.sent_at = now
+        self.head_at = 0.0
+        """When the response head arrived (for the access log's upstream_ms)."""
         self._last_in = now
         self._last_out = now
         self._timer: asyncio.TimerHandle | None = None
@@ -166,7 +175,7 @@ class Relay:
             if self.upgrade and resp.status < 300:
                 # A page (a dev server without WebSocket support on this path): no tunnel, and
                 # not the app's status to pass on.
-                self._fail(NOT_UPGRADED)
+                self._fail(not_upgraded())
                 return
             self._start_response(resp, rest)
             return
@@ -211,6 +220,7 @@ class Relay:
         lines.append("\r\n")
         head = "".join(lines).encode("latin-1", "replace")
         self.started = True
+        self.head_at = self.loop.time()
         self.arm()  # from now on the upstream idle deadline
         if kind is BodyKind.NONE:
             self.client.transport.write(head)

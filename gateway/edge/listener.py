@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import httptools
 
@@ -114,8 +114,9 @@ class ClientConnection(asyncio.Protocol):
 
     # ── asyncio callbacks ───────────────────────────────────────────────────────────────────
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's TCPTransport is not an asyncio.Transport subclass, though it is one in all
+        # but name: an isinstance assert would refuse every connection under uvloop.
+        self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]) if isinstance(peer, tuple) else ""
         sock = transport.get_extra_info("socket")
@@ -135,8 +136,11 @@ class ClientConnection(asyncio.Protocol):
         self._pump()
 
     def eof_received(self) -> bool | None:
-        # Half-closed after sending its request: the response may still go out.
+        # Half-closed after sending its request: the response still goes out, then the close.
+        self._eof = True
         return self._busy
+
+    _eof = False
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._closing = True
@@ -193,7 +197,7 @@ class ClientConnection(asyncio.Protocol):
             else:
                 self._relay = _Discard(self._body_left, self._body_chunked)  # type: ignore[assignment]
         self._upstream_paused = False
-        if not self.keep_alive or self._server.draining:
+        if not self.keep_alive or self._server.draining or self._eof:
             self._close()
             return
         self._idle_since = self._loop.time()
@@ -337,6 +341,8 @@ class ClientConnection(asyncio.Protocol):
     def drain(self) -> None:
         if not self._busy:
             self._close()
+        # Busy: the response in flight says Connection: close, and the connection ends with it.
+        self.keep_alive = False
 
 
 _DISCARD_MAX = 0x100000

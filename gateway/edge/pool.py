@@ -26,7 +26,7 @@ import asyncio
 import socket
 from collections import deque
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, cast
 
 from gateway.core.errors import TargetNotAllowed, UpstreamUnreachable
 from gateway.core.netpolicy import IPNetwork, address_allowed, is_ip_literal
@@ -98,8 +98,9 @@ class UpstreamConnection(asyncio.Protocol):
 
     # ── asyncio.Protocol ──
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's TCPTransport is not an asyncio.Transport subclass, though it is one in all
+        # but name: an isinstance assert would refuse every connection under uvloop.
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         consumer = self._consumer

@@ -38,7 +38,7 @@ from gateway.core.planner import (
     shape_response,
 )
 from gateway.core.records import Route
-from gateway.edge.exchange import NOT_UPGRADED, Relay
+from gateway.edge.exchange import Relay, not_upgraded
 from gateway.edge.pages import closes_connection, render_bytes, status_phrase
 from gateway.edge.pool import UpstreamConnection, UpstreamPool
 from gateway.edge.server import EdgeConfig, _random_ids
@@ -84,7 +84,10 @@ class ProtocolEdge:
         try:
             relay = await self._handle(client, head, record, started)
             if relay is not None:
-                record.status = record.status or relay.status
+                # The client that went before its answer: nobody is left to answer (Caddy's 499).
+                record.status = record.status or relay.status or 499
+                if relay.head_at:
+                    record.upstream_ms = round((relay.head_at - relay.sent_at) * 1000, 2)
                 if relay.aborted:
                     record.error_code = "upstream_aborted"
                     log.edge.warning("upstream aborted mid-response (preview %s)", record.preview)
@@ -107,11 +110,20 @@ class ProtocolEdge:
             if relay is not None:
                 record.bytes_in, record.bytes_out = relay.bytes_in, relay.bytes_out
             record.request_id = record.request_id or self._next_id()
-            record.duration_ms = round((loop.time() - started) * 1000, 2)
-            log.write_access(record)
-            if self._observe is not None:
-                self._observe(record)
-            client.finished(relay)
+            if relay is None or not relay.tunneled:
+                self._write_record(record, started)  # a tunnel's is written when it ends
+            try:
+                client.finished(relay)
+            except Exception:
+                # Raised into the listener's TaskGroup, it would stop the whole edge.
+                log.edge.exception("unexpected error after a preview request")
+                client.transport.abort()
+
+    def _write_record(self, record: log.AccessRecord, started: float) -> None:
+        record.duration_ms = round((asyncio.get_running_loop().time() - started) * 1000, 2)
+        log.write_access(record)
+        if self._observe is not None:
+            self._observe(record)
 
     async def _handle(
         self, client: ClientConnection, head: RequestHead, record: log.AccessRecord, started: float
@@ -135,13 +147,10 @@ class ProtocolEdge:
             return None
         record.upstream = f"{route.sandbox}:{route.port}"
         record.overhead_ms = round((loop.time() - started) * 1000, 3)
-        sent = loop.time()
         if not isinstance(decision, Forward):
             record.kind = "websocket"
-            return await self._upgrade(client, inspected, decision, route, record)
-        relay = await self._relay(client, inspected, decision)
-        record.upstream_ms = round((loop.time() - sent) * 1000, 2)
-        return relay
+            return await self._upgrade(client, inspected, decision, route, record, started)
+        return await self._relay(client, inspected, decision)
 
     async def _relay(self, client: ClientConnection, inspected: Inspected, fwd: Forward) -> Relay:
         retry = fwd.idempotent
@@ -168,11 +177,14 @@ class ProtocolEdge:
         up: Upgrade,
         route: Route,
         record: log.AccessRecord,
+        started: float,
     ) -> Relay:
         """The handshake goes upstream; a 101 turns both connections into a ``WsTunnel``, any
-        other answer is relayed as an ordinary response."""
+        other answer is relayed as an ordinary response. The tunnel is attached to the hub and
+        this task ends: an open WebSocket holds no task (issue 9's memory per idle socket)."""
         self.hub.refuse_if_draining()
         conn = await self.ws_pool.acquire(up.target_host, up.port, fresh=True)
+        relay: Relay | None = None
         try:
             relay = Relay(
                 client,
@@ -195,29 +207,51 @@ class ProtocolEdge:
             if relay.switched is None or conn.transport is None:
                 record.extra["upstream_refused"] = relay.status
                 return relay
-            resp, rest = relay.switched
-            key = first_header(inspected.head.headers, "sec-websocket-key") or ""
-            if first_header(resp.headers, "sec-websocket-accept") != _accept_key(key):
-                raise NOT_UPGRADED
-            relay.status = record.status = 101
-            headers = shape_response(101, resp.headers, up.edits, upgrade=True)
-            client.transport.write(_head_bytes(101, headers))
-            extensions = first_header(resp.headers, "sec-websocket-extensions") or ""
-            conn.detach()
-            tunnel = WsTunnel(
-                client.transport,
-                conn.transport,
-                self.ws_limits,
-                client_buffered=client.hand_over(),
-                upstream_buffered=rest,
-                compressed="permessage-deflate" in extensions.lower(),
-            )
-            await self.hub.run_tunnel(
-                tunnel, route, inspected.host, record, _credentials(inspected)
-            )
+            self._open_tunnel(client, conn, relay, inspected, up, route, record, started)
             return relay
         finally:
+            if relay is None or not relay.tunneled:
+                self.ws_pool.release(conn, reusable=False)
+
+    def _open_tunnel(
+        self,
+        client: ClientConnection,
+        conn: UpstreamConnection,
+        relay: Relay,
+        inspected: Inspected,
+        up: Upgrade,
+        route: Route,
+        record: log.AccessRecord,
+        started: float,
+    ) -> None:
+        """The upstream answered 101: the client gets it, and the hub both connections."""
+        assert relay.switched is not None and conn.transport is not None
+        resp, rest = relay.switched
+        key = first_header(inspected.head.headers, "sec-websocket-key") or ""
+        if first_header(resp.headers, "sec-websocket-accept") != _accept_key(key):
+            raise not_upgraded()
+        relay.status = record.status = 101
+        headers = shape_response(101, resp.headers, up.edits, upgrade=True)
+        client.transport.write(_head_bytes(101, headers))
+        extensions = first_header(resp.headers, "sec-websocket-extensions") or ""
+        conn.detach()
+        tunnel = WsTunnel(
+            client.transport,
+            conn.transport,
+            self.ws_limits,
+            client_buffered=client.hand_over(),
+            upstream_buffered=rest,
+            compressed="permessage-deflate" in extensions.lower(),
+        )
+        self.hub.attach(tunnel, route, inspected.host, record, _credentials(inspected))
+        relay.tunneled = True
+
+        def ended(_: object) -> None:
+            # After the hub's own callback, which noted the tunnel's end in the record.
             self.ws_pool.release(conn, reusable=False)
+            self._write_record(record, started)
+
+        tunnel.done.add_done_callback(ended)
 
     def _start(
         self, client: ClientConnection, conn: UpstreamConnection, inspected: Inspected, fwd: Forward

@@ -27,6 +27,7 @@ import contextlib
 import logging
 import random
 from dataclasses import dataclass, field
+from typing import cast
 
 import aiohttp
 from aiohttp import WSMsgType, web
@@ -100,10 +101,11 @@ class _Tunnel:
         self.end(code, reason, "gateway")
 
     def buffered_bytes(self) -> int:
-        transport = self.client_transport
-        if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
-            return transport.get_write_buffer_size()
-        return 0
+        # Not isinstance(asyncio.WriteTransport): uvloop's transports are only alike.
+        transport = cast(asyncio.WriteTransport | None, self.client_transport)
+        if transport is None or transport.is_closing():
+            return 0
+        return transport.get_write_buffer_size()
 
 
 class WsRelay:

@@ -10,7 +10,8 @@ timer, no task.
   and pongs pass through and count as activity; otherwise only data frames do (the idle limit).
 * Close codes pass through, with those that may not go on the wire mapped; the side that closed
   gets its own code back. A message over ``max_message_bytes`` (across fragments) is refused
-  with 1009 before its frame passes; a protocol violation gets 1002 (or 1007).
+  with 1009 before its frame passes (compressed messages count as sent: the gateway does not
+  inflate them); a protocol violation gets 1002 (or 1007).
 * Once closing, a data frame already half passed is finished, so the close frame never splits
   it; nothing after it goes on. A peer that does not answer the close within the bound is cut.
 * Backpressure: a side whose write buffer is over its high-water mark pauses reading from the
@@ -98,8 +99,10 @@ class _Side(asyncio.Protocol):
         self.tunnel.lost(self)
 
     def pause_writing(self) -> None:
-        # This side is not taking our writes: stop reading what the other side sends it.
-        self.peer.set_reading(paused=True)
+        # This side is not taking our writes: stop reading what the other side sends it. Not
+        # while closing: then the other side's answer to our close must be read.
+        if not self.tunnel.closing:
+            self.peer.set_reading(paused=True)
 
     def resume_writing(self) -> None:
         self.peer.set_reading(paused=False)
@@ -142,7 +145,6 @@ class WsTunnel:
         "_loop",
         "_next_ping",
         "_reason",
-        "_started",
         "_timer",
         "client",
         "closing",
@@ -186,7 +188,7 @@ class WsTunnel:
         self._timer: asyncio.TimerHandle | None = None
         self.messages = 0
         now = self._loop.time()
-        self._started = self.last_data = now
+        self.last_data = now
         self._next_ping = now + limits.ping_interval_s
         # Up to 10 % early, so the sockets a deploy or a burst opened together do not all hit
         # the cap, and reconnect, at the same moment (threat model W05). Never later than the cap.
@@ -291,6 +293,11 @@ class WsTunnel:
         for side in (self.client, self.upstream):
             if not side.lost:
                 side.send_own(close_frame(wire, reason, mask=side.mask_out))
+        for side in (self.client, self.upstream):
+            # What is read from now on is dropped (past a frame in passage), so reading can
+            # resume: a side paused for backpressure must still be heard answering the close.
+            if side.paused:
+                side.set_reading(paused=False)
         self._schedule()
 
     def lost(self, side: _Side) -> None:
@@ -362,8 +369,9 @@ class WsTunnel:
             return
         if side.ping_out is not None:
             # Unanswered. A side that sent something meanwhile, or whose bytes we are not
-            # reading (the other side is slow), is alive; one that sent nothing is dead.
-            if not side.heard and not side.paused:
+            # reading (the other side is slow), is alive, and so is one our ping has not even
+            # reached (it waits behind a long frame); one that sent nothing is dead.
+            if not side.heard and not side.paused and not side.pending:
                 self._begin_close(
                     ABNORMAL,
                     f"{side.name} did not answer ping",

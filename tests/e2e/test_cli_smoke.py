@@ -111,26 +111,17 @@ async def test_register_and_fetch_through_the_process(
     assert seen["body_sha256"] == hashlib.sha256(payload).hexdigest()
 
     # Unknown host and a malformed one, through curl.
-    code, out, _ = await curl(
-        "-w",
-        "%{http_code}",
-        "-o",
-        "/dev/null",
-        "-H",
-        "Host: nope.local.preview.localhost",
-        f"http://127.0.0.1:{gp.edge_port}/",
-    )
-    assert (code, out) == (0, b"404")
-    code, out, _ = await curl(
-        "-w",
-        "%{http_code}",
-        "-o",
-        "/dev/null",
-        "-H",
-        "Host: a@b",
-        f"http://127.0.0.1:{gp.edge_port}/",
-    )
-    assert (code, out) == (0, b"400")
+    for bad_host, status in (("nope.local.preview.localhost", b"404"), ("a@b", b"400")):
+        code, out, _ = await curl(
+            "-w",
+            "%{http_code}",
+            "-o",
+            "/dev/null",
+            "-H",
+            f"Host: {bad_host}",
+            f"http://127.0.0.1:{gp.edge_port}/",
+        )
+        assert (code, out) == (0, status), bad_host
 
     # aiohttp's client.
     async with (

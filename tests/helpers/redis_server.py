@@ -8,6 +8,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 
 from tests.helpers.ports import unused_port
 
@@ -82,3 +83,21 @@ class RedisServer:
     def resume(self) -> None:
         assert self.proc is not None
         self.proc.send_signal(18)  # SIGCONT
+
+    @contextlib.contextmanager
+    def stopped(self) -> Iterator[None]:
+        """Redis down (no process, connections refused) inside the block; back after it."""
+        self.stop()
+        try:
+            yield
+        finally:
+            self.start()
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Redis hung (connections open, nothing answered) inside the block; back after it."""
+        self.pause()
+        try:
+            yield
+        finally:
+            self.resume()

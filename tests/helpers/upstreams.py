@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+from typing import Any
 
 from aiohttp import WSMsgType, web
 
@@ -126,21 +127,22 @@ async def status(request: web.Request) -> web.StreamResponse:
     return web.Response(status=code, text=f"status {code}")
 
 
+def ws_hello(request: web.Request, ws: web.WebSocketResponse) -> dict[str, Any]:
+    """What a WebSocket upstream saw of the upgrade: query, chosen subprotocol, headers."""
+    return {
+        "query": request.rel_url.raw_query_string,
+        "protocol": ws.ws_protocol,
+        "headers": [[k, v] for k, v in request.headers.items()],
+    }
+
+
 async def ws_echo(request: web.Request) -> web.StreamResponse:
     """Echo text and binary. ``close:<code>:<reason>`` makes it close with that code.
     Reports the query and subprotocol it saw in a first text message when ``?hello=1``."""
     ws = web.WebSocketResponse(protocols=("vite-hmr", "chat"), max_msg_size=64 * 1024 * 1024)
     await ws.prepare(request)
     if request.query.get("hello") == "1":
-        await ws.send_str(
-            json.dumps(
-                {
-                    "query": request.rel_url.raw_query_string,
-                    "protocol": ws.ws_protocol,
-                    "headers": [[k, v] for k, v in request.headers.items()],
-                }
-            )
-        )
+        await ws.send_str(json.dumps(ws_hello(request, ws)))
     async for msg in ws:
         if msg.type is WSMsgType.TEXT:
             if msg.data.startswith(ECHO_WS_CLOSE_PREFIX):

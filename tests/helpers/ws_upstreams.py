@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 from aiohttp import WSMsgType, web
 
+from tests.helpers.upstreams import ws_hello
+
 
 @dataclass(frozen=True)
 class Closed:
@@ -130,16 +132,8 @@ class WsUpstream:
         deflate = request.query.get("deflate") != "0"
         ws = await self._accept(request, compress=deflate)
         if request.query.get("hello") == "1":
-            await ws.send_str(
-                json.dumps(
-                    {
-                        "query": request.rel_url.raw_query_string,
-                        "protocol": ws.ws_protocol,
-                        "headers": [[k, v] for k, v in request.headers.items()],
-                        "extensions": request.headers.get("Sec-WebSocket-Extensions"),
-                    }
-                )
-            )
+            extensions = request.headers.get("Sec-WebSocket-Extensions")
+            await ws.send_str(json.dumps({**ws_hello(request, ws), "extensions": extensions}))
         await self._serve(request, ws, echo=True)
         return ws
 

@@ -106,8 +106,7 @@ async def test_redis_errors_are_counted(
             assert r.status == 200
         before = await scrape(gw)
         assert before[("gateway_store_errors_total", (("operation", "route_lookup"),))] == 0
-        redis_server.stop()
-        try:
+        with redis_server.stopped():
             async with gw.session.get(
                 gw.edge("/"), headers={"Host": "gone.local.preview.localhost"}
             ) as r:
@@ -115,8 +114,6 @@ async def test_redis_errors_are_counted(
             async with gw.session.get(f"{gw.api}/sandboxes", headers=gw.auth()) as r:
                 assert r.status == 503
             m = await scrape(gw)
-        finally:
-            redis_server.start()
     assert m[("gateway_store_errors_total", (("operation", "route_lookup"),))] >= 1
     assert m[("gateway_store_errors_total", (("operation", "command"),))] >= 1
     assert m[("gateway_route_cache_total", (("result", "error"),))] >= 1

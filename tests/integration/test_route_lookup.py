@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -377,24 +376,6 @@ async def until_status(gw: Gateway, host: str, status: int, **headers: str) -> N
             await asyncio.sleep(0.02)
 
 
-@contextlib.asynccontextmanager
-async def redis_stopped(server: RedisServer) -> AsyncIterator[None]:
-    server.stop()
-    try:
-        yield
-    finally:
-        server.start()
-
-
-@contextlib.asynccontextmanager
-async def redis_hung(server: RedisServer) -> AsyncIterator[None]:
-    server.pause()
-    try:
-        yield
-    finally:
-        server.resume()
-
-
 async def test_invalidation_travels_between_gateways(
     redis_server: RedisServer, redis_prefix: str
 ) -> None:
@@ -469,7 +450,7 @@ async def test_redis_stopped(
         assert (await get(gw, private, **with_token)).status == 200
         reads = gw.running.lookup.stats["miss"] if gw.running else 0
 
-        async with redis_stopped(redis_server):
+        with redis_server.stopped():
             assert (await get(gw, public)).status == 200
             unknown = await get(gw, "nobody.local.preview.localhost", Accept="text/html")
             assert unknown.status == 503
@@ -513,7 +494,7 @@ async def test_redis_hung(redis_server: RedisServer, redis_prefix: str) -> None:
         assert (await get(gw, public)).status == 200
         assert (await get(gw, private, **{"X-Blaxel-Preview-Token": token})).status == 200
 
-        async with redis_hung(redis_server):
+        with redis_server.paused():
             async with asyncio.timeout(5):
                 assert (await get(gw, public)).status == 200
             async with asyncio.timeout(5):

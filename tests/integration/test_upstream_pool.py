@@ -22,7 +22,7 @@ from gateway.core.errors import (
 )
 from gateway.edge.pool import UpstreamConnection, UpstreamPool
 from gateway.edge.upstream_errors import dial_error
-from tests.helpers.probes import wait_for
+from tests.helpers.polling import eventually
 
 LOOPBACK = [ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")]
 
@@ -136,7 +136,7 @@ async def test_a_released_connection_is_reused(pool: UpstreamPool, listener: Lis
     assert pool.in_use == 0 and pool.idle == 1
     again = await acquire(pool, listener.port)
     assert again is first and again.reused
-    await wait_for(lambda: listener.accepted == 1)
+    await eventually(lambda: listener.accepted == 1)
     pool.release(again, reusable=True)
     assert listener.accepted == 1
 
@@ -154,7 +154,7 @@ async def test_not_reusable_is_closed(pool: UpstreamPool, listener: Listener) ->
     conn = await acquire(pool, listener.port)
     pool.release(conn, reusable=False)
     assert pool.idle == 0 and pool.in_use == 0
-    await wait_for(lambda: listener.closed == 1)
+    await eventually(lambda: listener.closed == 1)
     assert (await acquire(pool, listener.port)) is not conn
 
 
@@ -166,7 +166,7 @@ async def test_fresh_never_takes_a_pooled_connection(
     pool.release(stale, reusable=True)
     fresh = await acquire(pool, listener.port, fresh=True)
     assert fresh is not stale and not fresh.reused
-    await wait_for(lambda: listener.accepted == 2)
+    await eventually(lambda: listener.accepted == 2)
 
 
 async def test_events_go_to_the_attached_consumer(pool: UpstreamPool, listener: Listener) -> None:
@@ -174,18 +174,18 @@ async def test_events_go_to_the_attached_consumer(pool: UpstreamPool, listener: 
     first = Recorder()
     conn.attach(first)
     conn.write(b"ping")
-    await wait_for(lambda: listener.received == b"ping")
+    await eventually(lambda: listener.received == b"ping")
     listener.peers[0].write(b"one")
-    await wait_for(lambda: first.data == b"one")
+    await eventually(lambda: first.data == b"one")
     pool.release(conn, reusable=True)
 
     conn = await acquire(pool, listener.port)
     second = Recorder()
     conn.attach(second)
     listener.peers[0].write(b"two")
-    await wait_for(lambda: second.data == b"two")
+    await eventually(lambda: second.data == b"two")
     listener.peers[0].close()
-    await wait_for(lambda: second.eof and len(second.lost) == 1)
+    await eventually(lambda: second.eof and len(second.lost) == 1)
     assert first.data == b"one" and not first.eof and not first.lost
     pool.release(conn, reusable=True)  # lost meanwhile: not pooled
     assert pool.idle == 0
@@ -213,7 +213,7 @@ async def test_idle_connections_expire(listener: Listener) -> None:
     try:
         conn = await acquire(pool, listener.port)
         pool.release(conn, reusable=True)
-        await wait_for(lambda: listener.closed == 1)
+        await eventually(lambda: listener.closed == 1)
         assert pool.idle == 0
         assert (await acquire(pool, listener.port)) is not conn
     finally:
@@ -225,18 +225,18 @@ async def test_an_idle_connection_the_sandbox_closed_is_dropped(
 ) -> None:
     conn = await acquire(pool, listener.port)
     pool.release(conn, reusable=True)
-    await wait_for(lambda: listener.accepted == 1)
+    await eventually(lambda: listener.accepted == 1)
     listener.peers[0].close()
-    await wait_for(lambda: pool.idle == 0)
+    await eventually(lambda: pool.idle == 0)
     assert (await acquire(pool, listener.port)) is not conn
 
 
 async def test_bytes_on_an_idle_connection_drop_it(pool: UpstreamPool, listener: Listener) -> None:
     conn = await acquire(pool, listener.port)
     pool.release(conn, reusable=True)
-    await wait_for(lambda: listener.accepted == 1)
+    await eventually(lambda: listener.accepted == 1)
     listener.peers[0].write(b"HTTP/1.1 200 OK\r\n\r\n")  # answers no request
-    await wait_for(lambda: pool.idle == 0 and listener.closed == 1)
+    await eventually(lambda: pool.idle == 0 and listener.closed == 1)
 
 
 async def test_close_ends_idle_connections_and_refuses_more(listener: Listener) -> None:
@@ -244,7 +244,7 @@ async def test_close_ends_idle_connections_and_refuses_more(listener: Listener) 
     conn = await acquire(pool, listener.port)
     pool.release(conn, reusable=True)
     pool.close()
-    await wait_for(lambda: listener.closed == 1)
+    await eventually(lambda: listener.closed == 1)
     with pytest.raises(UpstreamUnreachable):
         await acquire(pool, listener.port)
 

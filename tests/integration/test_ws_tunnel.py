@@ -21,7 +21,7 @@ from gateway.core.tokens import LEEWAY_S
 from gateway.edge.ws_hub import TunnelEnd, WebSocketHub, WsLimits
 from gateway.edge.ws_tunnel import WsTunnel
 from gateway.ops import log
-from tests.helpers.ws_client import WAIT_S, eventually
+from tests.helpers.polling import WAIT_S, eventually
 from tests.helpers.ws_raw import (
     OP_BINARY,
     OP_CLOSE,
@@ -188,7 +188,7 @@ async def tunnel_pair(
 
     listener = await loop.create_server(listener_protocol, "127.0.0.1", 0)
     hub = WebSocketHub(readmit, close_timeout_s=limits.close_timeout_s)
-    readmitting = asyncio.create_task(hub.run())
+    readmitting = asyncio.create_task(hub.run(), name="re-admission")
     client_task = asyncio.create_task(
         RawWebSocket.connect(listener.sockets[0].getsockname()[1], HOST, rcvbuf=rcvbuf)
     )
@@ -356,6 +356,11 @@ async def test_a_close_code_passes_through_and_is_echoed() -> None:
 
 async def test_an_attached_tunnel_needs_no_task_and_notes_its_end() -> None:
     async with tunnel_pair(attach=True) as p:
+        # An open tunnel costs no task (the hub's one worker aside), and carries no __dict__.
+        others = asyncio.all_tasks() - {asyncio.current_task()}
+        assert {t.get_name() for t in others} == {"re-admission"}
+        for part in (p.tunnel, p.tunnel.client, p.tunnel.upstream, p.tunnel.client.scanner):
+            assert not hasattr(part, "__dict__"), part
         await p.client.send_text("hi")
         assert (await p.upstream.recv_frame())[0].payload == b"hi"
         await p.upstream.send(OP_CLOSE, close_payload(4002, "done"))
@@ -533,6 +538,36 @@ async def test_a_client_that_does_not_read_slows_the_upstream_down() -> None:
                 received += len((await p.client.recv_message()).payload)
         assert received == total
         await asyncio.wait_for(flooding, WAIT_S)
+
+
+async def test_a_tunnel_stalled_by_a_client_that_does_not_read_still_drains_in_time() -> None:
+    """The client reads nothing, so the upstream's bytes are held back; drain must still close
+    the upstream cleanly (its answer to the close is read) and cut the client at the bound."""
+    size = 256 * 1024
+    async with tunnel_pair(replace(LIMITS, close_timeout_s=0.5), rcvbuf=64 * 1024) as p:
+        frame = encode_frame(OP_BINARY, b"f" * size, mask=False)
+
+        async def flood() -> None:
+            with contextlib.suppress(ConnectionError):
+                while True:
+                    p.upstream.writer.write(frame)
+                    await p.upstream.writer.drain()
+                    p.upstream.sent += size
+
+        flooding = asyncio.create_task(flood())
+        await eventually(lambda: p.tunnel.client.paused is False and p.upstream.sent > 0)
+        await eventually(lambda: p.tunnel.upstream.paused)  # backpressure holds the app back
+        drain = asyncio.create_task(p.hub.close_all(1001, "gateway shutting down"))
+        closed = await asyncio.wait_for(p.upstream.recv_close(), WAIT_S)
+        assert closed.close_code == 1001
+        await asyncio.wait_for(drain, WAIT_S)
+        assert p.hub.open_count == 0
+        end = await p.end()
+        assert (end.closed_by, end.code) == ("gateway", 1001)
+        assert p.tunnel.upstream.got_close  # its answer was read, though reading was paused
+        flooding.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await flooding
 
 
 # ── the same on uvloop, the loop the gateway runs on (its transports are its own) ──────────

@@ -278,3 +278,29 @@ def test_any_stream_split_anywhere_passes_unchanged(
     assert run.controls == controls
     assert run.messages == messages
     assert run.s.at_boundary
+
+
+@given(streams())
+def test_stopping_at_every_boundary_stops_only_at_boundaries(
+    case: tuple[bool, bytes, int, list[tuple[int, bytes]], list[int]],
+) -> None:
+    masked, data, messages, _, splits = case
+    s = FrameScanner(masked=masked)
+    out = bytearray()
+    seen = 0
+    bounds = [0, *splits, len(data)]
+    for a, b in itertools.pairwise(bounds):
+        chunk, pos = data[a:b], 0
+        while pos < len(chunk):
+            kind, end = s.scan(chunk, pos, stop_at_boundary=True)
+            seen += s.messages
+            # The gateway may insert a frame here unless the chunk ran out mid-frame.
+            assert s.at_boundary or end == len(chunk)
+            if kind == FORWARD:
+                out += s.prefix + chunk[pos:end]
+                assert s.data_frames <= 1  # one frame at a time
+            elif kind == CONTROL:
+                assert s.control is not None
+                out += s.control.raw
+            pos = end
+    assert bytes(out) == data and seen == messages
