@@ -198,7 +198,7 @@ class RedisStore:
             return PutResult.OK
 
         if not await self._call(self._hosts.claim(preview.hostname, ws)):
-            return PutResult.HOST_TAKEN
+            return await self._refusal(preview, create, expect_revision)
         await self._note_expiring(ws, preview.expires_at)
         return await self._settled(self._transaction(attempt), ws, touched)
 
@@ -313,6 +313,23 @@ class RedisStore:
         workspace with nothing left to expire costs the sweeper one empty read."""
         if self._keys.tagged and expires_at is not None:
             await self._call(self._client.sadd(self._keys.expiring(), workspace))
+
+    async def _refusal(
+        self, preview: Preview, create: bool, expect_revision: int | None
+    ) -> PutResult:
+        """Another workspace holds the hostname. Report what the rules put first (a missing
+        sandbox, a taken name, a stale revision), as on one Redis; else ``HOST_TAKEN``."""
+        ws, sb = preview.workspace, preview.sandbox
+        found = plan_preview_put(
+            preview,
+            sandbox=await self.get_sandbox(ws, sb),
+            old=await self.get_preview(ws, sb, preview.name),
+            holder=None,
+            create=create,
+            force=False,
+            expect_revision=expect_revision,
+        )
+        return found if isinstance(found, PutResult) else PutResult.HOST_TAKEN
 
     async def _settled(self, write: Awaitable[T], workspace: str, touched: list[str]) -> T:
         """Run a write, then settle the claims of the hostnames it touched (``touched`` is

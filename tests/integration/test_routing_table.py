@@ -640,3 +640,30 @@ async def test_keepalive_pongs_are_not_invalidations(
             assert await published.drain() == []
     finally:
         await store.close()
+
+
+async def test_concurrent_creates_across_workspaces_have_one_winner(store: Store) -> None:
+    """Two workspaces race for one hostname (on a Cluster their keys are in different slots, so
+    only the hostname's claim can decide): one create wins, everything else is HOST_TAKEN, and
+    the route served is the winner's."""
+    for ws in (WS, OTHER_WS):
+        await store.put_sandbox(sandbox(ws=ws), create=True)
+    shared = host("contested-across")
+    contenders = [preview(f"p{i}", shared, ws=(WS, OTHER_WS)[i % 2]) for i in range(20)]
+    results = await asyncio.gather(
+        *(store.put_preview(p, create=True, force=False) for p in contenders)
+    )
+    assert results.count(PutResult.OK) == 1, results
+    assert set(results) == {PutResult.OK, PutResult.HOST_TAKEN}
+    winner = contenders[results.index(PutResult.OK)]
+    route = await store.get_route(shared)
+    assert route is not None and (route.workspace, route.preview) == (winner.workspace, winner.name)
+    loser_ws = OTHER_WS if winner.workspace == WS else WS
+    assert await store.list_previews(loser_ws, "sb") == []
+
+
+async def test_a_missing_sandbox_is_reported_before_a_taken_hostname(store: Store) -> None:
+    await store.put_sandbox(sandbox(ws=OTHER_WS), create=True)
+    await store.put_preview(preview(ws=OTHER_WS, hostname=host("taken")), create=True, force=False)
+    orphan = preview("orphan", host("taken"), sb="missing")
+    assert await store.put_preview(orphan, create=True, force=False) is PutResult.NO_SANDBOX
