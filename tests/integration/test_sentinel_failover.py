@@ -5,6 +5,10 @@ Gateway A serves the traffic with a 100 ms cache and no stale grace, so every lo
 to Redis and a Redis outage shows as 503 instead of being hidden by the cache. Gateway B caches
 for ten minutes, so only an invalidation (or the flush after its resubscription) can change
 its answer after the failover.
+
+The failover is ``SENTINEL FAILOVER``: graceful, the old primary keeps answering reads as a
+replica, so the edge may see no error at all; the test proves the bound and that writes and
+invalidations move to the new primary. (Killing the primary instead is not covered yet.)
 """
 
 from __future__ import annotations
