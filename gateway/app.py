@@ -17,23 +17,23 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-import aiohttp
 from aiohttp import web
 
 from gateway.control.api_keys import KeyRing
+from gateway.control.domains import DomainConfig, DomainService
 from gateway.control.handlers import ApiConfig, ControlApi
 from gateway.control.service import ControlService, ServiceConfig
 from gateway.core.admission import AdmissionConfig
 from gateway.core.errors import RoutingUnavailable
 from gateway.core.netpolicy import IPNetwork
+from gateway.core.planner import PlannerConfig
 from gateway.core.tokens import SigningKey, TokenSigner, generate_key, parse_keys
-from gateway.edge.http_relay import RelayTimeouts
-from gateway.edge.proto_server import EdgeListener, build_protocol_edge
-from gateway.edge.server import Edge, EdgeConfig, EdgeServer
-from gateway.edge.upstream import create_session
+from gateway.edge.config import EdgeConfig, RelayLimits
+from gateway.edge.handler import EdgeHandler
+from gateway.edge.pool import UpstreamPool
+from gateway.edge.server import EdgeServer
 from gateway.edge.ws_hub import WebSocketHub, WsLimits
 from gateway.edge.ws_readmit import Readmission
-from gateway.edge.ws_relay import WsRelay
 from gateway.ops import log
 from gateway.ops.metrics import CONTENT_TYPE, Metrics, StatsCollector
 from gateway.ops.redis_config import build_store
@@ -60,6 +60,7 @@ class Running:
     keys: KeyRing
     service: ControlService
     """The control API's rules, for in-process callers (the demo)."""
+    domains: DomainService
     draining: bool = False
 
 
@@ -120,22 +121,22 @@ def build_lookup(settings: Settings, store: RouteSource) -> RouteLookup:
         stale_grace_s=settings.cache_stale_grace_s,
         private_stale_grace_s=settings.private_stale_grace_s,
         max_entries=settings.cache_max_entries,
+        preview_domain=settings.preview_domain,
     )
 
 
-def upstream_session(
+def upstream_pool(
     settings: Settings, allowed: list[IPNetwork], *, websocket: bool = False
-) -> aiohttp.ClientSession:
+) -> UpstreamPool:
     """WebSockets hold their upstream connection for their whole life, so they get a pool of
     their own, without a per-sandbox limit: in the HTTP pool they would take the per-sandbox
     slots that keep one busy sandbox from starving requests to the same port."""
     total = settings.upstream_max_connections
-    return create_session(
+    return UpstreamPool(
         allowed=allowed,
         max_connections=total,
         max_per_target=total if websocket else settings.upstream_max_connections_per_target,
         connect_timeout_s=settings.upstream_connect_timeout_s,
-        websocket=websocket,
     )
 
 
@@ -164,7 +165,7 @@ def edge_config(
         preview_domain=settings.preview_domain,
         trusted_proxies=settings.trusted_proxies,
         allowed_targets=allowed,
-        timeouts=RelayTimeouts(
+        limits=RelayLimits(
             body_idle_s=settings.body_idle_timeout_s,
             response_s=settings.upstream_response_timeout_s,
             upstream_idle_s=settings.upstream_idle_timeout_s,
@@ -186,19 +187,28 @@ def api_config(settings: Settings, allowed: list[IPNetwork]) -> ApiConfig:
         ),
         public_scheme=settings.public_scheme,
         public_port=settings.effective_public_port,
+        domains=DomainConfig.from_settings(settings),
     )
 
 
-def edge_runner(
-    settings: Settings, handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
-) -> web.ServerRunner:
-    server = EdgeServer(
+def planner_config(config: EdgeConfig) -> PlannerConfig:
+    return PlannerConfig(
+        preview_domain=config.preview_domain,
+        trusted_proxies=config.trusted_proxies,
+        admission=config.admission,
+        max_body_bytes=config.limits.max_body_bytes,
+        public_scheme=config.public_scheme,
+    )
+
+
+def edge_server(settings: Settings, handler: EdgeHandler) -> EdgeServer:
+    return EdgeServer(
         handler,
         header_timeout_s=settings.header_read_timeout_s,
-        keepalive_timeout=settings.keepalive_timeout_s,
-        access_log=None,
+        keepalive_s=settings.keepalive_timeout_s,
+        grace_s=settings.shutdown_grace_s,
+        scheme=settings.public_scheme,
     )
-    return web.ServerRunner(server, shutdown_timeout=settings.shutdown_grace_s)
 
 
 # ── wiring ──────────────────────────────────────────────────────────────────────────────────
@@ -267,26 +277,17 @@ async def serve(
     keys, generated_key = key_ring(settings)
     signer = TokenSigner(await _with_startup_retries(lambda: signing_keys(settings, store)))
     admission = admission_for(settings, signer)
-    session = upstream_session(settings, allowed)
-    ws_session = upstream_session(settings, allowed, websocket=True)
+    pool = upstream_pool(settings, allowed)
+    ws_pool = upstream_pool(settings, allowed, websocket=True)
     limits = ws_limits(settings)
     hub = WebSocketHub(Readmission(lookup.find, admission), close_timeout_s=limits.close_timeout_s)
-    ws_relay = WsRelay(ws_session, limits, hub)
     lookup.add_listener(hub.on_invalidation)
     metrics = metrics_for(lookup, store, hub)
     config = edge_config(settings, allowed, admission)
-    edge = Edge(
-        config,
-        lookup,
-        session,
-        websocket_relay=ws_relay.relay,
-        observe=metrics.observe,
+    handler = EdgeHandler(
+        config, planner_config(config), lookup, pool, (ws_pool, limits, hub), metrics.observe
     )
-    protocol_edge: EdgeListener | None = None
-    if settings.edge_impl == "protocol":
-        protocol_edge = build_protocol_edge(
-            settings, config, lookup, allowed, metrics.observe, hub, limits
-        )
+    edge = edge_server(settings, handler)
     readiness = Readiness(store, settings)
     api = ControlApi(api_config(settings, allowed), store, keys, readiness, signer)
     api_app = api.app()
@@ -294,17 +295,11 @@ async def serve(
     api_runner = web.AppRunner(api_app, access_log=None, shutdown_timeout=2.0)
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(store.close)
-        stack.push_async_callback(session.close)
-        stack.push_async_callback(ws_session.close)
         # Cleanups run last-in first-out: the edge drains its in-flight requests first, while
         # the API listener still answers /readyz with 503; only then does the API close.
         await _listen(stack, api_runner, settings.bind, settings.api_port)
-        if protocol_edge is None:
-            edge_port, stop_accepting = await _start_aiohttp_edge(stack, settings, edge)
-        else:
-            await stack.enter_async_context(protocol_edge)
-            edge_port = await protocol_edge.start(settings.bind, settings.edge_port)
-            stop_accepting = _async(protocol_edge.stop_accepting)  # busy ones drain on exit
+        await stack.enter_async_context(edge)  # on exit, busy connections get their grace
+        edge_port = await edge.start(settings.bind, settings.edge_port)
         if settings.public_port is None and settings.edge_port == 0:
             api.set_public_port(edge_port)  # an ephemeral edge port is only known now
         sweeper = Sweeper(store, settings.sweep_interval_s)
@@ -318,32 +313,17 @@ async def serve(
             sweeper=sweeper,
             keys=keys,
             service=api.service,
+            domains=api.domains,
         )
         readiness.running = running
-        await _run_until_stopped(running, stop, stop_accepting, on_ready)
+        await _run_until_stopped(running, stop, edge, on_ready)
     logger.info("stopped")
-
-
-async def _start_aiohttp_edge(
-    stack: contextlib.AsyncExitStack, settings: Settings, edge: Edge
-) -> tuple[int, Callable[[], Awaitable[None]]]:
-    """The aiohttp edge (``GATEWAY_EDGE_IMPL=aiohttp``): its port, and how to stop accepting."""
-    runner = edge_runner(settings, edge.handle)
-    site = await _listen(stack, runner, settings.bind, settings.edge_port)
-    return _bound_port(runner), site.stop
-
-
-def _async(call: Callable[[], None]) -> Callable[[], Awaitable[None]]:
-    async def run() -> None:
-        call()
-
-    return run
 
 
 async def _run_until_stopped(
     running: Running,
     stop: asyncio.Event,
-    stop_accepting: Callable[[], Awaitable[None]],
+    edge: EdgeServer,
     on_ready: Callable[[Running], object] | None,
 ) -> None:
     async with asyncio.TaskGroup() as tasks:
@@ -351,13 +331,14 @@ async def _run_until_stopped(
             tasks.create_task(running.lookup.follow_invalidations(), name="invalidations"),
             tasks.create_task(running.hub.run(), name="websocket re-admission"),
             tasks.create_task(running.sweeper.run(), name="sweeper"),
+            tasks.create_task(running.domains.run_rechecks(), name="domain re-checks"),
         ]
         if on_ready is not None:
             on_ready(running)
         await stop.wait()
         running.draining = True
         logger.info("draining: closing WebSockets, finishing in-flight requests")
-        await stop_accepting()
+        edge.stop_accepting()
         await running.hub.close_all(1001, "gateway shutting down")
         for task in background:
             task.cancel()

@@ -251,7 +251,7 @@ class ErrorBody(Out):
 
 
 # ── conversions ─────────────────────────────────────────────────────────────────────────────
-def _ts(value: datetime | None) -> str | None:
+def ts(value: datetime | None) -> str | None:
     return format_timestamp(value) if value is not None else None
 
 
@@ -267,7 +267,7 @@ def sandbox_out(sandbox: Sandbox, *, status: Status = "DEPLOYED") -> SandboxOut:
         spec=SandboxSpecOut(
             target=Target(host=sandbox.target_host),
             ttl=sandbox.ttl,
-            expires=_ts(sandbox.expires_at),
+            expires=ts(sandbox.expires_at),
         ),
         status=status,
     )

@@ -117,6 +117,15 @@ class RoutingUnavailable(GatewayError):
     title = "Preview routing is temporarily unavailable"
 
 
+class DomainsUnsupported(GatewayError):
+    """A custom-domain write on a Redis Cluster routing table: its transactions span domain
+    names and workspaces, which a Cluster cannot run in one slot (docs/redis.md)."""
+
+    status = 501
+    code = "domains_unsupported"
+    title = "Custom domains are not available on a Redis Cluster routing table"
+
+
 class ShuttingDown(GatewayError):
     status = 503
     code = "shutting_down"

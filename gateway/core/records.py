@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import secrets
 from datetime import UTC, datetime
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -71,6 +72,8 @@ class Preview(_Expiring):
     hostname: str
     prefix_url: str | None = None
     custom_domain: str | None = None
+    domain: str | None = None
+    """The registered domain that ``custom_domain`` is (or is under), chosen when written."""
     request_headers: dict[str, str] = Field(default_factory=dict)
     response_headers: dict[str, str] = Field(default_factory=dict)
     created_at: datetime = Field(default_factory=utcnow)
@@ -78,6 +81,47 @@ class Preview(_Expiring):
     ttl: str | None = None
     expires: str | None = None
     tokens: dict[str, TokenRecord] = Field(default_factory=dict)
+
+
+DomainStatus = Literal["pending", "verified", "failed"]
+
+
+class Domain(_Record):
+    """A custom domain a workspace registered. Its previews and its fallback are served only
+    while ``status`` is ``verified``; the edge never reads this record, only the routes written
+    from it (``store.rules.plan_domain_routes``)."""
+
+    name: str
+    workspace: str
+    display_name: str | None = None
+    status: DomainStatus = "pending"
+    txt_value: str
+    """The random value the owner publishes at ``_preview-gateway-challenge.<name>``."""
+    last_verified_at: datetime | None = None
+    verification_error: str | None = None
+    missing_since: datetime | None = None
+    """When a re-check of a verified domain first missed the record; cleared when it is found.
+    The domain keeps serving until ``missing_since + grace``."""
+    fallback: str | None = None
+    """``<sandbox>/<preview>`` taking every unknown name under the domain."""
+    region: str = ""
+    revision: int = 0
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+    @property
+    def served(self) -> bool:
+        return self.status == "verified"
+
+
+class CustomHost(_Record):
+    """Who holds a custom hostname (``Preview.custom_domain``), verified or not: two previews
+    can never take the same one, and a domain finds its previews through these entries."""
+
+    domain: str
+    workspace: str
+    sandbox: str
+    preview: str
 
 
 class Route(_Expiring):
@@ -126,7 +170,9 @@ class Keys:
     workspace (sandboxes, previews, routes, expiries, its invalidation channel) lands in one
     hash slot, so each write stays one transaction on one node. What must be unique across
     workspaces, a hostname, gets a key of its own slot (``host_owner``). Untagged (one Redis,
-    Sentinel) the layout is the original one, so existing tables keep working.
+    Sentinel) the layout is the original one, so existing tables keep working. Custom-domain
+    keys (``domain`` … ``custom_host``) are untagged: their writes span names and workspaces,
+    so a Cluster refuses them (``DomainsUnsupported``) and only ever reads them empty.
     """
 
     def __init__(self, prefix: str, *, tagged: bool = False) -> None:
@@ -160,6 +206,27 @@ class Keys:
     def host_owner(self, hostname: str) -> str:
         """Tagged only: the workspace holding a hostname, in the hostname's own slot."""
         return f"{self.prefix}host:{{{hostname}}}"
+
+    def domain(self, name: str) -> str:
+        return f"{self.prefix}dom:{name}"
+
+    def domains(self, workspace: str) -> str:
+        return f"{self.prefix}doms:{workspace}"
+
+    def all_domains(self) -> str:
+        """Every registered domain's name: what the periodic re-check walks."""
+        return f"{self.prefix}doms-all"
+
+    def domain_tree(self, name: str) -> str:
+        """Hash of workspace -> how many of its domains are ``name`` or under it."""
+        return f"{self.prefix}domtree:{name}"
+
+    def domain_hosts(self, name: str) -> str:
+        """The domain's table: custom hostnames of previews attached to it."""
+        return f"{self.prefix}domhosts:{name}"
+
+    def custom_host(self, hostname: str) -> str:
+        return f"{self.prefix}chost:{hostname}"
 
     def expiries(self, workspace: str = "") -> str:
         if self.tagged:

@@ -1,5 +1,5 @@
-"""An incremental RFC 6455 frame scanner for a relay that moves raw bytes, and the few frames
-the gateway writes itself.
+"""An incremental RFC 6455 frame scanner for a relay that moves raw bytes (the frames the
+gateway writes itself are built by ``ws_wire``).
 
 The scanner is fed the bytes one peer sent, in whatever pieces they arrived, and says which of
 them may go on to the other peer as they are. It reads frame headers only: data payloads are
@@ -8,6 +8,11 @@ Control frames are small (at most 125 bytes of payload), so they are gathered wh
 unmasked: the relay must see a pong's payload to tell the answers to its own pings, and a close
 frame's code and reason.
 
+One exception, on the client's side only (``validate_text``): an uncompressed text message is
+checked to be UTF-8 before it reaches the sandbox, as an endpoint would (1007), so each of its
+frames is held whole, unmasked into a copy and decoded incrementally; the frame's original bytes
+then pass on unchanged. The message cap (1009) bounds what is held.
+
 ``scan`` stops wherever the caller has something to do: at a control frame, a failure, the end of
 the bytes, or (when asked) at the next frame boundary, where the gateway may insert a frame of
 its own without splitting one of the peer's.
@@ -15,17 +20,17 @@ its own without splitting one of the peer's.
 
 from __future__ import annotations
 
-import secrets
+import codecs
 import struct
 
 from gateway.core.ws_close import (
     MESSAGE_TOO_BIG,
     NO_STATUS,
     PROTOCOL_ERROR,
-    wire_reason,
+    valid_received_code,
 )
+from gateway.core.ws_wire import OP_BINARY, OP_CLOSE, OP_CONT, OP_PONG, OP_TEXT, unmask
 
-OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 INVALID_PAYLOAD = 1007
 
 # What ``scan`` returns first, saying what the bytes up to its second value were.
@@ -42,6 +47,7 @@ _MAX_CONTROL = 125
 _MAX_HEAD = 14  # 2 + 8 (64-bit length) + 4 (mask key)
 _MAX_HELD = _MAX_HEAD + _MAX_CONTROL
 _STOP = -1
+_HOLD = -2  # a text frame to check is incomplete: hold it until it is whole
 # A message's first frame, without FIN: text or binary, RSV1 too when deflate was negotiated.
 _PLAIN_STARTS = frozenset((OP_TEXT, OP_BINARY))
 _COMPRESSED_STARTS = frozenset((OP_TEXT, OP_BINARY, 0x40 | OP_TEXT, 0x40 | OP_BINARY))
@@ -65,45 +71,6 @@ class Control:
     @property
     def close_reason(self) -> str:
         return self.payload[2:].decode("utf-8", errors="replace")
-
-
-def unmask(payload: bytes, key: bytes) -> bytes:
-    """XOR with the 4-byte key (for control payloads: at most 125 bytes)."""
-    return bytes(b ^ key[i & 3] for i, b in enumerate(payload))
-
-
-def _head(b0: int, n: int, mask: bool) -> bytes:
-    flag = 0x80 if mask else 0
-    if n < 126:
-        return bytes((b0, flag | n))
-    if n < 1 << 16:
-        return bytes((b0, flag | 126)) + struct.pack("!H", n)
-    return bytes((b0, flag | 127)) + struct.pack("!Q", n)
-
-
-def build_frame(
-    opcode: int, payload: bytes = b"", *, mask: bool, key: bytes | None = None
-) -> bytes:
-    """One final frame; masked (with a random key unless given) toward an upstream, whose
-    client the gateway is."""
-    head = _head(0x80 | opcode, len(payload), mask)
-    if not mask:
-        return head + payload
-    key = secrets.token_bytes(4) if key is None else key
-    return head + key + unmask(payload, key)
-
-
-def ping_frame(payload: bytes, *, mask: bool, key: bytes | None = None) -> bytes:
-    return build_frame(OP_PING, payload, mask=mask, key=key)
-
-
-def pong_frame(payload: bytes, *, mask: bool, key: bytes | None = None) -> bytes:
-    return build_frame(OP_PONG, payload, mask=mask, key=key)
-
-
-def close_frame(code: int, reason: str = "", *, mask: bool, key: bytes | None = None) -> bytes:
-    """A close frame with ``code`` (one allowed on the wire) and ``reason`` cut to fit."""
-    return build_frame(OP_CLOSE, struct.pack("!H", code) + wire_reason(reason), mask=mask, key=key)
 
 
 def _parse_head(buf: bytes, off: int) -> tuple[int, int, int, bytes] | None:
@@ -138,7 +105,9 @@ class FrameScanner:
     was negotiated, so RSV1 may mark a message's first frame."""
 
     __slots__ = (
+        "_decoder",
         "_held",
+        "_hold_need",
         "_in_message",
         "_masked",
         "_max",
@@ -146,6 +115,7 @@ class FrameScanner:
         "_remaining",
         "_rsv_allowed",
         "_starts",
+        "_text",
         "control",
         "data_frames",
         "failure",
@@ -153,12 +123,24 @@ class FrameScanner:
         "prefix",
     )
 
-    def __init__(self, *, masked: bool, max_message_bytes: int = 0, compressed: bool = False):
+    def __init__(
+        self,
+        *,
+        masked: bool,
+        max_message_bytes: int = 0,
+        compressed: bool = False,
+        validate_text: bool = False,
+    ):
         self._masked = masked
+        self._text = validate_text
+        self._decoder: codecs.IncrementalDecoder | None = None
+        """Set while an uncompressed text message is being checked (``validate_text``)."""
+        self._hold_need = 0
+        """The whole length of the text frame being held, while one is."""
         self._max = max_message_bytes
         self._rsv_allowed = 0x40 if compressed else 0
         self._starts = _COMPRESSED_STARTS if compressed else _PLAIN_STARTS
-        self._held = b""
+        self._held: bytes | bytearray = b""
         self._remaining = 0
         self._message = 0
         self._in_message = False
@@ -206,7 +188,7 @@ class FrameScanner:
             kind, end = self._header(data, pos, first=pos == start and not self.prefix)
             if kind == _STOP:
                 return FORWARD, pos  # what passed so far goes out before the next header
-            if kind == NEED_MORE:
+            if kind in (NEED_MORE, _HOLD):
                 return NEED_MORE, n
             if kind != FORWARD:
                 return kind, end
@@ -221,9 +203,12 @@ class FrameScanner:
         mask_bit, short = (0x80, 6) if self._masked else (0, 2)
         starts, most = self._starts, self._max or 1 << 63
         in_message, message = self._in_message, self._message
+        text = self._text
         frames = messages = 0
         while pos + short <= n:
             b0, b1 = data[pos], data[pos + 1]
+            if text and (b0 & 0x7F == OP_TEXT or (in_message and self._decoder is not None)):
+                break
             length, size = b1 & 0x7F, short
             if length > 125:
                 if length == 127 or pos + short + 2 > n:
@@ -254,10 +239,15 @@ class FrameScanner:
         return pos
 
     def _scan_held(self, data: bytes, pos: int) -> tuple[int, int]:
-        held = self._held
+        if self._hold_need:
+            return self._scan_held_text(data, pos)
+        held = bytes(self._held)  # a header's few bytes (a held text frame went above)
         self._held = b""
         # A header is at most 14 bytes and a control frame 139: this holds all that is needed.
         kind, used = self._header(held + data[pos : pos + _MAX_HELD], 0, first=True)
+        if kind == _HOLD:  # the header is whole now: a text frame, held to its end
+            self._held = held
+            return self._scan_held_text(data, pos)
         if kind == NEED_MORE:
             return NEED_MORE, len(data)
         if kind == FAILED:
@@ -265,6 +255,44 @@ class FrameScanner:
         if kind == FORWARD:
             self.prefix = held  # the header's start was held back: it goes out first
         return kind, pos + used - len(held)
+
+    def _scan_held_text(self, data: bytes, pos: int) -> tuple[int, int]:
+        # A bytearray grows in place: a big frame arriving in many pieces is copied once.
+        held = self._held if isinstance(self._held, bytearray) else bytearray(self._held)
+        before = len(held)
+        take = min(self._hold_need - before, len(data) - pos)
+        held += data[pos : pos + take]
+        if len(held) < self._hold_need:
+            self._held = held
+            return NEED_MORE, len(data)
+        self._held, self._hold_need = b"", 0
+        frame = bytes(held)
+        kind, _ = self._header(frame, 0, first=True)
+        if kind == FAILED:
+            return FAILED, pos
+        self.prefix = frame[:before]  # what came before ``data``; the caller passes on the rest
+        return kind, pos + take
+
+    def _text_frame(self, buf: bytes, off: int, size: int, length: int, key: bytes) -> int:
+        """A frame of a text message being checked: NEED_MORE (held until whole), FAILED
+        (not UTF-8) or FORWARD."""
+        end = off + size + length
+        if len(buf) < end:
+            self._held, self._hold_need = bytes(buf[off:]), size + length
+            return NEED_MORE
+        b0 = buf[off]
+        if b0 & 0x0F == OP_TEXT:
+            self._decoder = codecs.getincrementaldecoder("utf-8")()
+        assert self._decoder is not None
+        payload = bytes(buf[off + size : end])
+        try:
+            self._decoder.decode(unmask(payload, key) if key else payload, final=bool(b0 & 0x80))
+        except UnicodeDecodeError:
+            self.failure = (INVALID_PAYLOAD, "invalid UTF-8")
+            return FAILED
+        if b0 & 0x80:
+            self._decoder = None
+        return FORWARD
 
     def _header(self, buf: bytes, off: int, *, first: bool) -> tuple[int, int]:
         """Read the header at ``off``: (FORWARD, just past a data frame's header), CONTROL,
@@ -285,6 +313,16 @@ class FrameScanner:
             message = length if opcode != OP_CONT else self._message + length
             if self._max and message > self._max:
                 why = (MESSAGE_TOO_BIG, "message too big")
+        if why is None and self._text and self._checks_text(b0):
+            kind = self._text_frame(buf, off, size, length, key)
+            if kind != FORWARD and not first:
+                self._held, self._hold_need, self.failure = b"", 0, None
+                return _STOP, off
+            if kind == NEED_MORE:
+                return _HOLD, off
+            if kind == FAILED:
+                return FAILED, off
+            self._remaining = -length  # the payload is passed over below, not left to come
         if why is not None:
             if not first:
                 return _STOP, off
@@ -294,8 +332,18 @@ class FrameScanner:
         self._in_message = not b0 & 0x80
         self.data_frames += 1
         self.messages += b0 >> 7
+        if self._remaining < 0:  # a checked text frame: already whole in ``buf``
+            self._remaining = 0
+            return FORWARD, off + size + length
         self._remaining = length
         return FORWARD, off + size
+
+    def _checks_text(self, b0: int) -> bool:
+        """This frame belongs to an uncompressed text message, to be checked."""
+        opcode = b0 & 0x0F
+        return (opcode == OP_TEXT and not b0 & 0x40) or (
+            opcode == OP_CONT and self._decoder is not None
+        )
 
     def _control(self, buf: bytes, off: int, size: int, length: int, key: bytes) -> tuple[int, int]:
         end = off + size + length
@@ -315,6 +363,9 @@ class FrameScanner:
             return CONTROL, end
         if len(control.payload) == 1:
             self.failure = (PROTOCOL_ERROR, "protocol error")
+            return FAILED, off
+        if len(control.payload) >= 2 and not valid_received_code(control.close_code):
+            self.failure = (PROTOCOL_ERROR, "invalid close code")
             return FAILED, off
         try:
             control.payload[2:].decode("utf-8")

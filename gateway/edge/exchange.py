@@ -1,4 +1,4 @@
-"""One request's relay on the protocol edge: upstream head out, body bytes both ways.
+"""One request's relay: upstream head out, body bytes both ways.
 
 The request task awaits the route, admission and a pooled connection; from then on the bytes
 move in protocol callbacks (no coroutine per chunk), and the task waits for one future. Bodies
@@ -29,8 +29,8 @@ from gateway.core.http_framing import (
 )
 from gateway.core.planner import ResponseEdits, shape_response
 from gateway.edge import upstream_errors
+from gateway.edge.config import RelayLimits
 from gateway.edge.dechunk import Dechunker
-from gateway.edge.http_relay import RelayTimeouts
 from gateway.edge.pages import status_phrase
 from gateway.edge.pool import UpstreamConnection
 
@@ -42,7 +42,7 @@ def not_upgraded() -> UpstreamBadResponse:
 
 
 class Client(Protocol):
-    """What the exchange needs of the client connection (``listener.ClientConnection``)."""
+    """What the exchange needs of the client connection (``connection.ClientConnection``)."""
 
     transport: asyncio.Transport
     version: tuple[int, int]
@@ -65,7 +65,7 @@ class Relay:
         method: str,
         body: int,
         chunked: bool,
-        timeouts: RelayTimeouts,
+        limits: RelayLimits,
         edits: ResponseEdits,
         close_after: bool,
         upgrade: bool = False,
@@ -74,7 +74,7 @@ class Relay:
         self.client = client
         self.conn = conn
         self.method = method
-        self.t = timeouts
+        self.limits = limits
         self.edits = edits
         self.done: asyncio.Future[None] = self.loop.create_future()
         self.error: GatewayError | None = None
@@ -131,8 +131,8 @@ class Relay:
             n = len(data) if end < 0 else end
             self.body_done = end >= 0
         self.bytes_in += n
-        if self.t.max_body_bytes and self.bytes_in > self.t.max_body_bytes:
-            limit = self.t.max_body_bytes
+        if self.limits.max_body_bytes and self.bytes_in > self.limits.max_body_bytes:
+            limit = self.limits.max_body_bytes
             self._fail(PayloadTooLarge(f"The request body is larger than {limit} bytes."))
             return n
         self.conn.write(data if n == len(data) else data[:n])
@@ -308,12 +308,12 @@ class Relay:
 
     def _next_deadline(self) -> float:
         if self._resp is None:
-            deadline = self._last_out + self.t.response_s
+            deadline = self._last_out + self.limits.response_s
             if not self.body_done:
-                deadline = min(deadline, self._last_in + self.t.body_idle_s)
+                deadline = min(deadline, self._last_in + self.limits.body_idle_s)
             return deadline
-        if self.t.upstream_idle_s:
-            return self._last_out + self.t.upstream_idle_s
+        if self.limits.upstream_idle_s:
+            return self._last_out + self.limits.upstream_idle_s
         return self.loop.time() + 3600.0
 
     def _check(self) -> None:
@@ -322,13 +322,16 @@ class Relay:
             return
         now = self.loop.time()
         if self._resp is None:
-            if not self.body_done and now >= self._last_in + self.t.body_idle_s - 0.001:
+            if not self.body_done and now >= self._last_in + self.limits.body_idle_s - 0.001:
                 self._fail(RequestTimedOut("The request body stopped arriving."))
                 return
-            if now >= self._last_out + self.t.response_s - 0.001:
+            if now >= self._last_out + self.limits.response_s - 0.001:
                 self._fail(upstream_errors.response_timeout())
                 return
-        elif self.t.upstream_idle_s and now >= self._last_out + self.t.upstream_idle_s - 0.001:
+        elif (
+            self.limits.upstream_idle_s
+            and now >= self._last_out + self.limits.upstream_idle_s - 0.001
+        ):
             self._cut()
             return
         self.arm()

@@ -11,9 +11,6 @@ import html
 import json
 from http import HTTPStatus
 
-from aiohttp import web
-from multidict import CIMultiDict
-
 from gateway.core.errors import GatewayError, error_code
 from gateway.core.header_policy import SERVER
 
@@ -32,15 +29,14 @@ def wants_html(accept: str) -> bool:
     return "text/html" in accept.lower()
 
 
-def error_headers(exc: GatewayError) -> CIMultiDict[str]:
-    headers: CIMultiDict[str] = CIMultiDict()
+def error_headers(exc: GatewayError) -> dict[str, str]:
+    headers: dict[str, str] = {}
     headers["X-Blaxel-Error-Code"] = error_code(exc)
     headers["X-Blaxel-Source"] = "gateway"
     headers["Cache-Control"] = "no-store"
     headers["X-Content-Type-Options"] = "nosniff"
     headers["Content-Security-Policy"] = "default-src 'none'; style-src 'unsafe-inline'"
     headers["Referrer-Policy"] = "no-referrer"
-    # Set here, or aiohttp announces "Python/3.x aiohttp/3.y" on every page the gateway writes.
     headers["Server"] = SERVER
     if exc.status == 401:
         # Blaxel answers failed auth with this, so a cross-origin fetch can read the reason.
@@ -50,8 +46,8 @@ def error_headers(exc: GatewayError) -> CIMultiDict[str]:
     return headers
 
 
-def _page(exc: GatewayError, accept: str) -> tuple[str, str, CIMultiDict[str]]:
-    """The body, its content type and the headers: one page for both renderers."""
+def _page(exc: GatewayError, accept: str) -> tuple[str, str, dict[str, str]]:
+    """The body, its content type and the headers."""
     headers = error_headers(exc)
     if wants_html(accept):
         body = _PAGE.format(
@@ -77,23 +73,9 @@ def closes_connection(exc: GatewayError) -> bool:
 _CLOSING = frozenset({400, 405, 408, 413, 431})
 
 
-def render(exc: GatewayError, accept: str, *, head: bool = False) -> web.Response:
-    body, content_type, headers = _page(exc, accept)
-    response = web.Response(
-        status=exc.status,
-        text=None if head else body,
-        content_type=content_type,
-        charset="utf-8",
-        headers=headers,
-    )
-    if closes_connection(exc):
-        response.force_close()
-    return response
-
-
 def render_bytes(exc: GatewayError, accept: str, *, head: bool = False, extra: str = "") -> bytes:
-    """The same page as ``render`` as one HTTP/1.1 response, for the protocol edge. ``extra``
-    holds further header lines (``Date``, ``Connection``), each ending in CRLF."""
+    """The error as one HTTP/1.1 response. ``extra`` holds further header lines (``Date``,
+    ``Connection``), each ending in CRLF."""
     body, content_type, headers = _page(exc, accept)
     payload = body.encode()
     lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items())

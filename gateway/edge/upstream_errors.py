@@ -1,6 +1,5 @@
-"""What the client is told when the raw upstream path fails: the one place socket errors and
-timeouts become the gateway's error classes (as ``upstream.translate_errors`` does for the
-aiohttp client). Messages never carry an address.
+"""What the client is told when the upstream path fails: the one place socket errors and
+timeouts become the gateway's error classes. Messages never carry an address.
 """
 
 from __future__ import annotations

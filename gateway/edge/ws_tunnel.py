@@ -37,10 +37,12 @@ from gateway.core.ws_frames import (
     FAILED,
     FORWARD,
     NEED_MORE,
-    OP_CLOSE,
-    OP_PING,
     Control,
     FrameScanner,
+)
+from gateway.core.ws_wire import (
+    OP_CLOSE,
+    OP_PING,
     close_frame,
     ping_frame,
 )
@@ -170,7 +172,9 @@ class WsTunnel:
             self,
             "client",
             client_transport,
-            FrameScanner(masked=True, max_message_bytes=most, compressed=compressed),
+            FrameScanner(
+                masked=True, max_message_bytes=most, compressed=compressed, validate_text=True
+            ),
         )
         self.upstream = _Side(
             self,

@@ -147,6 +147,18 @@ class Settings(BaseSettings):
     cache_max_entries: int = Field(100_000, ge=1)
     """Routes kept in memory; least recently used ones go first."""
 
+    # ── custom domains ──────────────────────────────────────────────────────────────────────
+    dns_nameservers: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Comma-separated `host` or `host:port` DNS servers for the TXT ownership check of custom
+    domains; unset means the system's resolver."""
+    dns_timeout_s: float = Field(3.0, gt=0)
+    """How long one TXT lookup may take; longer counts as a failed check (`timeout`)."""
+    domain_recheck_interval_s: float = Field(300.0, gt=0)
+    """Every replica re-checks the TXT record of every verified domain this often."""
+    domain_grace_s: float = Field(3600.0, ge=0)
+    """A verified domain whose record has gone keeps serving this long, then turns `failed`
+    and is no longer served."""
+
     # ── WebSockets and shutdown ─────────────────────────────────────────────────────────────
     ws_idle_timeout_s: float = Field(900.0, ge=0)
     """A relayed WebSocket with no data frames in either direction this long is closed (1001).
@@ -158,9 +170,6 @@ class Settings(BaseSettings):
     """The gateway pings both peers this often; a peer that does not pong in time is closed."""
     ws_max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     """Largest WebSocket message relayed; a larger one closes the socket with 1009."""
-    edge_impl: Literal["aiohttp", "protocol"] = "aiohttp"
-    """Which HTTP data path the edge runs: `aiohttp` (the request handler) or `protocol`
-    (asyncio Protocols with httptools and raw upstream connections, issue 9)."""
     shutdown_grace_s: float = Field(10.0, ge=0)
     """On SIGTERM, in-flight requests get this long to finish before the process exits."""
 
@@ -178,6 +187,7 @@ class Settings(BaseSettings):
         "token_keys",
         "ws_allowed_origins",
         "redis_sentinels",
+        "dns_nameservers",
         mode="before",
     )
     @classmethod

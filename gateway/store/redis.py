@@ -5,7 +5,8 @@ leave a preview without its route or a route without its preview. Every write pu
 hostnames it touched in the same transaction, so replicas drop exactly those cache entries.
 On a Cluster all keys of one workspace share a hash slot (``Keys(tagged=True)``), so those
 transactions stay on one node, and hostnames are claimed across workspaces by
-``redis_hosts.HostClaims``.
+``redis_hosts.HostClaims``. Custom domains (``redis_domains``) work on one Redis and Sentinel;
+a Cluster refuses their writes.
 
 This is the only module that talks to Redis; redis errors become ``RoutingUnavailable`` here.
 """
@@ -13,48 +14,25 @@ This is the only module that talks to Redis; redis errors become ``RoutingUnavai
 from __future__ import annotations
 
 import contextlib
-import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable
 from datetime import datetime
 from typing import TypeVar
 
-import redis.asyncio as aioredis
-from pydantic import BaseModel, ValidationError
-from redis.asyncio.cluster import ClusterPipeline, RedisCluster
-from redis.exceptions import RedisError, WatchError
-
 from gateway.core.errors import RoutingUnavailable
-from gateway.core.records import Keys, Preview, Route, Sandbox
+from gateway.core.records import CustomHost, Domain, Preview, Route, Sandbox
 from gateway.store.base import PutResult
-from gateway.store.redis_connect import Client, RedisClients, as_text
-from gateway.store.redis_hosts import HostClaims, SharedKeyspace
+from gateway.store.redis_base import Pipe, load
+from gateway.store.redis_connect import RedisClients, as_text
+from gateway.store.redis_domains import RedisDomainTable
 from gateway.store.redis_subscriber import subscribe
 from gateway.store.rules import deletable, plan_preview_put, plan_sandbox_put
 
-log = logging.getLogger("gateway.routing")
-
-M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
 
 
-Pipe = aioredis.client.Pipeline | ClusterPipeline
-
-
-class RedisStore:
+class RedisStore(RedisDomainTable):
     def __init__(self, clients: RedisClients, prefix: str, *, ping_interval_s: float = 5.0) -> None:
-        self._client: Client = clients.client
-        # Pub/sub blocks on reads for as long as nothing is published, so it needs a client
-        # without the short socket timeout of the request path.
-        self._sub: Client = clients.subscriber
-        self._closers = clients.closers
-        self._on_primary = clients.on_primary
-        self.errors = {"command": 0, "transaction": 0, "subscriber": 0}
-        """Redis failures by kind of operation, for the ``gateway_store_errors`` metric."""
-        cluster = isinstance(self._client, RedisCluster)
-        self._keys = Keys(prefix, tagged=cluster)
-        self._hosts = (
-            HostClaims(self._keys, self._client) if cluster else SharedKeyspace(self._keys)
-        )
+        super().__init__(clients, prefix)
         self._ping_interval_s = ping_interval_s
         """How long the subscription may be quiet before it is pinged (a dead link shows up)."""
 
@@ -72,10 +50,10 @@ class RedisStore:
         key = await self._call(self._hosts.route_key(hostname))
         if key is None:
             return None
-        return _load(Route, await self._call(self._client.get(key)))
+        return load(Route, await self._call(self._client.get(key)))
 
     async def get_sandbox(self, workspace: str, name: str) -> Sandbox | None:
-        return _load(
+        return load(
             Sandbox, await self._call(self._client.get(self._keys.sandbox(workspace, name)))
         )
 
@@ -123,7 +101,7 @@ class RedisStore:
 
         async def attempt(pipe: Pipe) -> tuple[Sandbox | None, list[str]]:
             await pipe.watch(sb_key, pvs_key)
-            sandbox = _load(Sandbox, await pipe.get(sb_key))
+            sandbox = load(Sandbox, await pipe.get(sb_key))
             if sandbox is None or not deletable(sandbox, only_expired_at):
                 return None, []
             previews = await self._previews_in(pipe, workspace, name)
@@ -135,6 +113,7 @@ class RedisStore:
                 pv_key = self._keys.preview(workspace, name, preview.name)
                 pipe.delete(pv_key, self._keys.route(preview.hostname, workspace))
                 pipe.zrem(self._keys.expiries(workspace), pv_key)
+                self._publish(pipe, workspace, self._release_custom(pipe, preview))
             hostnames = [p.hostname for p in previews]
             self._publish(pipe, workspace, hostnames)
             await pipe.execute()
@@ -149,7 +128,7 @@ class RedisStore:
         return await self._settled(self._transaction(recording), workspace, touched)
 
     async def get_preview(self, workspace: str, sandbox: str, name: str) -> Preview | None:
-        return _load(
+        return load(
             Preview,
             await self._call(self._client.get(self._keys.preview(workspace, sandbox, name))),
         )
@@ -165,19 +144,29 @@ class RedisStore:
         ws, sb, name = preview.workspace, preview.sandbox, preview.name
         sb_key, pv_key = self._keys.sandbox(ws, sb), self._keys.preview(ws, sb, name)
         route_key = self._keys.route(preview.hostname, ws)
+        custom_key = self._keys.custom_host(preview.custom_domain or "")
+        domain_key = self._keys.domain(preview.domain or "")
+        # Only keys the write reads are watched: on a Cluster (no custom domains) the watch
+        # stays in the workspace's slot.
+        reads = ((custom_key, preview.custom_domain), (domain_key, preview.domain))
+        extra = [key for key, used in reads if used]
         touched = [preview.hostname]
         """Hostnames whose claims the write settles: its own and any it moved away from."""
 
         async def attempt(pipe: Pipe) -> PutResult:
-            await pipe.watch(sb_key, pv_key, route_key)
+            await pipe.watch(sb_key, pv_key, route_key, *extra)
+            old = load(Preview, await pipe.get(pv_key))
+            custom = load(CustomHost, await pipe.get(custom_key)) if preview.custom_domain else None
             write = plan_preview_put(
                 preview,
-                sandbox=_load(Sandbox, await pipe.get(sb_key)),
-                old=_load(Preview, await pipe.get(pv_key)),
-                holder=_load(Route, await pipe.get(route_key)),
+                sandbox=load(Sandbox, await pipe.get(sb_key)),
+                old=old,
+                holder=load(Route, await pipe.get(route_key)),
                 create=create,
                 force=force,
                 expect_revision=expect_revision,
+                custom_holder=custom,
+                domain=load(Domain, await pipe.get(domain_key)) if preview.domain else None,
             )
             if isinstance(write, PutResult):
                 return write
@@ -189,14 +178,23 @@ class RedisStore:
                 self._unlink_preview(pipe, *write.evict)
             if write.old_hostname is not None:
                 pipe.delete(self._keys.route(write.old_hostname, ws))
+            if write.old_custom is not None and old is not None:
+                self._release_custom(pipe, old)
+            if write.custom is not None:
+                pipe.set(custom_key, write.custom.model_dump_json())
+                pipe.sadd(self._keys.domain_hosts(write.custom.domain), write.custom_host)
             pipe.set(pv_key, write.stored.model_dump_json())
             pipe.sadd(self._keys.previews(ws, sb), name)
             pipe.set(route_key, write.route.model_dump_json())
+            if write.custom_route is not None:
+                pipe.set(self._keys.route(write.custom_host), write.custom_route.model_dump_json())
             self._track_expiry(pipe, ws, pv_key, preview.expires_at)
             self._publish(pipe, ws, write.touched)
             await pipe.execute()
             return PutResult.OK
 
+        if preview.custom_domain:
+            self.refuse_on_cluster()
         if not await self._call(self._hosts.claim(preview.hostname, ws)):
             return await self._refusal(preview, create, expect_revision)
         await self._note_expiring(ws, preview.expires_at)
@@ -209,13 +207,13 @@ class RedisStore:
 
         async def attempt(pipe: Pipe) -> Preview | None:
             await pipe.watch(pv_key)
-            preview = _load(Preview, await pipe.get(pv_key))
+            preview = load(Preview, await pipe.get(pv_key))
             if preview is None or not deletable(preview, only_expired_at):
                 return None
             pipe.multi()
             self._unlink_preview(pipe, workspace, sandbox, name)
             pipe.delete(self._keys.route(preview.hostname, workspace))
-            self._publish(pipe, workspace, [preview.hostname])
+            self._publish(pipe, workspace, [preview.hostname, *self._release_custom(pipe, preview)])
             await pipe.execute()
             return preview
 
@@ -253,27 +251,6 @@ class RedisStore:
         return as_text(await self._call(self._client.get(key)))
 
     # ── helpers ────────────────────────────────────────────────────────────────────────────
-    async def _call(self, awaitable: Awaitable[T]) -> T:
-        try:
-            return await awaitable
-        except (RedisError, OSError) as exc:
-            self.errors["command"] += 1
-            raise RoutingUnavailable("The routing table is unreachable.", retry_after_s=2) from exc
-
-    async def _transaction(self, attempt: Callable[[Pipe], Awaitable[T]]) -> T:
-        for _ in range(16):
-            try:
-                async with self._client.pipeline(transaction=True) as pipe:
-                    return await attempt(pipe)
-            except WatchError:
-                continue
-            except (RedisError, OSError) as exc:
-                self.errors["transaction"] += 1
-                raise RoutingUnavailable(
-                    "The routing table is unreachable.", retry_after_s=2
-                ) from exc
-        raise RoutingUnavailable("The routing table is too busy; try again.", retry_after_s=1)
-
     async def _previews_in(self, pipe: Pipe, workspace: str, sandbox: str) -> list[Preview]:
         """A sandbox's previews, read inside a transaction that is about to write their routes.
 
@@ -288,16 +265,10 @@ class RedisStore:
             await pipe.watch(*keys)
         previews = []
         for key in keys:
-            preview = _load(Preview, await pipe.get(key))
+            preview = load(Preview, await pipe.get(key))
             if preview is not None:
                 previews.append(preview)
         return previews
-
-    async def _mget(self, model: type[M], keys: list[str]) -> list[M]:
-        if not keys:
-            return []
-        values = await self._call(self._client.mget(keys))
-        return [m for m in (_load(model, v) for v in values) if m is not None]
 
     def _track_expiry(
         self, pipe: Pipe, workspace: str, key: str, expires_at: datetime | None
@@ -351,21 +322,3 @@ class RedisStore:
         pipe.delete(key)
         pipe.srem(self._keys.previews(workspace, sandbox), name)
         pipe.zrem(self._keys.expiries(workspace), key)
-
-    def _publish(self, pipe: Pipe, workspace: str, hostnames: Iterable[str]) -> None:
-        # execute_command: a cluster pipeline refuses its publish() helper, but a PUBLISH on a
-        # channel in the transaction's slot is fine.
-        for hostname in hostnames:
-            pipe.execute_command("PUBLISH", self._keys.channel(workspace), hostname)
-
-
-def _load(model: type[M], raw: bytes | str | None) -> M | None:
-    """A value that fails validation is treated as absent and logged: a hand-edited or corrupt
-    key must never crash the edge or route somewhere unintended."""
-    if raw is None:
-        return None
-    try:
-        return model.model_validate_json(raw)
-    except ValidationError:
-        log.error("ignoring invalid %s record in the routing table", model.__name__)
-        return None

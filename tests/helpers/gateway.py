@@ -118,8 +118,7 @@ def host_of(preview: dict[str, Any]) -> str:
 
 
 def make_settings(**overrides: Any) -> Settings:
-    """Loopback, test keys, loopback targets; ``overrides`` win. Fields named nowhere here come
-    from the environment, so ``GATEWAY_EDGE_IMPL`` picks the edge of in-process gateways too."""
+    """Loopback, test keys, loopback targets; ``overrides`` win."""
     values: dict[str, Any] = {
         "bind": "127.0.0.1",
         "edge_port": 0,

@@ -56,18 +56,12 @@ class GatewayProcess:
             self.log_file.close()
 
 
-KEPT_ENV = ("GATEWAY_EDGE_IMPL",)
-"""``GATEWAY_`` variables a spawned gateway inherits from the test run: the edge implementation,
-so ``GATEWAY_EDGE_IMPL=protocol scripts/test`` runs the e2e tests against that edge too. Every
-other ``GATEWAY_`` variable is dropped, so a developer's shell never changes a test."""
-
 READY_S = 20.0
 
 
 def gateway_env(edge_port: int, api_port: int, env: dict[str, str] | None) -> dict[str, str]:
-    full_env = {
-        k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_") or k in KEPT_ENV
-    }
+    # A developer's GATEWAY_ variables never reach a spawned gateway: they would change tests.
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
     full_env.update(
         GATEWAY_BIND="127.0.0.1",
         GATEWAY_EDGE_PORT=str(edge_port),

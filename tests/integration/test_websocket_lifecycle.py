@@ -12,7 +12,7 @@ import hashlib
 import aiohttp
 import pytest
 
-from gateway.edge.ws_relay import wire_close_code, wire_reason
+from gateway.core.ws_close import wire_close_code, wire_reason
 from tests.helpers.gateway import Gateway, run_gateway
 from tests.helpers.polling import WAIT_S, eventually
 from tests.helpers.ws_client import connect, receive, receive_close

@@ -15,13 +15,15 @@ from gateway.core.ws_frames import (
     FAILED,
     FORWARD,
     NEED_MORE,
+    FrameScanner,
+)
+from gateway.core.ws_wire import (
     OP_BINARY,
     OP_CLOSE,
     OP_CONT,
     OP_PING,
     OP_PONG,
     OP_TEXT,
-    FrameScanner,
     build_frame,
     close_frame,
     ping_frame,
@@ -137,7 +139,17 @@ VIOLATIONS = {
     "rsv2": (frame(OP_TEXT, b"x", rsv=0x20), True, 1002),
     "close with one byte": (frame(OP_CLOSE, b"\x03"), True, 1002),
     "close reason not utf-8": (frame(OP_CLOSE, b"\x03\xe8\xff"), True, 1007),
+    **{
+        f"close code {code}": (frame(OP_CLOSE, struct.pack("!H", code)), True, 1002)
+        for code in (0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535)
+    },
 }
+
+
+@pytest.mark.parametrize("code", [1000, 1001, 1002, 1003, 1007, 1011, 1014, 3000, 4404, 4999])
+def test_close_frames_with_a_valid_code_pass(code: int) -> None:
+    run = scan_all(frame(OP_CLOSE, struct.pack("!H", code) + b"bye"))
+    assert run.failure is None and run.controls == [(OP_CLOSE, struct.pack("!H", code) + b"bye")]
 
 
 @pytest.mark.parametrize("name", VIOLATIONS)
@@ -235,6 +247,12 @@ def test_unmask_is_its_own_inverse() -> None:
     assert unmask(unmask(b"hello world", KEY), KEY) == b"hello world"
 
 
+@given(st.binary(max_size=5000), st.binary(min_size=4, max_size=4))
+def test_unmask_xors_each_byte_with_the_key(payload: bytes, key: bytes) -> None:
+    """The big-integer path (16 bytes and more) agrees with the byte-by-byte definition."""
+    assert unmask(payload, key) == bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
 # ── property: the stream is passed on unchanged, however it is split ────────────────────────
 data_frame = st.tuples(
     st.sampled_from([OP_TEXT, OP_BINARY]), st.binary(max_size=300), st.integers(1, 3)
@@ -304,3 +322,97 @@ def test_stopping_at_every_boundary_stops_only_at_boundaries(
                 out += s.control.raw
             pos = end
     assert bytes(out) == data and seen == messages
+
+
+# ── UTF-8 of the client's text messages (validate_text) ─────────────────────────────────────
+SNOWMAN = "☃".encode()  # three bytes, split across fragments below
+
+
+def chunked(data: bytes, size: int) -> list[bytes]:
+    return [data[i : i + size] for i in range(0, len(data), size)]
+
+
+@pytest.mark.parametrize("size", [1, 5, 64, 1 << 20])
+@pytest.mark.parametrize(
+    ("name", "stream", "bad_at"),
+    [
+        ("text", frame(OP_TEXT, "héllo".encode()), None),
+        (
+            "a character split across fragments",
+            frame(OP_TEXT, b"a" + SNOWMAN[:1], fin=False)
+            + frame(OP_PING, b"p")
+            + frame(OP_CONT, SNOWMAN[1:] + b"z"),
+            None,
+        ),
+        ("big text", frame(OP_TEXT, "ü".encode() * 40_000) + frame(OP_TEXT, b"next"), None),
+        ("binary is never read", frame(OP_BINARY, b"\xff\xfe"), None),
+        ("invalid", frame(OP_TEXT, b"ok") + frame(OP_TEXT, b"\xff\xfe"), 1),
+        (
+            "a message that ends mid-character",
+            frame(OP_TEXT, b"ok")
+            + frame(OP_TEXT, b"a" + SNOWMAN[:1], fin=False)
+            + frame(OP_CONT, b""),
+            2,
+        ),
+    ],
+)
+def test_client_text_is_checked_before_it_passes(
+    name: str, stream: bytes, bad_at: int | None, size: int
+) -> None:
+    run = Run(FrameScanner(masked=True, validate_text=True))
+    for piece in chunked(stream, size):
+        run.feed(piece)
+        if run.failure is not None:
+            break
+    frames = split_frames(stream)
+    if bad_at is None:
+        assert (bytes(run.out), run.failure) == (stream, None)
+    else:
+        # Nothing of the frame that broke UTF-8 went on: the frames before it passed whole.
+        assert run.failure == (1007, "invalid UTF-8")
+        assert bytes(run.out) == b"".join(frames[:bad_at])
+
+
+def test_compressed_and_unchecked_text_passes_as_it_is() -> None:
+    compressed = frame(OP_TEXT, b"\xff\xfe", rsv=0x40)
+    run = scan_all(compressed, validate_text=True, compressed=True)
+    assert (bytes(run.out), run.failure) == (compressed, None)
+    plain = frame(OP_TEXT, b"\xff\xfe")
+    assert bytes(scan_all(plain).out) == plain  # the upstream's side is not checked
+
+
+def split_frames(stream: bytes) -> list[bytes]:
+    """The frames of ``stream`` (masked, lengths under 64 KiB or 64-bit), each as bytes."""
+    out, pos = [], 0
+    while pos < len(stream):
+        length, size = stream[pos + 1] & 0x7F, 2
+        if length == 126:
+            length, size = struct.unpack_from("!H", stream, pos + 2)[0], 4
+        elif length == 127:
+            length, size = struct.unpack_from("!Q", stream, pos + 2)[0], 10
+        end = pos + size + 4 + length
+        out.append(stream[pos:end])
+        pos = end
+    return out
+
+
+@given(
+    st.booleans(),
+    st.binary(max_size=400) | streams().map(lambda case: case[1] + b"\x00" * 3),
+    st.lists(st.integers(0, 400), max_size=8),
+)
+def test_any_bytes_split_anywhere_get_the_same_verdict(
+    masked: bool, data: bytes, splits: list[int]
+) -> None:
+    """Hostile bytes (not just valid frames): the scanner never raises, passes on only a prefix
+    of what came in, and how the bytes were split changes neither what passed nor the verdict."""
+    whole = Run(FrameScanner(masked=masked, max_message_bytes=256))
+    whole.feed(data)
+    pieces = Run(FrameScanner(masked=masked, max_message_bytes=256))
+    bounds = [0, *sorted(min(s, len(data)) for s in splits), len(data)]
+    for a, b in itertools.pairwise(bounds):
+        pieces.feed(data[a:b])
+    assert data.startswith(bytes(whole.out))
+    assert bytes(pieces.out) == bytes(whole.out)
+    assert pieces.failure == whole.failure
+    assert pieces.controls == whole.controls

@@ -1,4 +1,4 @@
-"""The protocol edge (GATEWAY_EDGE_IMPL=protocol) on raw sockets: the limits it adds (431, chunk
+"""The edge on raw sockets: the limits it adds (431, chunk
 sizes), keep-alive and pipelining, HTTP/1.0, Expect, and the raw relay of upstream framing
 (close-delimited, chunked byte for byte, untrusted heads, resets mid-stream, drain).
 
@@ -28,17 +28,6 @@ from tests.helpers.raw_http import (
 )
 
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any]
-
-
-@pytest.fixture
-async def pgw() -> AsyncIterator[Gateway]:
-    async with run_gateway(edge_impl="protocol") as gw:
-        yield gw
-
-
-@pytest.fixture
-async def psite(pgw: Gateway, probe: Probe) -> str:
-    return await pgw.public_preview(probe.port)
 
 
 @contextlib.asynccontextmanager
@@ -95,10 +84,10 @@ async def through(gw: Gateway, reply: bytes, **request: Any) -> bytes:
     ids=["fields", "line", "total"],
 )
 async def test_oversized_heads_get_431_and_nothing_goes_upstream(
-    pgw: Gateway, psite: str, probe: Probe, extra: list[tuple[str, str]]
+    gateway: Gateway, site: str, probe: Probe, extra: list[tuple[str, str]]
 ) -> None:
-    async with connect(pgw.edge_port) as (reader, writer):
-        writer.write(request_bytes(psite, headers=extra, close=False))
+    async with connect(gateway.edge_port) as (reader, writer):
+        writer.write(request_bytes(site, headers=extra, close=False))
         await writer.drain()
         response = await read_response(reader)
         assert response.status == 431
@@ -108,33 +97,33 @@ async def test_oversized_heads_get_431_and_nothing_goes_upstream(
 
 
 async def test_a_chunk_size_over_16_hex_digits_is_400_before_dialling(
-    pgw: Gateway, psite: str, probe: Probe
+    gateway: Gateway, site: str, probe: Probe
 ) -> None:
     raw = request_bytes(
-        psite, method="POST", headers=[("Transfer-Encoding", "chunked")], body=b"0" * 16 + b"5\r\n"
+        site, method="POST", headers=[("Transfer-Encoding", "chunked")], body=b"0" * 16 + b"5\r\n"
     )
-    response = await exchange(pgw.edge_port, raw + b"hello\r\n0\r\n\r\n")
+    response = await exchange(gateway.edge_port, raw + b"hello\r\n0\r\n\r\n")
     assert response.status == 400
     assert probe.requests == 0
 
 
 async def test_sixteen_hex_digits_are_still_a_chunk_size(
-    pgw: Gateway, psite: str, probe: Probe
+    gateway: Gateway, site: str, probe: Probe
 ) -> None:
     body = b"000000000000000" + b"5\r\nhello\r\n0\r\n\r\n"
-    raw = request_bytes(psite, method="POST", headers=[("Transfer-Encoding", "chunked")])
-    response = await exchange(pgw.edge_port, raw + body)
+    raw = request_bytes(site, method="POST", headers=[("Transfer-Encoding", "chunked")])
+    response = await exchange(gateway.edge_port, raw + body)
     assert response.status == 200
     assert b'"body_bytes": 5' in response.body
 
 
 # ── keep-alive, pipelining, HTTP/1.0, Expect ────────────────────────────────────────────────
 async def test_pipelined_requests_are_answered_in_order(
-    pgw: Gateway, psite: str, probe: Probe
+    gateway: Gateway, site: str, probe: Probe
 ) -> None:
     paths = [f"/p{i}" for i in range(5)]
-    packet = b"".join(request_bytes(psite, p, close=p == paths[-1]) for p in paths)
-    async with connect(pgw.edge_port) as (reader, writer):
+    packet = b"".join(request_bytes(site, p, close=p == paths[-1]) for p in paths)
+    async with connect(gateway.edge_port) as (reader, writer):
         writer.write(packet)
         await writer.drain()
         for path in paths:
@@ -145,13 +134,13 @@ async def test_pipelined_requests_are_answered_in_order(
     assert probe.paths == paths
 
 
-async def test_expect_100_continue_gets_its_interim_answer(pgw: Gateway, psite: str) -> None:
+async def test_expect_100_continue_gets_its_interim_answer(gateway: Gateway, site: str) -> None:
     head = request_bytes(
-        psite,
+        site,
         method="PUT",
         headers=[("Content-Length", "5"), ("Expect", "100-continue")],
     )
-    async with connect(pgw.edge_port) as (reader, writer):
+    async with connect(gateway.edge_port) as (reader, writer):
         writer.write(head)
         await writer.drain()
         async with asyncio.timeout(5):
@@ -163,26 +152,26 @@ async def test_expect_100_continue_gets_its_interim_answer(pgw: Gateway, psite: 
     assert response.status == 200 and b'"body_bytes": 5' in response.body
 
 
-async def test_http_10_closes_unless_it_asks_for_keep_alive(pgw: Gateway, psite: str) -> None:
-    async with connect(pgw.edge_port) as (reader, writer):
-        writer.write(request_bytes(psite, "/one", version="HTTP/1.0", close=False))
+async def test_http_10_closes_unless_it_asks_for_keep_alive(gateway: Gateway, site: str) -> None:
+    async with connect(gateway.edge_port) as (reader, writer):
+        writer.write(request_bytes(site, "/one", version="HTTP/1.0", close=False))
         await writer.drain()
         assert (await read_response(reader)).status == 200
         assert await read_until_closed(reader) == b""
     keep = [("Connection", "keep-alive")]
-    async with connect(pgw.edge_port) as (reader, writer):
+    async with connect(gateway.edge_port) as (reader, writer):
         for path in ("/a", "/b"):
-            writer.write(request_bytes(psite, path, version="HTTP/1.0", headers=keep, close=False))
+            writer.write(request_bytes(site, path, version="HTTP/1.0", headers=keep, close=False))
             await writer.drain()
             response = await read_response(reader)
             assert response.status == 200 and response.header("Connection") == "keep-alive"
 
 
 async def test_a_half_closed_client_gets_its_answer_then_the_close(
-    pgw: Gateway, psite: str
+    gateway: Gateway, site: str
 ) -> None:
-    async with connect(pgw.edge_port) as (reader, writer):
-        writer.write(request_bytes(psite, "/last", close=False))
+    async with connect(gateway.edge_port) as (reader, writer):
+        writer.write(request_bytes(site, "/last", close=False))
         writer.write_eof()
         response = await read_response(reader)
         assert response.status == 200 and b'"raw_path": "/last"' in response.body
@@ -190,15 +179,15 @@ async def test_a_half_closed_client_gets_its_answer_then_the_close(
 
 
 async def test_a_body_the_answer_did_not_need_is_skipped_on_a_kept_alive_connection(
-    pgw: Gateway, psite: str
+    gateway: Gateway, site: str
 ) -> None:
     """A 404 for a POST with a body: the body is read past, and the next request is served."""
-    unknown = "nobody." + psite.split(".", 1)[1]
-    async with connect(pgw.edge_port) as (reader, writer):
+    unknown = "nobody." + site.split(".", 1)[1]
+    async with connect(gateway.edge_port) as (reader, writer):
         writer.write(
             request_bytes(unknown, method="POST", headers=[("Content-Length", "4")], close=False)
             + b"GET "  # a body that looks like a request line
-            + request_bytes(psite, "/next")
+            + request_bytes(site, "/next")
         )
         await writer.drain()
         assert (await read_response(reader)).status == 404
@@ -207,26 +196,26 @@ async def test_a_body_the_answer_did_not_need_is_skipped_on_a_kept_alive_connect
 
 
 # ── the upstream's framing, relayed raw ─────────────────────────────────────────────────────
-async def test_a_chunked_response_is_relayed_byte_for_byte(pgw: Gateway) -> None:
+async def test_a_chunked_response_is_relayed_byte_for_byte(gateway: Gateway) -> None:
     body = b"5;ext=1\r\nhello\r\n3\r\nabc\r\n0\r\nX-Trailer: t\r\n\r\n"
     head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-    raw = await through(pgw, head + body, close=True)
+    raw = await through(gateway, head + body, close=True)
     assert raw.endswith(b"\r\n\r\n" + body)
     assert b"Transfer-Encoding: chunked\r\n" in raw
 
 
-async def test_a_chunked_response_reaches_an_http_10_client_unframed(pgw: Gateway) -> None:
+async def test_a_chunked_response_reaches_an_http_10_client_unframed(gateway: Gateway) -> None:
     body = b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
     head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-    raw = await through(pgw, head + body, version="HTTP/1.0", close=False)
+    raw = await through(gateway, head + body, version="HTTP/1.0", close=False)
     head_out, _, payload = raw.partition(b"\r\n\r\n")
     assert payload == b"hello world"
     assert b"chunked" not in head_out.lower()
 
 
-async def test_a_close_delimited_response_is_relayed_until_eof(pgw: Gateway) -> None:
+async def test_a_close_delimited_response_is_relayed_until_eof(gateway: Gateway) -> None:
     head = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n"
-    raw = await through(pgw, head + b"all of it" * 1000, close=False)
+    raw = await through(gateway, head + b"all of it" * 1000, close=False)
     head_out, _, payload = raw.partition(b"\r\n\r\n")
     assert payload == b"all of it" * 1000
     assert b"Connection: close" in head_out
@@ -240,10 +229,10 @@ async def test_a_close_delimited_response_is_relayed_until_eof(pgw: Gateway) -> 
     ],
     ids=["length", "chunked"],
 )
-async def test_a_reset_mid_body_is_a_visible_truncation(pgw: Gateway, reply: bytes) -> None:
+async def test_a_reset_mid_body_is_a_visible_truncation(gateway: Gateway, reply: bytes) -> None:
     async with raw_upstream(answer(reply, then_reset=True)) as (port, _):
-        host = await pgw.public_preview(port)
-        async with connect(pgw.edge_port) as (reader, writer):
+        host = await gateway.public_preview(port)
+        async with connect(gateway.edge_port) as (reader, writer):
             writer.write(request_bytes(host, close=False))
             await writer.drain()
             response = await read_response(reader)
@@ -261,20 +250,20 @@ async def test_a_reset_mid_body_is_a_visible_truncation(pgw: Gateway, reply: byt
     ],
     ids=["status-line", "field-name", "cl-and-te", "oversized"],
 )
-async def test_an_untrusted_bad_response_head_is_502(pgw: Gateway, reply: bytes) -> None:
+async def test_an_untrusted_bad_response_head_is_502(gateway: Gateway, reply: bytes) -> None:
     async with raw_upstream(answer(reply)) as (port, _):
-        host = await pgw.public_preview(port)
-        response = await exchange(pgw.edge_port, request_bytes(host))
+        host = await gateway.public_preview(port)
+        response = await exchange(gateway.edge_port, request_bytes(host))
     assert response.status == 502
     assert response.header("X-Blaxel-Error-Code") == "upstream_bad_response"
 
 
-async def test_the_upstream_head_carries_the_forwarding_headers(pgw: Gateway) -> None:
+async def test_the_upstream_head_carries_the_forwarding_headers(gateway: Gateway) -> None:
     reply = b"HTTP/1.1 204 No Content\r\n\r\n"
     async with raw_upstream(answer(reply)) as (port, heads):
-        host = await pgw.public_preview(port)
+        host = await gateway.public_preview(port)
         response = await exchange(
-            pgw.edge_port,
+            gateway.edge_port,
             request_bytes(host, "/x?bl_preview_token=t&keep=1", headers=[("X-Forwarded-For", "1")]),
         )
     assert response.status == 204
@@ -296,13 +285,13 @@ async def _answer_once_then_go_stale(
 
 @pytest.mark.parametrize(("method", "status"), [("GET", 200), ("POST", 502)])
 async def test_a_stale_pooled_connection_is_retried_once_for_idempotent_requests(
-    pgw: Gateway, method: str, status: int
+    gateway: Gateway, method: str, status: int
 ) -> None:
     async with raw_upstream(_answer_once_then_go_stale) as (port, heads):
-        host = await pgw.public_preview(port)
-        assert (await exchange(pgw.edge_port, request_bytes(host))).status == 200
+        host = await gateway.public_preview(port)
+        assert (await exchange(gateway.edge_port, request_bytes(host))).status == 200
         again = request_bytes(host, method=method, headers=[("Content-Length", "0")])
-        response = await exchange(pgw.edge_port, again)
+        response = await exchange(gateway.edge_port, again)
         assert response.status == status
     # Each connection's first head: the retry is the only reason for a second connection.
     assert len(heads) == (2 if status == 200 else 1)
@@ -310,7 +299,7 @@ async def test_a_stale_pooled_connection_is_retried_once_for_idempotent_requests
 
 # ── drain ───────────────────────────────────────────────────────────────────────────────────
 async def test_drain_closes_idle_connections_and_finishes_busy_ones(probe: Probe) -> None:
-    running = run_gateway(edge_impl="protocol")
+    running = run_gateway()
     gw = await running.__aenter__()
     stopping: asyncio.Task[Any] | None = None
     try:
@@ -337,7 +326,7 @@ async def test_drain_closes_idle_connections_and_finishes_busy_ones(probe: Probe
 
 # ── on uvloop, the loop the gateway runs on (its transports are not asyncio's classes) ──────
 async def _on_uvloop() -> None:
-    async with probe_upstream() as probe, run_gateway(edge_impl="protocol") as gw:
+    async with probe_upstream() as probe, run_gateway() as gw:
         host = await gw.public_preview(probe.port)
         upload = request_bytes(
             host, "/up", method="POST", headers=[("Transfer-Encoding", "chunked")], close=False
