@@ -1,7 +1,8 @@
 """What the Redis shapes add to the contract suite (``test_routing_table.py``): a lost
 subscriber flushes the cache on every shape; the Cluster's key layout keeps each workspace in
 one hash slot; hostname claims decide which workspace's route is served; whole gateways share
-a table on the Cluster. (The Sentinel failover is ``test_sentinel_failover.py``.)"""
+a table on the Cluster; custom domains work on one Redis and Sentinel and are refused (501) on
+the Cluster. (The Sentinel failover is ``test_sentinel_failover.py``.)"""
 
 from __future__ import annotations
 
@@ -14,11 +15,13 @@ import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster as ClusterClient
 
-from gateway.core.records import Keys, Preview, Sandbox, utcnow
+from gateway.core.errors import DomainsUnsupported
+from gateway.core.records import Domain, Keys, Preview, Sandbox, utcnow
 from gateway.store.base import FLUSH_ALL, PutResult
 from gateway.store.lookup import RouteLookup
 from gateway.store.redis import RedisStore
 from gateway.store.redis_hosts import CLAIM_TTL_MS
+from tests.helpers.api import assert_error
 from tests.helpers.gateway import host_of, run_gateway
 from tests.helpers.polling import eventually
 from tests.helpers.probes import Probe, probe_upstream
@@ -191,3 +194,58 @@ async def test_gateways_on_a_cluster_share_the_table(
         status, _ = await a.replace_preview(second.port, prefixUrl="web")
         assert status == 200
         await eventually(lambda: b_serves(second))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+async def test_custom_domains_on_each_shape(
+    request: pytest.FixtureRequest, shape: str, redis_prefix: str
+) -> None:
+    """One Redis and Sentinel store a domain and route a preview's custom hostname. A Cluster
+    refuses both writes (a domain's transaction spans names and workspaces) and leaves nothing
+    behind, while its ordinary previews go on working."""
+    domain = Domain(name="acme.test", workspace=WS, txt_value="v", status="verified")
+    custom = preview(host("c")).model_copy(
+        update={"custom_domain": "app.acme.test", "domain": "acme.test"}
+    )
+    async with opened(request, shape, redis_prefix) as (store, _, _nodes):
+        await store.put_sandbox(SANDBOX, create=True)
+        if shape == "cluster":
+            with pytest.raises(DomainsUnsupported):
+                await store.put_domain(domain, create=True)
+            with pytest.raises(DomainsUnsupported):
+                await store.put_preview(custom, create=True, force=False)
+            assert await store.list_domains(WS) == [] and await store.list_domains(None) == []
+            assert await store.get_domain("acme.test") is None
+            await store.sync_domain("acme.test")
+            assert await store.get_preview(WS, "sb", "web") is None
+            assert await store.get_route(host("c")) is None
+            assert await store.put_preview(preview(host("c")), create=True, force=False) is (
+                PutResult.OK
+            )
+            assert await store.get_route(host("c")) is not None
+            return
+        assert await store.put_domain(domain, create=True) is PutResult.OK
+        assert [d.name for d in await store.list_domains(WS)] == ["acme.test"]
+        assert await store.put_preview(custom, create=True, force=False) is PutResult.OK
+        entry = await store.get_custom_host("app.acme.test")
+        assert entry is not None and (entry.workspace, entry.preview) == (WS, "web")
+        route = await store.get_route("app.acme.test")
+        assert route is not None and route.preview == "web"
+        await store.delete_preview(WS, "sb", "web")
+        assert await store.get_route("app.acme.test") is None
+        assert await store.get_custom_host("app.acme.test") is None
+
+
+async def test_cluster_gateway_answers_domain_writes_501(
+    request: pytest.FixtureRequest, redis_prefix: str
+) -> None:
+    """Through the control API: registering a domain on a Cluster is a documented 501 error
+    that names the reason; listing works and finds nothing."""
+    cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+    url = f"redis+cluster://127.0.0.1:{cluster.ports[0]}"
+    async with run_gateway(redis_url=url, redis_prefix=redis_prefix) as gw:
+        body = {"metadata": {"name": "acme.test"}, "spec": {}}
+        status, answer = await gw.call("POST", "/customdomains", json=body)
+        assert_error(status, answer, 501, "Cluster")
+        status, answer = await gw.call("GET", "/customdomains")
+        assert status == 200 and answer == [], answer
