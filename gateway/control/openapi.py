@@ -124,7 +124,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              many=True, errors=(401, 403, 503)),
     Endpoint("POST", DOMAINS, "create_domain",
              "Register a custom domain (pending until verified over DNS)", DomainOut,
-             body=DomainIn, errors=(400, 401, 403, 409, 413, 503)),
+             body=DomainIn, errors=(400, 401, 403, 409, 413, 501, 503)),
     Endpoint("GET", DOMAIN, "get_domain", "Get a custom domain", DomainOut),
     Endpoint("PUT", DOMAIN, "put_domain",
              "Replace a custom domain's display name, region and fallback", DomainOut,
@@ -143,6 +143,7 @@ _REASONS = {
     409: "The name (or the prefixUrl/customDomain hostname) is taken",
     413: "Request body too large",
     500: "Internal error (a bug)",
+    501: "Custom domains are not available on a Redis Cluster routing table",
     503: "The routing table (Redis) is unreachable; retry after Retry-After",
 }
 
