@@ -194,7 +194,7 @@ class RedisStore(RedisDomainTable):
             return PutResult.OK
 
         if preview.custom_domain:
-            self.refuse_on_cluster()
+            self.check_domains()
         if not await self._call(self._hosts.claim(preview.hostname, ws)):
             return await self._refusal(preview, create, expect_revision)
         await self._note_expiring(ws, preview.expires_at)

@@ -38,7 +38,7 @@ class RedisDomainTable(RedisBase):
     async def put_domain(
         self, domain: Domain, *, create: bool, expect_revision: int | None = None
     ) -> PutResult:
-        self.refuse_on_cluster()
+        self.check_domains()
         name, key = domain.name, self._keys.domain(domain.name)
         parents = domains.ancestors(name)[1:]
 
@@ -143,7 +143,7 @@ class RedisDomainTable(RedisBase):
         await pipe.watch(pv_key, sb_key)
         return load(Preview, await pipe.get(pv_key)), load(Sandbox, await pipe.get(sb_key))
 
-    def refuse_on_cluster(self) -> None:
+    def check_domains(self) -> None:
         if self._keys.tagged:
             raise DomainsUnsupported(
                 "Custom domains need a routing table on one Redis or Sentinel, not a Cluster."

@@ -239,8 +239,9 @@ async def test_custom_domains_on_each_shape(
 async def test_cluster_gateway_answers_domain_writes_501(
     request: pytest.FixtureRequest, redis_prefix: str
 ) -> None:
-    """Through the control API: registering a domain on a Cluster is a documented 501 error
-    that names the reason; listing works and finds nothing."""
+    """Through the control API: registering a domain, or a preview with ``customDomain``, on a
+    Cluster is a documented 501 error that names the reason; listing works and finds nothing,
+    and a preview without a custom domain is created as usual."""
     cluster: RedisCluster = request.getfixturevalue("redis_cluster")
     url = f"redis+cluster://127.0.0.1:{cluster.ports[0]}"
     async with run_gateway(redis_url=url, redis_prefix=redis_prefix) as gw:
@@ -249,3 +250,10 @@ async def test_cluster_gateway_answers_domain_writes_501(
         assert_error(status, answer, 501, "Cluster")
         status, answer = await gw.call("GET", "/customdomains")
         assert status == 200 and answer == [], answer
+        await gw.sandbox()
+        spec = {"port": 3000, "public": True, "customDomain": "app.acme.test"}
+        status, answer = await gw.call(
+            "POST", "/sandboxes/sb/previews", json={"metadata": {"name": "web"}, "spec": spec}
+        )
+        assert_error(status, answer, 501, "Cluster")
+        assert (await gw.preview(3000, name="plain"))["metadata"]["name"] == "plain"
