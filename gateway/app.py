@@ -19,6 +19,7 @@ from typing import TypeVar
 
 from aiohttp import web
 
+from gateway.control import tls_ask
 from gateway.control.api_keys import KeyRing
 from gateway.control.domains import DomainConfig, DomainService
 from gateway.control.handlers import ApiConfig, ControlApi
@@ -30,15 +31,18 @@ from gateway.core.planner import PlannerConfig
 from gateway.core.tokens import SigningKey, TokenSigner, generate_key, parse_keys
 from gateway.edge.config import EdgeConfig, RelayLimits
 from gateway.edge.handler import EdgeHandler
+from gateway.edge.listeners import ListenerPorts, certificate_store, start_listeners
 from gateway.edge.pool import UpstreamPool
 from gateway.edge.server import EdgeServer
+from gateway.edge.tls import CertificateStore
 from gateway.edge.ws_hub import WebSocketHub, WsLimits
 from gateway.edge.ws_readmit import Readmission
 from gateway.ops import log
-from gateway.ops.metrics import CONTENT_TYPE, Metrics, StatsCollector
+from gateway.ops.metrics import Metrics, StatsCollector
 from gateway.ops.redis_config import build_store
 from gateway.ops.settings import Settings
 from gateway.ops.sweeper import Sweeper
+from gateway.ops.workers import WorkerSlot, join_workers, metrics_endpoint
 from gateway.store.base import RouteSource, Store
 from gateway.store.lookup import RouteLookup
 
@@ -61,6 +65,9 @@ class Running:
     service: ControlService
     """The control API's rules, for in-process callers (the demo)."""
     domains: DomainService
+    tls_port: int | None = None
+    certs: CertificateStore | None = None
+    """The edge's certificates when it serves TLS (``reload`` on SIGHUP)."""
     draining: bool = False
 
 
@@ -172,7 +179,7 @@ def edge_config(
             max_body_bytes=settings.max_body_bytes,
         ),
         admission=admission,
-        public_scheme=settings.public_scheme,
+        public_scheme=settings.effective_public_scheme,
     )
 
 
@@ -185,7 +192,7 @@ def api_config(settings: Settings, allowed: list[IPNetwork]) -> ApiConfig:
             allowed_targets=allowed,
             token_max_lifetime_s=settings.token_max_lifetime_s,
         ),
-        public_scheme=settings.public_scheme,
+        public_scheme=settings.effective_public_scheme,
         public_port=settings.effective_public_port,
         domains=DomainConfig.from_settings(settings),
     )
@@ -207,7 +214,6 @@ def edge_server(settings: Settings, handler: EdgeHandler) -> EdgeServer:
         header_timeout_s=settings.header_read_timeout_s,
         keepalive_s=settings.keepalive_timeout_s,
         grace_s=settings.shutdown_grace_s,
-        scheme=settings.public_scheme,
     )
 
 
@@ -256,21 +262,16 @@ def metrics_for(lookup: RouteLookup, store: Store, hub: WebSocketHub) -> Metrics
     return metrics
 
 
-def metrics_endpoint(metrics: Metrics) -> Callable[[web.Request], Awaitable[web.Response]]:
-    async def serve_metrics(request: web.Request) -> web.Response:
-        return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE})
-
-    return serve_metrics
-
-
 async def serve(
     settings: Settings,
     stop: asyncio.Event,
     *,
     on_ready: Callable[[Running], object] | None = None,
     extra_targets: list[str] | None = None,
+    worker: WorkerSlot | None = None,
 ) -> None:
-    """Run the gateway until ``stop`` is set, then drain and return."""
+    """Run the gateway until ``stop`` is set, then drain and return. A ``worker`` shares its
+    ports with its siblings (``SO_REUSEPORT``) and their metrics."""
     allowed = allowed_targets(settings, extra_targets)
     store = build_store(settings)
     lookup = build_lookup(settings, store)
@@ -291,17 +292,23 @@ async def serve(
     readiness = Readiness(store, settings)
     api = ControlApi(api_config(settings, allowed), store, keys, readiness, signer)
     api_app = api.app()
-    api_app.router.add_get("/metrics", metrics_endpoint(metrics))
+    api_app.router.add_get("/metrics", metrics_endpoint(metrics.render, worker))
+    api_app.router.add_get(tls_ask.ASK_PATH, tls_ask.ask_endpoint(lookup.find))
+    shared = worker is not None
     api_runner = web.AppRunner(api_app, access_log=None, shutdown_timeout=2.0)
+    certs = certificate_store(settings)
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(store.close)
         # Cleanups run last-in first-out: the edge drains its in-flight requests first, while
         # the API listener still answers /readyz with 503; only then does the API close.
-        await _listen(stack, api_runner, settings.bind, settings.api_port)
+        await _listen(stack, api_runner, settings.bind, settings.api_port, reuse_port=shared)
         await stack.enter_async_context(edge)  # on exit, busy connections get their grace
-        edge_port = await edge.start(settings.bind, settings.edge_port)
-        if settings.public_port is None and settings.edge_port == 0:
-            api.set_public_port(edge_port)  # an ephemeral edge port is only known now
+        edge_port, tls_port = await start_listeners(
+            ListenerPorts.from_settings(settings), edge, certs, reuse_port=shared
+        )
+        await join_workers(stack, worker, metrics.render)  # once it serves, siblings see it
+        if settings.public_port is None:
+            api.set_public_port(tls_port or edge_port)  # an ephemeral port is only known now
         sweeper = Sweeper(store, settings.sweep_interval_s)
         running = Running(
             edge_port=edge_port,
@@ -314,6 +321,8 @@ async def serve(
             keys=keys,
             service=api.service,
             domains=api.domains,
+            tls_port=tls_port,
+            certs=certs,
         )
         readiness.running = running
         await _run_until_stopped(running, stop, edge, on_ready)
@@ -333,6 +342,9 @@ async def _run_until_stopped(
             tasks.create_task(running.sweeper.run(), name="sweeper"),
             tasks.create_task(running.domains.run_rechecks(), name="domain re-checks"),
         ]
+        if running.certs is not None:
+            watch = running.certs.watch(running.certs.interval_s)
+            background.append(tasks.create_task(watch, name="certificate reload"))
         if on_ready is not None:
             on_ready(running)
         await stop.wait()
@@ -345,11 +357,16 @@ async def _run_until_stopped(
 
 
 async def _listen(
-    stack: contextlib.AsyncExitStack, runner: web.BaseRunner, host: str, port: int
+    stack: contextlib.AsyncExitStack,
+    runner: web.BaseRunner,
+    host: str,
+    port: int,
+    *,
+    reuse_port: bool = False,
 ) -> web.TCPSite:
     await runner.setup()
     stack.push_async_callback(runner.cleanup)
-    site = web.TCPSite(runner, host, port, reuse_address=True)
+    site = web.TCPSite(runner, host, port, reuse_address=True, reuse_port=reuse_port or None)
     await site.start()
     return site
 
