@@ -120,7 +120,7 @@ def allowed_targets(settings: Settings, extra: list[str] | None = None) -> list[
 
 
 def build_lookup(settings: Settings, store: RouteSource) -> RouteLookup:
-    return RouteLookup(
+    lookup = RouteLookup(
         store,
         timeout_s=settings.redis_timeout_s,
         ttl_s=settings.cache_ttl_s,
@@ -130,6 +130,9 @@ def build_lookup(settings: Settings, store: RouteSource) -> RouteLookup:
         max_entries=settings.cache_max_entries,
         preview_domain=settings.preview_domain,
     )
+    if isinstance(store, MemoryStore):
+        store.on_write(lookup.invalidate)
+    return lookup
 
 
 def upstream_pool(
