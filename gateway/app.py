@@ -45,6 +45,7 @@ from gateway.ops.sweeper import Sweeper
 from gateway.ops.workers import WorkerSlot, join_workers, metrics_endpoint
 from gateway.store.base import RouteSource, Store
 from gateway.store.lookup import RouteLookup
+from gateway.store.memory import MemoryStore
 
 logger = logging.getLogger("gateway.app")
 T = TypeVar("T")
