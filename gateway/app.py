@@ -27,17 +27,24 @@ from gateway.control.service import ControlService, ServiceConfig
 from gateway.core.admission import AdmissionConfig
 from gateway.core.errors import RoutingUnavailable
 from gateway.core.netpolicy import IPNetwork
-from gateway.core.planner import PlannerConfig
 from gateway.core.tokens import SigningKey, TokenSigner, generate_key, parse_keys
-from gateway.edge.config import EdgeConfig, RelayLimits
+from gateway.edge.configure import (
+    edge_config,
+    edge_server,
+    planner_config,
+    upstream_pool,
+    ws_limits,
+)
+from gateway.edge.guard import EdgeGuard
 from gateway.edge.handler import EdgeHandler
 from gateway.edge.listeners import ListenerPorts, certificate_store, start_listeners
 from gateway.edge.pool import UpstreamPool
 from gateway.edge.server import EdgeServer
 from gateway.edge.tls import CertificateStore
-from gateway.edge.ws_hub import WebSocketHub, WsLimits
+from gateway.edge.ws_hub import WebSocketHub
 from gateway.edge.ws_readmit import Readmission
 from gateway.ops import log
+from gateway.ops.memory import MemoryWatch
 from gateway.ops.metrics import Metrics, StatsCollector
 from gateway.ops.redis_config import build_store
 from gateway.ops.settings import Settings
@@ -65,6 +72,8 @@ class Running:
     keys: KeyRing
     service: ControlService
     """The control API's rules, for in-process callers (the demo)."""
+    memory: MemoryWatch
+    pool: UpstreamPool
     domains: DomainService
     tls_port: int | None = None
     certs: CertificateStore | None = None
@@ -136,54 +145,11 @@ def build_lookup(settings: Settings, store: RouteSource) -> RouteLookup:
     return lookup
 
 
-def upstream_pool(
-    settings: Settings, allowed: list[IPNetwork], *, websocket: bool = False
-) -> UpstreamPool:
-    """WebSockets hold their upstream connection for their whole life, so they get a pool of
-    their own, without a per-sandbox limit: in the HTTP pool they would take the per-sandbox
-    slots that keep one busy sandbox from starving requests to the same port."""
-    total = settings.upstream_max_connections
-    return UpstreamPool(
-        allowed=allowed,
-        max_connections=total,
-        max_per_target=total if websocket else settings.upstream_max_connections_per_target,
-        connect_timeout_s=settings.upstream_connect_timeout_s,
-    )
-
-
 def admission_for(settings: Settings, signer: TokenSigner) -> AdmissionConfig:
     return AdmissionConfig(
         signer=signer,
         cookie_samesite=settings.cookie_samesite,
         allowed_origins=settings.ws_allowed_origins,
-    )
-
-
-def ws_limits(settings: Settings) -> WsLimits:
-    return WsLimits(
-        idle_timeout_s=settings.ws_idle_timeout_s,
-        max_lifetime_s=settings.ws_max_lifetime_s,
-        ping_interval_s=settings.ws_ping_interval_s,
-        max_message_bytes=settings.ws_max_message_bytes,
-        handshake_timeout_s=settings.upstream_response_timeout_s,
-    )
-
-
-def edge_config(
-    settings: Settings, allowed: list[IPNetwork], admission: AdmissionConfig
-) -> EdgeConfig:
-    return EdgeConfig(
-        preview_domain=settings.preview_domain,
-        trusted_proxies=settings.trusted_proxies,
-        allowed_targets=allowed,
-        limits=RelayLimits(
-            body_idle_s=settings.body_idle_timeout_s,
-            response_s=settings.upstream_response_timeout_s,
-            upstream_idle_s=settings.upstream_idle_timeout_s,
-            max_body_bytes=settings.max_body_bytes,
-        ),
-        admission=admission,
-        public_scheme=settings.effective_public_scheme,
     )
 
 
@@ -195,29 +161,11 @@ def api_config(settings: Settings, allowed: list[IPNetwork]) -> ApiConfig:
             blocked_ports=settings.blocked_ports(),
             allowed_targets=allowed,
             token_max_lifetime_s=settings.token_max_lifetime_s,
+            denied_targets=settings.deny_target_nets,
         ),
         public_scheme=settings.effective_public_scheme,
         public_port=settings.effective_public_port,
         domains=DomainConfig.from_settings(settings),
-    )
-
-
-def planner_config(config: EdgeConfig) -> PlannerConfig:
-    return PlannerConfig(
-        preview_domain=config.preview_domain,
-        trusted_proxies=config.trusted_proxies,
-        admission=config.admission,
-        max_body_bytes=config.limits.max_body_bytes,
-        public_scheme=config.public_scheme,
-    )
-
-
-def edge_server(settings: Settings, handler: EdgeHandler) -> EdgeServer:
-    return EdgeServer(
-        handler,
-        header_timeout_s=settings.header_read_timeout_s,
-        keepalive_s=settings.keepalive_timeout_s,
-        grace_s=settings.shutdown_grace_s,
     )
 
 
@@ -248,7 +196,9 @@ class Readiness:
         return True
 
 
-def metrics_for(lookup: RouteLookup, store: Store, hub: WebSocketHub) -> Metrics:
+def metrics_for(
+    lookup: RouteLookup, store: Store, hub: WebSocketHub, guard: EdgeGuard, memory: MemoryWatch
+) -> Metrics:
     metrics = Metrics()
     failed_lookups = ("stale", "error")
     metrics.add_collector(
@@ -259,11 +209,37 @@ def metrics_for(lookup: RouteLookup, store: Store, hub: WebSocketHub) -> Metrics
                     "operation",
                     {"route_lookup": sum(lookup.stats[k] for k in failed_lookups), **store.errors},
                 ),
+                "gateway_limit_refusals": ("code", guard.refused),
             },
-            gauges=lambda: {"gateway_websockets_open": hub.open_count},
+            gauges=lambda: {
+                "gateway_websockets_open": hub.open_count,
+                "gateway_memory_resident_bytes": memory.rss_bytes,
+            },
         )
     )
     return metrics
+
+
+def edge_handler(
+    settings: Settings,
+    allowed: list[IPNetwork],
+    lookup: RouteLookup,
+    store: Store,
+    admission: AdmissionConfig,
+) -> tuple[EdgeHandler, Metrics, MemoryWatch]:
+    """The edge's request handler with its pools, WebSocket hub, guard and metrics."""
+    pool = upstream_pool(settings, allowed)
+    ws_pool = upstream_pool(settings, allowed, websocket=True)
+    limits = ws_limits(settings)
+    hub = WebSocketHub(Readmission(lookup.find, admission), close_timeout_s=limits.close_timeout_s)
+    lookup.add_listener(hub.on_invalidation)
+    config = edge_config(settings, allowed, admission)
+    memory = MemoryWatch(settings.memory_limit_mib)
+    guard = EdgeGuard(config.guard, config.trusted_proxies, memory.pressure)
+    metrics = metrics_for(lookup, store, hub, guard, memory)
+    ws = (ws_pool, limits, hub)
+    handler = EdgeHandler(config, planner_config(config), lookup, pool, ws, metrics.observe, guard)
+    return handler, metrics, memory
 
 
 async def serve(
@@ -281,17 +257,10 @@ async def serve(
     lookup = build_lookup(settings, store)
     keys, generated_key = key_ring(settings)
     signer = TokenSigner(await _with_startup_retries(lambda: signing_keys(settings, store)))
-    admission = admission_for(settings, signer)
-    pool = upstream_pool(settings, allowed)
-    ws_pool = upstream_pool(settings, allowed, websocket=True)
-    limits = ws_limits(settings)
-    hub = WebSocketHub(Readmission(lookup.find, admission), close_timeout_s=limits.close_timeout_s)
-    lookup.add_listener(hub.on_invalidation)
-    metrics = metrics_for(lookup, store, hub)
-    config = edge_config(settings, allowed, admission)
-    handler = EdgeHandler(
-        config, planner_config(config), lookup, pool, (ws_pool, limits, hub), metrics.observe
+    handler, metrics, memory = edge_handler(
+        settings, allowed, lookup, store, admission_for(settings, signer)
     )
+    pool, hub = handler.pool, handler.hub
     edge = edge_server(settings, handler)
     readiness = Readiness(store, settings)
     api = ControlApi(api_config(settings, allowed), store, keys, readiness, signer)
@@ -324,6 +293,8 @@ async def serve(
             sweeper=sweeper,
             keys=keys,
             service=api.service,
+            memory=memory,
+            pool=pool,
             domains=api.domains,
             tls_port=tls_port,
             certs=certs,
@@ -344,6 +315,7 @@ async def _run_until_stopped(
             tasks.create_task(running.lookup.follow_invalidations(), name="invalidations"),
             tasks.create_task(running.hub.run(), name="websocket re-admission"),
             tasks.create_task(running.sweeper.run(), name="sweeper"),
+            tasks.create_task(running.memory.run(), name="memory budget"),
             tasks.create_task(running.domains.run_rechecks(), name="domain re-checks"),
         ]
         if running.certs is not None:

@@ -11,17 +11,12 @@ as the aiohttp edge kept them.
 from __future__ import annotations
 
 import asyncio
-import base64
 import functools
-import hashlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from multidict import CIMultiDict
-
-from gateway.core import admission
 from gateway.core.errors import (
     BadRequest,
     GatewayError,
@@ -37,20 +32,19 @@ from gateway.core.planner import (
     PlannerConfig,
     RequestHead,
     Respond,
-    Upgrade,
     first_header,
     inspect,
     plan,
-    shape_response,
 )
 from gateway.core.records import Route
 from gateway.edge.config import EdgeConfig
-from gateway.edge.exchange import Relay, not_upgraded
+from gateway.edge.exchange import Relay
+from gateway.edge.guard import EdgeGuard, preview_key
 from gateway.edge.pages import closes_connection, head_bytes, render_bytes
 from gateway.edge.pool import UpstreamConnection, UpstreamPool
 from gateway.edge.upstream_errors import closed_without_answer
 from gateway.edge.ws_hub import WebSocketHub, WsLimits
-from gateway.edge.ws_tunnel import WsTunnel
+from gateway.edge.ws_upgrade import WsUpgrade, closing_error
 from gateway.ops import log
 from gateway.store.lookup import Miss
 
@@ -79,6 +73,8 @@ class _Request:
     record: log.AccessRecord
     started: float
     inspected: Inspected | None = None
+    guard_key: str | None = None
+    """Set while the request counts against its preview's caps (``EdgeGuard.enter_request``)."""
 
 
 class EdgeHandler:
@@ -90,8 +86,10 @@ class EdgeHandler:
         pool: UpstreamPool,
         ws: tuple[UpstreamPool, WsLimits, WebSocketHub],
         observe: Callable[[log.AccessRecord], None] | None = None,
+        guard: EdgeGuard | None = None,
     ) -> None:
         self.config = config
+        self.guard = guard or EdgeGuard(config.guard, config.trusted_proxies)
         self.ws_pool, self.ws_limits, self.hub = ws
         self.planner = planner
         self._lookup = lookup
@@ -99,6 +97,7 @@ class EdgeHandler:
         self._observe = observe
         self._next_id = log.random_ids().__next__
         self._loop_time = asyncio.get_running_loop().time
+        self.ws = WsUpgrade(config.limits, ws, self.guard, self._write_record)
 
     def start(self, client: ClientConnection, head: RequestHead) -> None:
         """Handle one parsed request head (called from the connection's callback)."""
@@ -120,6 +119,7 @@ class EdgeHandler:
         client.body_framing(inspected.framing, inspected.content_length)
         if inspected.framing is BodyFraming.CHUNKED:
             _check_visible_chunks(client.buffered)
+        self.guard.check_memory(websocket=inspected.websocket)
         route = self._lookup.cached(host)
         if isinstance(route, Miss):
             client.spawn(self._then(req, functools.partial(self._lookup.find, host), self._routed))
@@ -140,11 +140,18 @@ class EdgeHandler:
             self._conclude(req, None)
             return
         record.upstream = f"{route.sandbox}:{route.port}"
-        record.overhead_ms = round((self._loop_time() - req.started) * 1000, 3)
+        now = self._loop_time()
+        record.overhead_ms = round((now - req.started) * 1000, 3)
+        # Counted once admitted: a client without a token cannot spend a private preview's
+        # rate or its slots, and answers that never reach the sandbox cost next to nothing.
+        # Left in ``_conclude``, which every admitted request reaches once.
+        key = preview_key(route)
+        self.guard.enter_request(key, now)
+        req.guard_key = key
         if not isinstance(decision, Forward):
             record.kind = "websocket"
             upgrading = functools.partial(
-                self._upgrade, client, inspected, decision, route, record, req.started
+                self.ws.upgrade, client, inspected, decision, route, record, req.started
             )
             client.spawn(self._then(req, upgrading, self._conclude))
             return
@@ -182,7 +189,7 @@ class EdgeHandler:
         if retry and stale and not relay.body_seen:
             self._guard(req, self._forward, req, fwd, fresh=True, retry=False)
         elif error is not None:
-            self._fail(req, error)
+            self._fail(req, closing_error(relay))
         else:
             self._conclude(req, relay)
 
@@ -231,6 +238,9 @@ class EdgeHandler:
     def _conclude(self, req: _Request, relay: Relay | None) -> None:
         """The access record and metrics, and the connection's next request."""
         record, client = req.record, req.client
+        if req.guard_key is not None:
+            self.guard.leave_request(req.guard_key)
+            req.guard_key = None
         if relay is not None:
             # The client that went before its answer: nobody is left to answer (Caddy's 499).
             record.status = record.status or relay.status or 499
@@ -254,89 +264,6 @@ class EdgeHandler:
         log.write_access(record)
         if self._observe is not None:
             self._observe(record)
-
-    async def _upgrade(
-        self,
-        client: ClientConnection,
-        inspected: Inspected,
-        up: Upgrade,
-        route: Route,
-        record: log.AccessRecord,
-        started: float,
-    ) -> Relay:
-        """The handshake goes upstream; a 101 turns both connections into a ``WsTunnel``, any
-        other answer is relayed as an ordinary response. The tunnel is attached to the hub and
-        this task ends: an open WebSocket holds no task (issue 9's memory per idle socket)."""
-        self.hub.refuse_if_draining()
-        conn = await self.ws_pool.acquire(up.target_host, up.port, fresh=True)
-        relay: Relay | None = None
-        try:
-            relay = Relay(
-                client,
-                conn,
-                method="GET",
-                body=0,
-                chunked=False,
-                limits=self.config.limits,
-                edits=up.edits,
-                close_after=True,
-                upgrade=True,
-            )
-            conn.attach(relay)
-            conn.write(up.head)
-            client.attach(relay, expect_continue=False)
-            relay.arm()
-            await relay.done
-            if relay.error is not None:
-                raise relay.error
-            if relay.switched is None or conn.transport is None:
-                record.extra["upstream_refused"] = relay.status
-                return relay
-            self._open_tunnel(client, conn, relay, inspected, up, route, record, started)
-            return relay
-        finally:
-            if relay is None or not relay.tunneled:
-                self.ws_pool.release(conn, reusable=False)
-
-    def _open_tunnel(
-        self,
-        client: ClientConnection,
-        conn: UpstreamConnection,
-        relay: Relay,
-        inspected: Inspected,
-        up: Upgrade,
-        route: Route,
-        record: log.AccessRecord,
-        started: float,
-    ) -> None:
-        """The upstream answered 101: the client gets it, and the hub both connections."""
-        assert relay.switched is not None and conn.transport is not None
-        resp, rest = relay.switched
-        key = first_header(inspected.head.headers, "sec-websocket-key") or ""
-        if first_header(resp.headers, "sec-websocket-accept") != _accept_key(key):
-            raise not_upgraded()
-        relay.status = record.status = 101
-        headers = shape_response(101, resp.headers, up.edits, upgrade=True)
-        client.transport.write(head_bytes(101, headers))
-        extensions = first_header(resp.headers, "sec-websocket-extensions") or ""
-        conn.detach()
-        tunnel = WsTunnel(
-            client.transport,
-            conn.transport,
-            self.ws_limits,
-            client_buffered=client.hand_over(),
-            upstream_buffered=rest,
-            compressed="permessage-deflate" in extensions.lower(),
-        )
-        self.hub.attach(tunnel, route, inspected.host, record, _credentials(inspected))
-        relay.tunneled = True
-
-        def ended(_: object) -> None:
-            # After the hub's own callback, which noted the tunnel's end in the record.
-            self.ws_pool.release(conn, reusable=False)
-            self._write_record(record, started)
-
-        tunnel.done.add_done_callback(ended)
 
     def _start(
         self, client: ClientConnection, conn: UpstreamConnection, inspected: Inspected, fwd: Forward
@@ -368,29 +295,6 @@ class EdgeHandler:
         if not client.keep_alive:
             extra += "Connection: close\r\n"
         return head_bytes(answer.status, answer.headers, extra)
-
-
-def _accept_key(key: str) -> str:
-    """The Sec-WebSocket-Accept that proves the upstream read this handshake (RFC 6455 §4.2.2)."""
-    digest = hashlib.sha1((key.strip() + _WS_GUID).encode(), usedforsecurity=False).digest()
-    return base64.b64encode(digest).decode()
-
-
-_WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-
-
-def _credentials(inspected: Inspected) -> admission.Inbound:
-    """What the hub re-admits the tunnel with on every invalidation (the aiohttp relay's form)."""
-    facts = inspected.admission
-    return admission.Inbound(
-        method=facts.method,
-        headers=CIMultiDict(inspected.head.headers),
-        raw_path=facts.raw_path,
-        raw_query=facts.raw_query,
-        host_header=facts.host_header,
-        scheme=facts.scheme,
-        websocket=True,
-    )
 
 
 _UNANSWERED = closed_without_answer().code

@@ -157,4 +157,9 @@ _HELP = {
     "(by the edge, bounded by GATEWAY_REDIS_TIMEOUT_S), other commands, write transactions, and "
     "losses of the invalidation subscription.",
     "gateway_websockets_open": "WebSockets being relayed now.",
+    "gateway_limit_refusals": "Connections, requests and WebSockets refused by an abuse limit, "
+    "by error code (overloaded, too_many_connections, rate_limited); shed connections are in no "
+    "access log line.",
+    "gateway_memory_resident_bytes": "Resident set size, as the memory budget last read it (0 "
+    "when GATEWAY_MEMORY_LIMIT_MIB is unset).",
 }
