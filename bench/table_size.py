@@ -31,7 +31,8 @@ from bench.propagation import Cluster, cluster
 from gateway.core.records import Keys, Preview, Route, Sandbox
 from gateway.store.lookup import RouteLookup
 from gateway.store.memory import MemoryStore
-from gateway.store.redis import RedisStore, connect_redis
+from gateway.store.redis import RedisStore
+from gateway.store.redis_connect import single_clients
 
 SIZES = (10, 1_000, 10_000, 100_000)
 SAMPLES = 10_000
@@ -92,14 +93,14 @@ async def _fill_memory(routes: list[Route]) -> MemoryStore:
 
 async def _fill_redis(url: str, prefix: str, routes: list[Route]) -> RedisStore:
     """Route keys written directly, pipelined: lookups read nothing else."""
-    client = connect_redis(url, 5.0)
-    keys = Keys(prefix)
+    clients = single_clients(url, 5.0)
+    client, keys = clients.client, Keys(prefix)
     for start in range(0, len(routes), 1000):
         async with client.pipeline(transaction=False) as pipe:
             for r in routes[start : start + 1000]:
                 pipe.set(keys.route(r.hostname), r.model_dump_json())  # type: ignore[unused-awaitable]
             await pipe.execute()
-    return RedisStore(client, connect_redis(url, 30.0), prefix)
+    return RedisStore(clients, prefix)
 
 
 async def _measure(store: Any, routes: list[Route]) -> dict[str, float]:

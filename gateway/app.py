@@ -46,13 +46,13 @@ from gateway.edge.ws_readmit import Readmission
 from gateway.ops import log
 from gateway.ops.memory import MemoryWatch
 from gateway.ops.metrics import Metrics, StatsCollector
+from gateway.ops.redis_config import build_store
 from gateway.ops.settings import Settings
 from gateway.ops.sweeper import Sweeper
 from gateway.ops.workers import WorkerSlot, join_workers, metrics_endpoint
 from gateway.store.base import RouteSource, Store
 from gateway.store.lookup import RouteLookup
 from gateway.store.memory import MemoryStore
-from gateway.store.redis import RedisStore, connect_redis
 
 logger = logging.getLogger("gateway.app")
 T = TypeVar("T")
@@ -79,15 +79,6 @@ class Running:
     certs: CertificateStore | None = None
     """The edge's certificates when it serves TLS (``reload`` on SIGHUP)."""
     draining: bool = False
-
-
-def build_store(settings: Settings) -> Store:
-    if settings.redis_url is None:
-        return MemoryStore()
-    url = settings.redis_url.get_secret_value()
-    client = connect_redis(url, settings.redis_timeout_s)
-    subscriber = connect_redis(url, 30.0)
-    return RedisStore(client, subscriber, settings.redis_prefix)
 
 
 def key_ring(settings: Settings) -> tuple[KeyRing, str | None]:

@@ -18,6 +18,7 @@ from tests.helpers.api import api_gateway
 from tests.helpers.gateway import Gateway, run_gateway
 from tests.helpers.process import GatewayProcess, spawn_gateway
 from tests.helpers.redis_server import RedisServer
+from tests.helpers.redis_topologies import RedisCluster, SentinelSet, running
 from tests.helpers.upstreams import echo_app
 from tests.helpers.ws_upstreams import WsUpstream, ws_upstream
 
@@ -33,6 +34,20 @@ def redis_server() -> Iterator[RedisServer]:
             server.resume()
         server.stop()
         shutil.rmtree(server.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_sentinels() -> Iterator[SentinelSet]:
+    """A primary, a replica and three sentinels, shared by the tests that do not fail it over."""
+    with running(SentinelSet()) as sentinels:
+        yield sentinels
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisCluster]:
+    """A real 3-primary Redis Cluster."""
+    with running(RedisCluster()) as cluster:
+        yield cluster
 
 
 @pytest.fixture

@@ -205,7 +205,13 @@ def _reload(running: Running) -> None:
 
 
 def _announce(settings: Settings, running: Running) -> None:
-    store = "redis" if settings.redis_url else "embedded (in-memory, single node)"
+    store = (
+        "redis (sentinel)"
+        if settings.redis_sentinels
+        else "redis"
+        if settings.redis_url
+        else "embedded (in-memory, single node)"
+    )
     print(
         f"preview-gateway {__version__}\n"
         f"  edge:    http://{settings.bind}:{running.edge_port}  (*.{settings.preview_domain})\n"

@@ -54,7 +54,9 @@ class DomainConfig:
 
 async def attach(store: Registry, workspace: str, host: str) -> str:
     """The registered domain of ``workspace`` that a preview's ``customDomain`` falls under
-    (the nearest one). Another workspace's domain, or none, is 404."""
+    (the nearest one). Another workspace's domain, or none, is 404; a store that cannot hold
+    custom domains (a Redis Cluster) is 501."""
+    store.check_domains()
     for name in domains.ancestors(host):
         found = await store.get_domain(name)
         if found is not None and found.workspace == workspace:
@@ -96,6 +98,7 @@ class DomainService:
         return found
 
     async def create(self, workspace: str, body: DomainIn) -> Domain:
+        self._store.check_domains()
         name = body.metadata.name
         domains.check_domain_name(name, self._preview_domain)
         now = self._now()

@@ -95,6 +95,8 @@ class Endpoint:
 
 
 _WRITE_ERRORS = (400, 401, 403, 404, 409, 413, 503)
+_PREVIEW_WRITE_ERRORS = (*_WRITE_ERRORS, 501)
+"""501: ``customDomain`` on a Redis Cluster routing table."""
 
 ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("GET", SANDBOXES, "list_sandboxes", "List the workspace's sandboxes", SandboxOut,
@@ -110,10 +112,10 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("GET", PREVIEWS, "list_previews", "List a sandbox's previews", PreviewOut,
              many=True),
     Endpoint("POST", PREVIEWS, "create_preview", "Create a preview of a sandbox port",
-             PreviewOut, body=PreviewIn, query=(FORCE,), errors=_WRITE_ERRORS),
+             PreviewOut, body=PreviewIn, query=(FORCE,), errors=_PREVIEW_WRITE_ERRORS),
     Endpoint("GET", PREVIEW, "get_preview", "Get a preview", PreviewOut),
     Endpoint("PUT", PREVIEW, "put_preview", "Replace a preview's spec (tokens are kept)",
-             PreviewOut, body=PreviewIn, query=(FORCE,), errors=_WRITE_ERRORS),
+             PreviewOut, body=PreviewIn, query=(FORCE,), errors=_PREVIEW_WRITE_ERRORS),
     Endpoint("DELETE", PREVIEW, "delete_preview", "Delete a preview and its tokens", PreviewOut),
     Endpoint("GET", TOKENS, "list_tokens", "List a preview's tokens, expired ones included",
              TokenOut, many=True),
@@ -124,7 +126,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              many=True, errors=(401, 403, 503)),
     Endpoint("POST", DOMAINS, "create_domain",
              "Register a custom domain (pending until verified over DNS)", DomainOut,
-             body=DomainIn, errors=(400, 401, 403, 409, 413, 503)),
+             body=DomainIn, errors=(400, 401, 403, 409, 413, 501, 503)),
     Endpoint("GET", DOMAIN, "get_domain", "Get a custom domain", DomainOut),
     Endpoint("PUT", DOMAIN, "put_domain",
              "Replace a custom domain's display name, region and fallback", DomainOut,
@@ -143,6 +145,7 @@ _REASONS = {
     409: "The name (or the prefixUrl/customDomain hostname) is taken",
     413: "Request body too large",
     500: "Internal error (a bug)",
+    501: "Custom domains (and customDomain) are not available on a Redis Cluster routing table",
     503: "The routing table (Redis) is unreachable; retry after Retry-After",
 }
 

@@ -117,6 +117,15 @@ class RoutingUnavailable(GatewayError):
     title = "Preview routing is temporarily unavailable"
 
 
+class DomainsUnsupported(GatewayError):
+    """A custom-domain write on a Redis Cluster routing table: its transactions span domain
+    names and workspaces, which a Cluster cannot run in one slot (docs/redis.md)."""
+
+    status = 501
+    code = "domains_unsupported"
+    title = "Custom domains are not available on a Redis Cluster routing table"
+
+
 class TooManyConnections(GatewayError):
     """A client IP or a preview is at one of its concurrency caps (``Retry-After`` is set)."""
 

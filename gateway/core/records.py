@@ -162,26 +162,50 @@ class Route(_Expiring):
 
 
 class Keys:
-    """Redis key layout (documented in docs/redis.md). ``{ws}`` and names are validated DNS
-    labels and hostnames, so no key can contain a separator or a glob character."""
+    """Redis key layout, in one place (documented in docs/redis.md). Workspace, sandbox and
+    preview names are validated DNS labels and hostnames validated DNS names, so no key can
+    contain a separator, a brace or a glob character of its own.
 
-    def __init__(self, prefix: str) -> None:
+    ``tagged`` (Redis Cluster) wraps the workspace in a hash tag, ``{ws}``: every key of one
+    workspace (sandboxes, previews, routes, expiries, its invalidation channel) lands in one
+    hash slot, so each write stays one transaction on one node. What must be unique across
+    workspaces, a hostname, gets a key of its own slot (``host_owner``). Untagged (one Redis,
+    Sentinel) the layout is the original one, so existing tables keep working. Custom-domain
+    keys (``domain`` … ``custom_host``) are untagged: their writes span names and workspaces,
+    so a Cluster refuses them (``DomainsUnsupported``) and only ever reads them empty.
+    """
+
+    def __init__(self, prefix: str, *, tagged: bool = False) -> None:
+        if tagged and ("{" in prefix or "}" in prefix):
+            raise ValueError("a Redis Cluster key prefix must not contain braces")
         self.prefix = prefix
+        self.tagged = tagged
+
+    def _ws(self, workspace: str) -> str:
+        return f"{{{workspace}}}" if self.tagged else workspace
 
     def sandbox(self, workspace: str, name: str) -> str:
-        return f"{self.prefix}sb:{workspace}:{name}"
+        return f"{self.prefix}sb:{self._ws(workspace)}:{name}"
 
     def sandboxes(self, workspace: str) -> str:
-        return f"{self.prefix}sbs:{workspace}"
+        return f"{self.prefix}sbs:{self._ws(workspace)}"
 
     def preview(self, workspace: str, sandbox: str, name: str) -> str:
-        return f"{self.prefix}pv:{workspace}:{sandbox}:{name}"
+        return f"{self.prefix}pv:{self._ws(workspace)}:{sandbox}:{name}"
 
     def previews(self, workspace: str, sandbox: str) -> str:
-        return f"{self.prefix}pvs:{workspace}:{sandbox}"
+        return f"{self.prefix}pvs:{self._ws(workspace)}:{sandbox}"
 
-    def route(self, hostname: str) -> str:
+    def route(self, hostname: str, workspace: str = "") -> str:
+        """Untagged, routes are keyed by hostname alone; tagged, by the owning workspace too
+        (``host_owner`` says which workspace that is)."""
+        if self.tagged:
+            return f"{self.prefix}route:{self._ws(workspace)}:{hostname}"
         return f"{self.prefix}route:{hostname}"
+
+    def host_owner(self, hostname: str) -> str:
+        """Tagged only: the workspace holding a hostname, in the hostname's own slot."""
+        return f"{self.prefix}host:{{{hostname}}}"
 
     def domain(self, name: str) -> str:
         return f"{self.prefix}dom:{name}"
@@ -204,9 +228,35 @@ class Keys:
     def custom_host(self, hostname: str) -> str:
         return f"{self.prefix}chost:{hostname}"
 
-    def expiries(self) -> str:
+    def expiries(self, workspace: str = "") -> str:
+        if self.tagged:
+            return f"{self.prefix}expiries:{self._ws(workspace)}"
         return f"{self.prefix}expiries"
+
+    def expiring(self) -> str:
+        """Tagged only: the workspaces that have (or had) an expiries set, for the sweeper."""
+        return f"{self.prefix}expiring"
+
+    def channel(self, workspace: str) -> str:
+        """Where a write in ``workspace`` publishes the hostnames it touched."""
+        if self.tagged:
+            return f"{self.prefix}invalidate:{self._ws(workspace)}"
+        return f"{self.prefix}invalidate"
 
     @property
     def invalidations(self) -> str:
-        return f"{self.prefix}invalidate"
+        """What replicas subscribe to: the one channel, or (tagged) the pattern of every
+        workspace's channel."""
+        return f"{self.prefix}invalidate:*" if self.tagged else f"{self.prefix}invalidate"
+
+    def parse_record(self, key: str) -> tuple[str, str, str | None] | None:
+        """A sandbox or preview key back to (workspace, sandbox, preview or None)."""
+        kind, _, rest = key.removeprefix(self.prefix).partition(":")
+        parts = rest.split(":")
+        if self.tagged and parts and parts[0].startswith("{") and parts[0].endswith("}"):
+            parts[0] = parts[0][1:-1]
+        if kind == "sb" and len(parts) == 2:
+            return (parts[0], parts[1], None)
+        if kind == "pv" and len(parts) == 3:
+            return (parts[0], parts[1], parts[2])
+        return None

@@ -83,7 +83,20 @@ class Settings(BaseSettings):
     # ── store ───────────────────────────────────────────────────────────────────────────────
     redis_url: SecretStr | None = None
     """Routing table in Redis (`redis://host:6379/0`); unset means the embedded in-memory store
-    (single node)."""
+    (single node). With `GATEWAY_REDIS_CLUSTER`, or as `redis+cluster://host:port`, any one
+    node of a Redis Cluster."""
+    redis_cluster: bool = False
+    """The URL is a node of a Redis Cluster: keys get per-workspace hash tags (docs/redis.md)."""
+    redis_sentinels: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Comma-separated `host:port` of Redis Sentinels (instead of a URL): the gateway asks them
+    for the primary and follows failovers without a restart."""
+    redis_master: str = "mymaster"
+    """With Sentinels: the name of the monitored primary."""
+    redis_password: SecretStr | None = None
+    """Password of the Redis data nodes (Sentinel's primary and replicas, or Cluster nodes),
+    when it is not in the URL."""
+    redis_sentinel_password: SecretStr | None = None
+    """Password of the Sentinels themselves (their `requirepass`), if they have one."""
     redis_prefix: str = "pgw:"
     """Prefix of every Redis key and channel the gateway uses."""
     redis_timeout_s: float = Field(0.3, gt=0)
@@ -245,6 +258,7 @@ class Settings(BaseSettings):
         "trusted_proxies",
         "token_keys",
         "ws_allowed_origins",
+        "redis_sentinels",
         "dns_nameservers",
         mode="before",
     )
@@ -305,6 +319,14 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _one_redis(self) -> Settings:
+        if self.redis_sentinels and self.redis_url is not None:
+            raise ValueError("set either redis_url or redis_sentinels, not both")
+        if self.redis_cluster and self.redis_url is None:
+            raise ValueError("redis_cluster needs redis_url (any one node of the cluster)")
+        return self
+
+    @model_validator(mode="after")
     def _ports_differ(self) -> Settings:
         if self.edge_port and self.edge_port == self.api_port:
             raise ValueError("edge_port and api_port must differ")
@@ -318,8 +340,10 @@ class Settings(BaseSettings):
     def _workers_share(self) -> Settings:
         # Workers share one routing table and one port each: an in-memory table per process
         # would disagree, and port 0 would give every worker a different port.
-        if self.workers > 1 and self.redis_url is None:
-            raise ValueError("workers > 1 needs redis_url (one routing table for all workers)")
+        if self.workers > 1 and self.redis_url is None and not self.redis_sentinels:
+            raise ValueError(
+                "workers > 1 needs redis_url or redis_sentinels (one routing table for all workers)"
+            )
         if self.workers > 1 and 0 in (self.edge_port, self.api_port):
             raise ValueError("workers > 1 needs fixed edge_port and api_port (not 0)")
         return self

@@ -89,6 +89,10 @@ class Registry(Protocol):
 
     async def get_custom_host(self, hostname: str) -> CustomHost | None: ...
 
+    def check_domains(self) -> None:
+        """Raises ``DomainsUnsupported`` where this store cannot write custom domains (a Redis
+        Cluster), before a write that needs one does anything."""
+
 
 class Store(RouteSource, Registry, Protocol):
     """A whole store, for the app that builds, shares and closes it."""

@@ -151,6 +151,9 @@ class MemoryStore:
         found = (d for d in self._domains.values() if workspace in (None, d.workspace))
         return sorted(found, key=lambda d: d.name)
 
+    def check_domains(self) -> None:
+        return None
+
     async def get_custom_host(self, hostname: str) -> CustomHost | None:
         return self._custom.get(hostname)
 

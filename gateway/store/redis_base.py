@@ -1,5 +1,6 @@
-"""What every Redis-backed part of the store shares: the client, the key layout, and the one
-place where redis errors become ``RoutingUnavailable``."""
+"""What every Redis-backed part of the store shares: the clients, the key layout (tagged on a
+Cluster), the hostname claims, and the one place where redis errors become
+``RoutingUnavailable``."""
 
 from __future__ import annotations
 
@@ -9,23 +10,37 @@ from typing import TypeVar
 
 import redis.asyncio as aioredis
 from pydantic import BaseModel, ValidationError
+from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.exceptions import RedisError, WatchError
 
 from gateway.core.errors import RoutingUnavailable
 from gateway.core.records import Keys
+from gateway.store.redis_connect import Client, RedisClients
+from gateway.store.redis_hosts import HostClaims, SharedKeyspace
 
 log = logging.getLogger("gateway.routing")
 
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
 
+Pipe = aioredis.client.Pipeline | ClusterPipeline
+
 
 class RedisBase:
-    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
-        self._client = client
-        self._keys = Keys(prefix)
+    def __init__(self, clients: RedisClients, prefix: str) -> None:
+        self._client: Client = clients.client
+        # Pub/sub blocks on reads for as long as nothing is published, so it needs a client
+        # without the short socket timeout of the request path.
+        self._sub: Client = clients.subscriber
+        self._closers = clients.closers
+        self._on_primary = clients.on_primary
         self.errors = {"command": 0, "transaction": 0, "subscriber": 0}
         """Redis failures by kind of operation, for the ``gateway_store_errors`` metric."""
+        cluster = isinstance(self._client, RedisCluster)
+        self._keys = Keys(prefix, tagged=cluster)
+        self._hosts = (
+            HostClaims(self._keys, self._client) if cluster else SharedKeyspace(self._keys)
+        )
 
     # ── helpers ────────────────────────────────────────────────────────────────────────────
     async def _call(self, awaitable: Awaitable[T]) -> T:
@@ -35,7 +50,7 @@ class RedisBase:
             self.errors["command"] += 1
             raise RoutingUnavailable("The routing table is unreachable.", retry_after_s=2) from exc
 
-    async def _transaction(self, attempt: Callable[[aioredis.client.Pipeline], Awaitable[T]]) -> T:
+    async def _transaction(self, attempt: Callable[[Pipe], Awaitable[T]]) -> T:
         for _ in range(16):
             try:
                 async with self._client.pipeline(transaction=True) as pipe:
@@ -55,9 +70,11 @@ class RedisBase:
         values = await self._call(self._client.mget(keys))
         return [m for m in (load(model, v) for v in values) if m is not None]
 
-    def _publish(self, pipe: aioredis.client.Pipeline, hostnames: Iterable[str]) -> None:
+    def _publish(self, pipe: Pipe, workspace: str, hostnames: Iterable[str]) -> None:
+        # execute_command: a cluster pipeline refuses its publish() helper, but a PUBLISH on a
+        # channel in the transaction's slot is fine.
         for hostname in hostnames:
-            pipe.publish(self._keys.invalidations, hostname)
+            pipe.execute_command("PUBLISH", self._keys.channel(workspace), hostname)
 
 
 def load(model: type[M], raw: bytes | str | None) -> M | None:
@@ -70,7 +87,3 @@ def load(model: type[M], raw: bytes | str | None) -> M | None:
     except ValidationError:
         log.error("ignoring invalid %s record in the routing table", model.__name__)
         return None
-
-
-def text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

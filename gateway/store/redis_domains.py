@@ -4,19 +4,22 @@ A domain's routes are derived state: every write that can change them (the domai
 sync after a preview, its sandbox or the fallback target changed) reads the domain, its table,
 the holders of its hostnames and their sandboxes under ``WATCH``, and writes the routes in the
 same ``MULTI``/``EXEC``, publishing the keys it touched like every other route write.
+
+Those transactions span domain names (a domain, its ancestors, its hostnames' entries) and, for
+the conflict checks, workspaces: on a Redis Cluster they cannot stay in one slot, so there every
+domain write is refused (``DomainsUnsupported``, 501). Reads work and find nothing, so previews
+and the periodic re-check run unchanged.
 """
 
 from __future__ import annotations
 
-import redis.asyncio as aioredis
-
 from gateway.core import domains
+from gateway.core.errors import DomainsUnsupported
 from gateway.core.records import CustomHost, Domain, Preview, Sandbox
 from gateway.store.base import PutResult
-from gateway.store.redis_base import RedisBase, load, text
+from gateway.store.redis_base import Pipe, RedisBase, load
+from gateway.store.redis_connect import as_text
 from gateway.store.rules import Attached, DomainRoutes, plan_domain_routes
-
-Pipeline = aioredis.client.Pipeline
 
 
 class RedisDomainTable(RedisBase):
@@ -26,7 +29,7 @@ class RedisDomainTable(RedisBase):
     async def list_domains(self, workspace: str | None) -> list[Domain]:
         index = self._keys.all_domains() if workspace is None else self._keys.domains(workspace)
         names = await self._call(self._client.smembers(index))
-        return await self._mget(Domain, [self._keys.domain(text(n)) for n in sorted(names)])
+        return await self._mget(Domain, [self._keys.domain(as_text(n)) for n in sorted(names)])
 
     async def get_custom_host(self, hostname: str) -> CustomHost | None:
         raw = await self._call(self._client.get(self._keys.custom_host(hostname)))
@@ -35,10 +38,11 @@ class RedisDomainTable(RedisBase):
     async def put_domain(
         self, domain: Domain, *, create: bool, expect_revision: int | None = None
     ) -> PutResult:
+        self.check_domains()
         name, key = domain.name, self._keys.domain(domain.name)
         parents = domains.ancestors(name)[1:]
 
-        async def attempt(pipe: Pipeline) -> PutResult:
+        async def attempt(pipe: Pipe) -> PutResult:
             await pipe.watch(key, self._keys.domain_tree(name), *map(self._keys.domain, parents))
             old = load(Domain, await pipe.get(key))
             if create:
@@ -57,7 +61,7 @@ class RedisDomainTable(RedisBase):
             if create:
                 for ancestor in domains.ancestors(name):
                     pipe.hincrby(self._keys.domain_tree(ancestor), domain.workspace, 1)
-            self._apply(pipe, name, plan)
+            self._apply(pipe, name, plan, domain.workspace)
             await pipe.execute()
             return PutResult.OK
 
@@ -66,7 +70,7 @@ class RedisDomainTable(RedisBase):
     async def delete_domain(self, name: str) -> Domain | None:
         key = self._keys.domain(name)
 
-        async def attempt(pipe: Pipeline) -> Domain | None:
+        async def attempt(pipe: Pipe) -> Domain | None:
             await pipe.watch(key)
             domain = load(Domain, await pipe.get(key))
             if domain is None:
@@ -79,40 +83,41 @@ class RedisDomainTable(RedisBase):
             for ancestor in domains.ancestors(name):
                 # A count that reaches 0 stays as 0; ``_conflicts`` reads 0 as absent.
                 pipe.hincrby(self._keys.domain_tree(ancestor), domain.workspace, -1)
-            self._apply(pipe, name, plan)
+            self._apply(pipe, name, plan, domain.workspace)
             await pipe.execute()
             return domain
 
         return await self._transaction(attempt)
 
     async def sync_domain(self, name: str) -> None:
-        async def attempt(pipe: Pipeline) -> None:
+        if self._keys.tagged:
+            return  # no domain is ever written on a Cluster: nothing to derive
+
+        async def attempt(pipe: Pipe) -> None:
             await pipe.watch(self._keys.domain(name))
             domain = load(Domain, await pipe.get(self._keys.domain(name)))
             plan = await self._plan(pipe, name, domain)
             pipe.multi()
-            self._apply(pipe, name, plan)
+            self._apply(pipe, name, plan, domain.workspace if domain else "")
             await pipe.execute()
 
         await self._transaction(attempt)
 
     # ── inside a transaction ──────────────────────────────────────────────────────────────
-    async def _conflicts(
-        self, pipe: Pipeline, workspace: str, name: str, parents: list[str]
-    ) -> bool:
+    async def _conflicts(self, pipe: Pipe, workspace: str, name: str, parents: list[str]) -> bool:
         owners = {}
         for parent in parents:
             found = load(Domain, await pipe.get(self._keys.domain(parent)))
             if found is not None:
                 owners[parent] = found.workspace
         counts = await pipe.hgetall(self._keys.domain_tree(name))
-        tree = {text(ws) for ws, count in counts.items() if int(count) > 0}
+        tree = {as_text(ws) for ws, count in counts.items() if int(count) > 0}
         return domains.claim_conflict(workspace, owners, tree)
 
-    async def _plan(self, pipe: Pipeline, name: str, domain: Domain | None) -> DomainRoutes:
+    async def _plan(self, pipe: Pipe, name: str, domain: Domain | None) -> DomainRoutes:
         """Reads (and WATCHes) everything the domain's routes derive from."""
         await pipe.watch(self._keys.domain_hosts(name))
-        hosts = sorted(text(h) for h in await pipe.smembers(self._keys.domain_hosts(name)))
+        hosts = sorted(as_text(h) for h in await pipe.smembers(self._keys.domain_hosts(name)))
         rows = []
         for host in hosts:
             await pipe.watch(self._keys.custom_host(host))
@@ -129,7 +134,7 @@ class RedisDomainTable(RedisBase):
         return plan_domain_routes(name, domain, rows, fallback)
 
     async def _holder(
-        self, pipe: Pipeline, workspace: str, sandbox: str, preview: str
+        self, pipe: Pipe, workspace: str, sandbox: str, preview: str
     ) -> tuple[Preview | None, Sandbox | None]:
         pv_key, sb_key = (
             self._keys.preview(workspace, sandbox, preview),
@@ -138,8 +143,15 @@ class RedisDomainTable(RedisBase):
         await pipe.watch(pv_key, sb_key)
         return load(Preview, await pipe.get(pv_key)), load(Sandbox, await pipe.get(sb_key))
 
-    def _apply(self, pipe: Pipeline, name: str, plan: DomainRoutes) -> None:
-        """Queues the plan's writes (after ``multi``)."""
+    def check_domains(self) -> None:
+        if self._keys.tagged:
+            raise DomainsUnsupported(
+                "Custom domains need a routing table on one Redis or Sentinel, not a Cluster."
+            )
+
+    def _apply(self, pipe: Pipe, name: str, plan: DomainRoutes, workspace: str) -> None:
+        """Queues the plan's writes (after ``multi``). Untagged only, so ``workspace`` (for the
+        channel) is the one channel whatever it is."""
         for host in plan.dropped:
             pipe.srem(self._keys.domain_hosts(name), host)
         for host in plan.forgotten:
@@ -148,9 +160,9 @@ class RedisDomainTable(RedisBase):
             pipe.delete(self._keys.route(key))
         for key, route in plan.routes.items():
             pipe.set(self._keys.route(key), route.model_dump_json())
-        self._publish(pipe, plan.touched)
+        self._publish(pipe, workspace, plan.touched)
 
-    def _release_custom(self, pipe: Pipeline, preview: Preview) -> list[str]:
+    def _release_custom(self, pipe: Pipe, preview: Preview) -> list[str]:
         """Queues the removal of the preview's custom hostname: its entry, its row in the
         domain's table and its route. Only the holder ever writes an entry (a new holder first
         deletes the old one), so the entry at the preview's hostname is its own."""

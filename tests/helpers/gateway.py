@@ -68,6 +68,16 @@ class Gateway:
         assert status == 200, body
         return body  # type: ignore[no-any-return]
 
+    async def replace_preview(
+        self, port: int, *, sandbox: str = "sb", name: str = "web", public: bool = True, **spec: Any
+    ) -> tuple[int, Any]:
+        """PUT a preview's whole spec; returns the API's status and body."""
+        return await self.call(
+            "PUT",
+            f"/sandboxes/{sandbox}/previews/{name}",
+            json={"metadata": {"name": name}, "spec": {"port": port, "public": public, **spec}},
+        )
+
     async def mint(
         self,
         preview: str = "web",

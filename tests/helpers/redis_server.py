@@ -16,7 +16,7 @@ from tests.helpers.ports import unused_port
 class RedisServer:
     """A real redis-server on a free port, which tests may stop and start again."""
 
-    def __init__(self) -> None:
+    def __init__(self, extra_args: list[str] | None = None) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             # In CI a missing redis-server must fail, never skip: .ci/run installs it.
@@ -25,12 +25,14 @@ class RedisServer:
         self.port = unused_port()
         self.dir = tempfile.mkdtemp(prefix="pgw-redis-")
         self.proc: subprocess.Popen[bytes] | None = None
+        self.extra_args = list(extra_args or [])
+        """More ``redis-server`` options (a password, ``--replicaof``)."""
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> None:
+    def start(self, password: str | None = None) -> None:
         self.proc = subprocess.Popen(
             [
                 self.binary,
@@ -46,6 +48,7 @@ class RedisServer:
                 self.dir,
                 "--enable-debug-command",
                 "local",
+                *self.extra_args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -56,8 +59,9 @@ class RedisServer:
                 contextlib.suppress(OSError),
                 socket.create_connection(("127.0.0.1", self.port), 0.2) as s,
             ):
-                s.sendall(b"PING\r\n")
-                if s.recv(16).startswith(b"+PONG"):
+                auth = f"AUTH {password}\r\n".encode() if password else b""
+                s.sendall(auth + b"PING\r\n")
+                if s.recv(32).endswith(b"+PONG\r\n"):
                     return
             time.sleep(0.05)
         raise RuntimeError("redis-server did not start")

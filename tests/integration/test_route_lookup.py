@@ -24,7 +24,8 @@ from gateway.core.records import Keys, Preview, Route, Sandbox
 from gateway.store.base import FLUSH_ALL
 from gateway.store.lookup import RouteLookup
 from gateway.store.memory import MemoryStore
-from gateway.store.redis import RedisStore, connect_redis
+from gateway.store.redis import RedisStore
+from gateway.store.redis_connect import single_clients
 from tests.helpers.gateway import Gateway, host_of, run_gateway
 from tests.helpers.polling import eventually
 from tests.helpers.probes import probe_upstream
@@ -122,9 +123,7 @@ async def test_concurrent_misses_share_one_store_read() -> None:
 async def test_concurrent_misses_on_redis_share_one_read(
     redis_server: RedisServer, redis_prefix: str
 ) -> None:
-    store = RedisStore(
-        connect_redis(redis_server.url, 2.0), connect_redis(redis_server.url, 30.0), redis_prefix
-    )
+    store = RedisStore(single_clients(redis_server.url, 2.0), redis_prefix)
     try:
         await store.put_sandbox(
             Sandbox(workspace="ws", name="sb", target_host="10.0.0.7"), create=True
@@ -310,9 +309,7 @@ async def test_cancelled_reads_never_answer_another_host(
     """K06 (redis-py CVE-2023-28858/28859): reads cut off by the lookup deadline or by their
     caller going away must not leave a reply on a pooled connection for the next read to take.
     Every answer that does arrive is for the host that was asked about."""
-    store = RedisStore(
-        connect_redis(redis_server.url, 2.0), connect_redis(redis_server.url, 30.0), redis_prefix
-    )
+    store = RedisStore(single_clients(redis_server.url, 2.0), redis_prefix)
     try:
         await store.put_sandbox(
             Sandbox(workspace="ws", name="sb", target_host="10.0.0.7"), create=True
@@ -414,14 +411,7 @@ async def test_invalidation_travels_between_gateways(
         await until_status(b, host, 200)
         assert first.requests >= 1
 
-        status, _ = await a.call(
-            "PUT",
-            "/sandboxes/sb/previews/web",
-            json={
-                "metadata": {"name": "web"},
-                "spec": {"port": second.port, "public": True, "prefixUrl": "web"},
-            },
-        )
+        status, _ = await a.replace_preview(second.port, prefixUrl="web")
         assert status == 200
         async with asyncio.timeout(10):
             while second.requests == 0:

@@ -1,5 +1,6 @@
 """One contract suite for every routing table: the embedded ``MemoryStore`` and the ``RedisStore``
-against a real redis-server (each test under its own key prefix).
+against a real redis-server, a real Sentinel set (primary, replica, three sentinels, passwords)
+and a real 3-primary Redis Cluster (each test under its own key prefix).
 
 Invalidations are checked exactly: after an operation the test writes a marker and collects what
 was published before the marker arrived, so "published these hostnames and nothing else" is
@@ -20,8 +21,10 @@ from gateway.core.errors import RoutingUnavailable
 from gateway.core.records import Keys, Preview, Route, Sandbox, TokenRecord, utcnow
 from gateway.store.base import FLUSH_ALL, PutResult, Store
 from gateway.store.memory import MemoryStore
-from gateway.store.redis import RedisStore, connect_redis
+from gateway.store.redis import RedisStore
+from gateway.store.redis_connect import single_clients
 from tests.helpers.redis_server import RedisServer
+from tests.helpers.redis_stores import redis_store
 
 WS = "ws1"
 OTHER_WS = "ws2"
@@ -56,19 +59,13 @@ def preview(
     )
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def store(
-    request: pytest.FixtureRequest, redis_server: RedisServer, redis_prefix: str
-) -> AsyncIterator[Store]:
+@pytest.fixture(params=["memory", "redis", "sentinel", "cluster"])
+async def store(request: pytest.FixtureRequest, redis_prefix: str) -> AsyncIterator[Store]:
     made: Store
     if request.param == "memory":
         made = MemoryStore()
     else:
-        made = RedisStore(
-            connect_redis(redis_server.url, 5.0),
-            connect_redis(redis_server.url, 30.0),
-            redis_prefix,
-        )
+        made = redis_store(request, request.param, redis_prefix)
     try:
         yield made
     finally:
@@ -561,9 +558,7 @@ async def raw_redis(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
 async def test_corrupt_redis_values_are_treated_as_absent(
     redis_server: RedisServer, redis_prefix: str, raw_redis: aioredis.Redis, value: bytes
 ) -> None:
-    store = RedisStore(
-        connect_redis(redis_server.url, 5.0), connect_redis(redis_server.url, 30.0), redis_prefix
-    )
+    store = RedisStore(single_clients(redis_server.url, 5.0), redis_prefix)
     keys = Keys(redis_prefix)
     try:
         await store.put_sandbox(sandbox(), create=True)
@@ -592,9 +587,7 @@ async def test_corrupt_redis_values_are_treated_as_absent(
 async def test_redis_keys_stay_under_the_prefix(
     redis_server: RedisServer, redis_prefix: str, raw_redis: aioredis.Redis
 ) -> None:
-    store = RedisStore(
-        connect_redis(redis_server.url, 5.0), connect_redis(redis_server.url, 30.0), redis_prefix
-    )
+    store = RedisStore(single_clients(redis_server.url, 5.0), redis_prefix)
     try:
         await store.put_sandbox(sandbox(expires_at=utcnow() + timedelta(1)), create=True)
         await store.put_preview(preview(), create=True, force=False)
@@ -617,14 +610,7 @@ async def test_redis_keys_stay_under_the_prefix(
 async def test_shared_secret_first_writer_wins(
     redis_server: RedisServer, redis_prefix: str
 ) -> None:
-    stores = [
-        RedisStore(
-            connect_redis(redis_server.url, 5.0),
-            connect_redis(redis_server.url, 30.0),
-            redis_prefix,
-        )
-        for _ in range(2)
-    ]
+    stores = [RedisStore(single_clients(redis_server.url, 5.0), redis_prefix) for _ in range(2)]
     try:
         first = await stores[0].shared_secret("token-key", "k1:aaa")
         second = await stores[1].shared_secret("token-key", "k2:bbb")
@@ -640,12 +626,7 @@ async def test_keepalive_pongs_are_not_invalidations(
 ) -> None:
     """The subscriber pings Redis when the channel is quiet; the PONG that comes back on the
     subscription is not a hostname and must not reach the cache as one."""
-    store = RedisStore(
-        connect_redis(redis_server.url, 5.0),
-        connect_redis(redis_server.url, 30.0),
-        redis_prefix,
-        ping_interval_s=0.05,
-    )
+    store = RedisStore(single_clients(redis_server.url, 5.0), redis_prefix, ping_interval_s=0.05)
     try:
         async with Published(store) as published:
 
@@ -659,3 +640,30 @@ async def test_keepalive_pongs_are_not_invalidations(
             assert await published.drain() == []
     finally:
         await store.close()
+
+
+async def test_concurrent_creates_across_workspaces_have_one_winner(store: Store) -> None:
+    """Two workspaces race for one hostname (on a Cluster their keys are in different slots, so
+    only the hostname's claim can decide): one create wins, everything else is HOST_TAKEN, and
+    the route served is the winner's."""
+    for ws in (WS, OTHER_WS):
+        await store.put_sandbox(sandbox(ws=ws), create=True)
+    shared = host("contested-across")
+    contenders = [preview(f"p{i}", shared, ws=(WS, OTHER_WS)[i % 2]) for i in range(20)]
+    results = await asyncio.gather(
+        *(store.put_preview(p, create=True, force=False) for p in contenders)
+    )
+    assert results.count(PutResult.OK) == 1, results
+    assert set(results) == {PutResult.OK, PutResult.HOST_TAKEN}
+    winner = contenders[results.index(PutResult.OK)]
+    route = await store.get_route(shared)
+    assert route is not None and (route.workspace, route.preview) == (winner.workspace, winner.name)
+    loser_ws = OTHER_WS if winner.workspace == WS else WS
+    assert await store.list_previews(loser_ws, "sb") == []
+
+
+async def test_a_missing_sandbox_is_reported_before_a_taken_hostname(store: Store) -> None:
+    await store.put_sandbox(sandbox(ws=OTHER_WS), create=True)
+    await store.put_preview(preview(ws=OTHER_WS, hostname=host("taken")), create=True, force=False)
+    orphan = preview("orphan", host("taken"), sb="missing")
+    assert await store.put_preview(orphan, create=True, force=False) is PutResult.NO_SANDBOX

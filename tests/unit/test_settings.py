@@ -83,6 +83,12 @@ def test_defaults() -> None:
         ),
         ({"public_port": "443"}, "public_port", 443),
         ({"cookie_samesite": "none"}, "cookie_samesite", "none"),
+        (
+            {"redis_sentinels": "10.0.0.1:26379, s2:26380,"},
+            "redis_sentinels",
+            ["10.0.0.1:26379", "s2:26380"],
+        ),
+        ({"redis_url": "redis://n1:7000", "redis_cluster": "true"}, "redis_cluster", True),
     ],
     ids=[
         "int",
@@ -99,6 +105,8 @@ def test_defaults() -> None:
         "ws-origins",
         "public-port",
         "samesite",
+        "sentinels",
+        "cluster",
     ],
 )
 def test_env_values(
@@ -120,6 +128,18 @@ def test_redis_url_is_secret(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = from_env(monkeypatch, redis_url="redis://:hunter2-password@10.0.0.5:6379/0")
     assert settings.redis_url is not None
     assert settings.redis_url.get_secret_value().endswith("@10.0.0.5:6379/0")
+    assert "hunter2" not in repr(settings) and "hunter2" not in str(settings)
+
+
+def test_redis_passwords_are_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = from_env(
+        monkeypatch,
+        redis_sentinels="s1:26379",
+        redis_password="data-hunter2",
+        redis_sentinel_password="sentinel-hunter2",
+    )
+    assert settings.redis_password is not None
+    assert settings.redis_password.get_secret_value() == "data-hunter2"
     assert "hunter2" not in repr(settings) and "hunter2" not in str(settings)
 
 
@@ -171,6 +191,8 @@ def test_settings_are_frozen() -> None:
         {"api_keys": "nokey"},
         {"api_keys": f":{KEY}"},
         {"api_keys": "default:short"},
+        {"redis_url": "redis://r:6379", "redis_sentinels": "s1:26379"},
+        {"redis_cluster": "true"},
     ],
     ids=[
         "port-too-big",
@@ -199,6 +221,8 @@ def test_settings_are_frozen() -> None:
         "key-without-workspace-separator",
         "key-without-workspace",
         "key-too-short",
+        "url-and-sentinels",
+        "cluster-without-url",
     ],
 )
 def test_invalid_values_are_refused(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
@@ -252,6 +276,7 @@ def test_with_tls_urls_are_https_on_the_tls_port(monkeypatch: pytest.MonkeyPatch
     [
         ({}, 1),
         ({"workers": "3", "redis_url": "redis://r:6379/0"}, 3),
+        ({"workers": "2", "redis_sentinels": "s1:26379,s2:26379"}, 2),
         ({"workers": "auto", "redis_url": "redis://r:6379/0"}, len(os.sched_getaffinity(0))),
         ({"workers": "AUTO ", "redis_url": "redis://r:6379/0"}, len(os.sched_getaffinity(0))),
     ],
