@@ -150,8 +150,7 @@ class RedisStore(RedisDomainTable):
         # stays in the workspace's slot.
         reads = ((custom_key, preview.custom_domain), (domain_key, preview.domain))
         extra = [key for key, used in reads if used]
-        touched = [preview.hostname]
-        """Hostnames whose claims the write settles: its own and any it moved away from."""
+        touched = [preview.hostname]  # the claims it settles: its own, any it moved from
 
         async def attempt(pipe: Pipe) -> PutResult:
             await pipe.watch(sb_key, pv_key, route_key, *extra)
