@@ -29,8 +29,11 @@ from gateway.core.planner import PlannerConfig
 from gateway.core.tokens import SigningKey, TokenSigner, generate_key, parse_keys
 from gateway.edge.config import EdgeConfig, RelayLimits
 from gateway.edge.handler import EdgeHandler
+from gateway.edge.holds import StartupHolds
 from gateway.edge.pool import UpstreamPool
 from gateway.edge.server import EdgeServer
+from gateway.edge.starting import Starting
+from gateway.edge.wake import Waker
 from gateway.edge.ws_hub import WebSocketHub, WsLimits
 from gateway.edge.ws_readmit import Readmission
 from gateway.ops import log
@@ -60,6 +63,8 @@ class Running:
     keys: KeyRing
     service: ControlService
     """The control API's rules, for in-process callers (the demo)."""
+    holds: StartupHolds
+    """Held requests' probe loops and the wake calls (issue 14)."""
     draining: bool = False
 
 
@@ -244,7 +249,15 @@ class Readiness:
         return True
 
 
-def metrics_for(lookup: RouteLookup, store: Store, hub: WebSocketHub) -> Metrics:
+def starting_for(settings: Settings, store: Store, pool: UpstreamPool) -> Starting:
+    holds = StartupHolds.on_pool(pool)
+    secret = settings.wake_secret.get_secret_value().encode() if settings.wake_secret else None
+    return Starting(holds, Waker(store, holds, secret), settings.upstream_startup_wait_s)
+
+
+def metrics_for(
+    lookup: RouteLookup, store: Store, hub: WebSocketHub, starting: Starting
+) -> Metrics:
     metrics = Metrics()
     failed_lookups = ("stale", "error")
     metrics.add_collector(
@@ -255,8 +268,12 @@ def metrics_for(lookup: RouteLookup, store: Store, hub: WebSocketHub) -> Metrics
                     "operation",
                     {"route_lookup": sum(lookup.stats[k] for k in failed_lookups), **store.errors},
                 ),
+                "gateway_wakes": ("outcome", starting.waker.stats),
             },
-            gauges=lambda: {"gateway_websockets_open": hub.open_count},
+            gauges=lambda: {
+                "gateway_websockets_open": hub.open_count,
+                "gateway_requests_held": starting.holds.held,
+            },
         )
     )
     return metrics
@@ -288,10 +305,17 @@ async def serve(
     limits = ws_limits(settings)
     hub = WebSocketHub(Readmission(lookup.find, admission), close_timeout_s=limits.close_timeout_s)
     lookup.add_listener(hub.on_invalidation)
-    metrics = metrics_for(lookup, store, hub)
+    starting = starting_for(settings, store, pool)
+    metrics = metrics_for(lookup, store, hub, starting)
     config = edge_config(settings, allowed, admission)
     handler = EdgeHandler(
-        config, planner_config(config), lookup, pool, (ws_pool, limits, hub), metrics.observe
+        config,
+        planner_config(config),
+        lookup,
+        pool,
+        (ws_pool, limits, hub),
+        metrics.observe,
+        starting=starting,
     )
     edge = edge_server(settings, handler)
     readiness = Readiness(store, settings)
@@ -319,6 +343,7 @@ async def serve(
             sweeper=sweeper,
             keys=keys,
             service=api.service,
+            holds=starting.holds,
         )
         readiness.running = running
         await _run_until_stopped(running, stop, edge, on_ready)
@@ -336,6 +361,7 @@ async def _run_until_stopped(
             tasks.create_task(running.lookup.follow_invalidations(), name="invalidations"),
             tasks.create_task(running.hub.run(), name="websocket re-admission"),
             tasks.create_task(running.sweeper.run(), name="sweeper"),
+            tasks.create_task(running.holds.run(), name="startup holds and wake calls"),
         ]
         if on_ready is not None:
             on_ready(running)

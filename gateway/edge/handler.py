@@ -39,10 +39,12 @@ from gateway.core.planner import (
     shape_response,
 )
 from gateway.core.records import Route
+from gateway.core.startup import retryable
 from gateway.edge.config import EdgeConfig
 from gateway.edge.exchange import Relay, not_upgraded
 from gateway.edge.pages import closes_connection, render_bytes, status_phrase
 from gateway.edge.pool import UpstreamConnection, UpstreamPool
+from gateway.edge.starting import Starting
 from gateway.edge.upstream_errors import closed_without_answer
 from gateway.edge.ws_hub import WebSocketHub, WsLimits
 from gateway.edge.ws_tunnel import WsTunnel
@@ -62,6 +64,7 @@ class EdgeHandler:
         pool: UpstreamPool,
         ws: tuple[UpstreamPool, WsLimits, WebSocketHub],
         observe: Callable[[log.AccessRecord], None] | None = None,
+        starting: Starting | None = None,
     ) -> None:
         self.config = config
         self.ws_pool, self.ws_limits, self.hub = ws
@@ -69,6 +72,8 @@ class EdgeHandler:
         self._lookup = lookup
         self.pool = pool
         self._observe = observe
+        self.starting = starting
+        """Wake calls, holds and the waiting page (issue 14); None: refused is 502 at once."""
         self._next_id = random_ids().__next__
 
     async def handle(self, client: ClientConnection, head: RequestHead) -> None:
@@ -148,16 +153,57 @@ class EdgeHandler:
             return None
         record.upstream = f"{route.sandbox}:{route.port}"
         record.overhead_ms = round((loop.time() - started) * 1000, 3)
+        if self.starting is not None:
+            target = (decision.target_host, decision.port)
+            if isinstance(decision, Forward) and self.starting.is_ready_poll(inspected):
+                status, body = await self.starting.ready_answer(route, target)
+                record.status = status
+                client.respond(self._ready_json(client, status, body), close=False)
+                return None
+            await self.starting.before_dial(inspected, route, target, record)
         if not isinstance(decision, Forward):
             record.kind = "websocket"
             return await self._upgrade(client, inspected, decision, route, record, started)
-        return await self._relay(client, inspected, decision)
+        return await self._relay(client, inspected, decision, route, record)
 
-    async def _relay(self, client: ClientConnection, inspected: Inspected, fwd: Forward) -> Relay:
+    async def _acquire(
+        self,
+        pool: UpstreamPool,
+        inspected: Inspected,
+        route: Route,
+        target: tuple[str, int],
+        record: log.AccessRecord,
+        *,
+        retryable: bool,
+        fresh: bool,
+    ) -> UpstreamConnection:
+        if self.starting is None:
+            return await pool.acquire(*target, fresh=fresh)
+        return await self.starting.acquire(
+            pool, inspected, route, target, retryable=retryable, record=record, fresh=fresh
+        )
+
+    async def _relay(
+        self,
+        client: ClientConnection,
+        inspected: Inspected,
+        fwd: Forward,
+        route: Route,
+        record: log.AccessRecord,
+    ) -> Relay:
         retry = fwd.idempotent
         fresh = False
+        held = retryable(fwd.idempotent, fwd.framing, fwd.content_length)
         while True:
-            conn = await self.pool.acquire(fwd.target_host, fwd.port, fresh=fresh)
+            conn = await self._acquire(
+                self.pool,
+                inspected,
+                route,
+                (fwd.target_host, fwd.port),
+                record,
+                retryable=held,
+                fresh=fresh,
+            )
             relay = self._start(client, conn, inspected, fwd)
             await relay.done
             # A pooled connection the app had closed: once more on a fresh socket.
@@ -184,7 +230,15 @@ class EdgeHandler:
         other answer is relayed as an ordinary response. The tunnel is attached to the hub and
         this task ends: an open WebSocket holds no task (issue 9's memory per idle socket)."""
         self.hub.refuse_if_draining()
-        conn = await self.ws_pool.acquire(up.target_host, up.port, fresh=True)
+        conn = await self._acquire(
+            self.ws_pool,
+            inspected,
+            route,
+            (up.target_host, up.port),
+            record,
+            retryable=True,
+            fresh=True,
+        )
         relay: Relay | None = None
         try:
             relay = Relay(
@@ -278,6 +332,13 @@ class EdgeHandler:
         extra = client.date_header() + ("Connection: close\r\n" if close else "")
         accept = first_header(head.headers, "accept") or ""
         return render_bytes(exc, accept, head=head.method == "HEAD", extra=extra)
+
+    def _ready_json(self, client: ClientConnection, status: int, body: bytes) -> bytes:
+        extra = client.date_header() + f"Content-Length: {len(body)}\r\n"
+        if not client.keep_alive:
+            extra += "Connection: close\r\n"
+        headers = [("Content-Type", "application/json"), ("Cache-Control", "no-store")]
+        return _head_bytes(status, headers, extra) + body
 
     def _answer(self, client: ClientConnection, answer: Respond) -> bytes:
         extra = client.date_header() + "Content-Length: 0\r\n"
