@@ -19,6 +19,7 @@ from gateway.core.errors import (
     UpstreamUnreachable,
 )
 from gateway.edge.pool import Target, UpstreamPool
+from gateway.ops import log
 
 _NOT_YET = (UpstreamRefused, UpstreamTimedOut, UpstreamUnreachable)
 """Dial failures that a sandbox still starting (or still resuming) answers with."""
@@ -95,7 +96,7 @@ class StartupHolds:
         delay = self._first_delay_s
         try:
             while entry.waiters:
-                if await self._probe(target):
+                if await self._probe_safely(target):
                     for waiter in list(entry.waiters):
                         _settle(waiter, True)
                     entry.waiters.clear()
@@ -106,6 +107,15 @@ class StartupHolds:
             entry.probing = False
             if not entry.waiters and self._targets.get(target) is entry:
                 del self._targets[target]
+
+    async def _probe_safely(self, target: Target) -> bool:
+        try:
+            return await self._probe(target)
+        except Exception:
+            # Raised into run's TaskGroup, it would stop the edge: the waiters go on instead
+            # and meet whatever the dial gives them.
+            log.edge.exception("unexpected error while probing a starting sandbox")
+            return True
 
     async def run(self) -> None:
         """Probe loops and wake calls, until cancelled."""
