@@ -22,6 +22,7 @@ from tests.helpers.polling import eventually
 from tests.helpers.ports import unused_port
 from tests.helpers.redis_server import RedisServer
 from tests.helpers.upstreams import echo_app
+from tests.integration.test_metrics import scrape
 
 SECRET = "wake-secret-for-tests-0123456789"
 NAVIGATE = {"Accept": "text/html,application/xhtml+xml", "Sec-Fetch-Mode": "navigate"}
@@ -140,6 +141,24 @@ async def test_navigation_gets_the_waiting_page_then_ready() -> None:
             assert response.status == 200
 
 
+async def test_websocket_upgrade_is_held_until_the_server_listens() -> None:
+    """An HMR client reconnecting while the dev server restarts gets through once it listens."""
+    port = unused_port()
+    async with run_gateway(upstream_startup_wait_s=20) as gw:
+        host = await gw.public_preview(port)
+
+        async def hmr() -> str:
+            async with gw.session.ws_connect(gw.edge("/ws"), headers={"Host": host}) as ws:
+                await ws.send_str("reconnected")
+                return str((await ws.receive()).data)
+
+        client = asyncio.create_task(hmr())
+        await eventually(lambda: held(gw) == 1)
+        async with serving(echo_app(), port):
+            async with asyncio.timeout(10):
+                assert await client == "reconnected"
+
+
 # ── wake on request, across replicas ───────────────────────────────────────────────────────
 class Orchestrator:
     """The operator's side: checks each wake call's signature and starts the app a little
@@ -213,3 +232,44 @@ async def test_burst_across_two_replicas_is_one_signed_wake(
             assert orchestrator.calls == [{"workspace": "default", "sandbox": "sb"}]
         finally:
             await orchestrator.close()
+
+
+async def test_standby_past_the_wake_timeout_is_503_and_counted() -> None:
+    calls: list[bytes] = []
+
+    async def wake(request: web.Request) -> web.Response:
+        calls.append(await request.read())
+        return web.json_response({"ok": True})  # and never starts the app
+
+    app = web.Application()
+    app.router.add_post("/wake", wake)
+    async with serving(app) as wake_port, run_gateway(wake_secret=SECRET) as gw:
+        lifecycle = {"wakeUrl": f"http://127.0.0.1:{wake_port}/wake", "wakeTimeoutS": 1}
+        await gw.sandbox(lifecycle=lifecycle)
+        host = host_of(await gw.preview(unused_port()))
+        await gw.call("POST", "/sandboxes/sb/state", json={"status": "standby"})
+        started = time.monotonic()
+        # Standby: nothing was sent yet, so even a POST with a body may wait.
+        async with gw.session.post(
+            gw.edge("/"), data=b"x", headers={"Host": host, "Accept": "application/json"}
+        ) as response:
+            body = await response.json()
+        assert time.monotonic() - started >= 1.0
+        assert response.status == 503
+        assert_gateway_error(response, "sandbox_starting")
+        assert response.headers["Retry-After"] == "2"
+        assert body["code"] == "sandbox_starting"
+        await eventually(lambda: len(calls) == 1)
+        m = await scrape(gw)
+        assert m[("gateway_wakes_total", (("outcome", "called"),))] == 1
+        assert m[("gateway_hold_gave_up_total", (("reason", "standby"),))] == 1
+        assert m[("gateway_hold_seconds_count", (("reason", "standby"),))] == 1
+        # Running again: straight to the port (refused here), no hold, no wake.
+        await gw.call("POST", "/sandboxes/sb/state", json={"status": "running"})
+        await eventually(lambda: _refused_at_once(gw, host))
+        assert len(calls) == 1
+
+
+async def _refused_at_once(gw: Gateway, host: str) -> bool:
+    response, _ = await get(gw, host, Accept="application/json")
+    return response.status == 502
