@@ -4,7 +4,8 @@ One gateway process with two previews: ``live`` (the bench upstream) and ``start
 nothing listens on, so every request to it is held by the startup wait). The client measures
 request latency to ``live`` at a fixed concurrency, then parks ``--held`` requests on
 ``starting`` (waiting until the gateway's ``gateway_requests_held`` gauge shows all of them),
-measures ``live`` again, and reads the gateway's CPU time while the held requests only wait.
+measures ``live`` again, and reads the gateway's CPU time while the held requests only wait;
+``--rounds`` times, and the medians.
 
 A figure, not a timed test: the machine is shared, so compare the two rows of one run.
 """
@@ -17,6 +18,7 @@ import json
 import tempfile
 import time
 from pathlib import Path
+from statistics import median
 
 import aiohttp
 
@@ -58,36 +60,55 @@ async def held_now(session: aiohttp.ClientSession, api_port: int) -> int:
     return 0
 
 
-async def run(
-    args: argparse.Namespace, gateway: gw.Gateway, starting_host: str
-) -> dict[str, object]:
+async def hold_many(
+    session: aiohttp.ClientSession, gateway: gw.Gateway, host: str, count: int
+) -> list[asyncio.Task[None]]:
     edge = f"http://127.0.0.1:{gateway.edge_port}/small"
+
+    async def hold() -> None:
+        async with session.get(edge, headers={"Host": host}) as r:
+            await r.read()
+
+    held = [asyncio.create_task(hold()) for _ in range(count)]
+    async with asyncio.timeout(60):
+        while await held_now(session, gateway.api_port) < count:
+            await asyncio.sleep(0.1)
+    return held
+
+
+async def release(held: list[asyncio.Task[None]]) -> None:
+    for task in held:
+        task.cancel()
+    await asyncio.gather(*held, return_exceptions=True)
+
+
+async def run(args: argparse.Namespace, gateway: gw.Gateway, starting: str) -> dict[str, object]:
+    """Rounds of (without, with) so that the shared machine's load drifts over both alike."""
+    edge = f"http://127.0.0.1:{gateway.edge_port}/small"
+    live = gateway.hostname
+    rows: dict[str, list[dict[str, float]]] = {"without_holds": [], "with_holds": []}
+    idle_cpu = 0.0
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as session:
-        await latencies(session, edge, gateway.hostname, 200, args.concurrency)  # warm-up
-        before = await latencies(session, edge, gateway.hostname, args.count, args.concurrency)
-
-        async def hold() -> None:
-            async with session.get(edge, headers={"Host": starting_host}) as r:
-                await r.read()
-
-        held = [asyncio.create_task(hold()) for _ in range(args.held)]
-        async with asyncio.timeout(60):
-            while await held_now(session, gateway.api_port) < args.held:
-                await asyncio.sleep(0.1)
-        during = await latencies(session, edge, gateway.hostname, args.count, args.concurrency)
-        cpu0 = cpu_seconds(gateway.pid)
-        await asyncio.sleep(args.idle_s)  # the figure: CPU while the held requests only wait
-        idle_cpu = cpu_seconds(gateway.pid) - cpu0
-        still_held = await held_now(session, gateway.api_port)
-        for task in held:
-            task.cancel()
-        await asyncio.gather(*held, return_exceptions=True)
+        await latencies(session, edge, live, 200, args.concurrency)  # warm-up
+        for _ in range(args.rounds):
+            rows["without_holds"].append(
+                await latencies(session, edge, live, args.count, args.concurrency)
+            )
+            held = await hold_many(session, gateway, starting, args.held)
+            rows["with_holds"].append(
+                await latencies(session, edge, live, args.count, args.concurrency)
+            )
+            cpu0 = cpu_seconds(gateway.pid)
+            await asyncio.sleep(args.idle_s)  # the figure: CPU while requests only wait
+            idle_cpu = max(idle_cpu, cpu_seconds(gateway.pid) - cpu0)
+            await release(held)
     return {
         "held": args.held,
-        "still_held_after_idle": still_held,
-        "live_without_holds": before,
-        "live_with_holds": during,
+        "rounds": rows,
+        "median_p50_ms": {k: median(r["p50_ms"] for r in v) for k, v in rows.items()},
+        "median_p99_ms": {k: median(r["p99_ms"] for r in v) for k, v in rows.items()},
+        "median_req_per_s": {k: median(r["req_per_s"] for r in v) for k, v in rows.items()},
         "gateway_cpu_s_while_only_holding": round(idle_cpu, 3),
         "idle_window_s": args.idle_s,
     }
@@ -99,6 +120,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=4000)
     parser.add_argument("--concurrency", type=int, default=20)
     parser.add_argument("--idle-s", type=float, default=5.0)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-holds-"))
     upstream_port = free_port()

@@ -308,14 +308,9 @@ async def serve(
     starting = starting_for(settings, store, pool)
     metrics = metrics_for(lookup, store, hub, starting)
     config = edge_config(settings, allowed, admission)
+    ws = (ws_pool, limits, hub)
     handler = EdgeHandler(
-        config,
-        planner_config(config),
-        lookup,
-        pool,
-        (ws_pool, limits, hub),
-        metrics.observe,
-        starting=starting,
+        config, planner_config(config), lookup, pool, ws, metrics.observe, starting=starting
     )
     edge = edge_server(settings, handler)
     readiness = Readiness(store, settings)

@@ -244,22 +244,7 @@ def _lifetime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--expires", help="absolute expiry, ISO 8601")
 
 
-def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(
-        prog="python -m gateway api",
-        description="Manage sandboxes, previews and tokens on a running gateway.",
-    )
-    root.add_argument(
-        "--url",
-        default=os.environ.get("GATEWAY_API_URL", DEFAULT_URL),
-        help=f"control API base URL (env GATEWAY_API_URL; default {DEFAULT_URL})",
-    )
-    root.add_argument(
-        "--key", default=os.environ.get("GATEWAY_API_KEY"), help="API key (env GATEWAY_API_KEY)"
-    )
-    root.add_argument("--json", action="store_true", help="print the API's JSON (for scripts)")
-    kinds = root.add_subparsers(dest="kind", required=True, metavar="{sandboxes,previews,tokens}")
-
+def _sandbox_commands(kinds: Any) -> None:
     sb = kinds.add_parser("sandboxes", help="sandboxes: where the gateway dials")
     sba = sb.add_subparsers(dest="action", required=True)
     sba.add_parser("list").set_defaults(run=sandboxes_list)
@@ -281,6 +266,25 @@ def parser() -> argparse.ArgumentParser:
     p = sba.add_parser("delete", help="also deletes its previews and their tokens")
     p.add_argument("sandbox")
     p.set_defaults(run=sandboxes_delete)
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(
+        prog="python -m gateway api",
+        description="Manage sandboxes, previews and tokens on a running gateway.",
+    )
+    root.add_argument(
+        "--url",
+        default=os.environ.get("GATEWAY_API_URL", DEFAULT_URL),
+        help=f"control API base URL (env GATEWAY_API_URL; default {DEFAULT_URL})",
+    )
+    root.add_argument(
+        "--key", default=os.environ.get("GATEWAY_API_KEY"), help="API key (env GATEWAY_API_KEY)"
+    )
+    root.add_argument("--json", action="store_true", help="print the API's JSON (for scripts)")
+    kinds = root.add_subparsers(dest="kind", required=True, metavar="{sandboxes,previews,tokens}")
+
+    _sandbox_commands(kinds)
 
     pv = kinds.add_parser("previews", help="previews: one URL per sandbox port")
     pva = pv.add_subparsers(dest="action", required=True)
