@@ -20,6 +20,7 @@ from typing import TypeVar
 from aiohttp import web
 
 from gateway.control.api_keys import KeyRing
+from gateway.control.domains import DomainConfig, DomainService
 from gateway.control.handlers import ApiConfig, ControlApi
 from gateway.control.service import ControlService, ServiceConfig
 from gateway.core.admission import AdmissionConfig
@@ -63,6 +64,7 @@ class Running:
     keys: KeyRing
     service: ControlService
     """The control API's rules, for in-process callers (the demo)."""
+    domains: DomainService
     holds: StartupHolds
     """Held requests' probe loops and the wake calls (issue 14)."""
     draining: bool = False
@@ -134,6 +136,7 @@ def build_lookup(settings: Settings, store: RouteSource) -> RouteLookup:
         stale_grace_s=settings.cache_stale_grace_s,
         private_stale_grace_s=settings.private_stale_grace_s,
         max_entries=settings.cache_max_entries,
+        preview_domain=settings.preview_domain,
     )
 
 
@@ -199,6 +202,7 @@ def api_config(settings: Settings, allowed: list[IPNetwork]) -> ApiConfig:
         ),
         public_scheme=settings.public_scheme,
         public_port=settings.effective_public_port,
+        domains=DomainConfig.from_settings(settings),
     )
 
 
@@ -338,6 +342,7 @@ async def serve(
             sweeper=sweeper,
             keys=keys,
             service=api.service,
+            domains=api.domains,
             holds=starting.holds,
         )
         readiness.running = running
@@ -356,6 +361,7 @@ async def _run_until_stopped(
             tasks.create_task(running.lookup.follow_invalidations(), name="invalidations"),
             tasks.create_task(running.hub.run(), name="websocket re-admission"),
             tasks.create_task(running.sweeper.run(), name="sweeper"),
+            tasks.create_task(running.domains.run_rechecks(), name="domain re-checks"),
             tasks.create_task(running.holds.run(), name="startup holds and wake calls"),
         ]
         if on_ready is not None:

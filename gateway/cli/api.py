@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from gateway.cli import api_domains
 from gateway.core.timeparse import format_timestamp, parse_ttl
 
 DEFAULT_URL = "http://127.0.0.1:8081"
@@ -140,6 +141,8 @@ def previews_create(c: Client, a: argparse.Namespace) -> Any:
     spec: dict[str, Any] = {"port": a.port, "public": a.public, **_lifetime(a)}
     if a.prefix_url:
         spec["prefixUrl"] = a.prefix_url
+    if a.custom_domain:
+        spec["customDomain"] = a.custom_domain
     if a.request_header:
         spec["requestHeaders"] = _pairs(a.request_header, "--request-header")
     if a.response_header:
@@ -227,7 +230,11 @@ def render(kind: str, action: str, result: Any) -> str:
     """What a person reads: a table of what was listed, created, read or deleted."""
     if kind == "tokens" and action == "delete":
         return str(result.get("message", "deleted"))
-    columns = {"sandboxes": SANDBOX_COLUMNS, "previews": PREVIEW_COLUMNS}.get(kind, TOKEN_COLUMNS)
+    columns = {
+        "sandboxes": SANDBOX_COLUMNS,
+        "previews": PREVIEW_COLUMNS,
+        "domains": api_domains.columns(_get),
+    }.get(kind, TOKEN_COLUMNS)
     rows = result if isinstance(result, list) else [result]
     if isinstance(result, list) and not result:
         return f"no {kind}"
@@ -235,7 +242,9 @@ def render(kind: str, action: str, result: Any) -> str:
     if kind == "tokens" and action == "create":
         # The only time a person needs the secret: show it, once, on its own line.
         out += f"\n\ntoken: {result['spec']['token']}"
-    return out
+    if kind == "domains" and action != "list":
+        out += "\n\n" + api_domains.txt_lines(result)
+    return out.rstrip()
 
 
 # ── argument parsing ────────────────────────────────────────────────────────────────────────
@@ -244,7 +253,7 @@ def _lifetime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--expires", help="absolute expiry, ISO 8601")
 
 
-def _sandbox_commands(kinds: Any) -> None:
+def _sandbox_commands(kinds: Any) -> None:  # argparse's subparsers
     sb = kinds.add_parser("sandboxes", help="sandboxes: where the gateway dials")
     sba = sb.add_subparsers(dest="action", required=True)
     sba.add_parser("list").set_defaults(run=sandboxes_list)
@@ -271,7 +280,7 @@ def _sandbox_commands(kinds: Any) -> None:
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(
         prog="python -m gateway api",
-        description="Manage sandboxes, previews and tokens on a running gateway.",
+        description="Manage sandboxes, previews, tokens and custom domains on a running gateway.",
     )
     root.add_argument(
         "--url",
@@ -282,10 +291,17 @@ def parser() -> argparse.ArgumentParser:
         "--key", default=os.environ.get("GATEWAY_API_KEY"), help="API key (env GATEWAY_API_KEY)"
     )
     root.add_argument("--json", action="store_true", help="print the API's JSON (for scripts)")
-    kinds = root.add_subparsers(dest="kind", required=True, metavar="{sandboxes,previews,tokens}")
-
+    kinds = root.add_subparsers(
+        dest="kind", required=True, metavar="{sandboxes,previews,tokens,domains}"
+    )
     _sandbox_commands(kinds)
+    _preview_commands(kinds)
+    _token_commands(kinds)
+    api_domains.add_parser(kinds)
+    return root
 
+
+def _preview_commands(kinds: Any) -> None:  # argparse's subparsers
     pv = kinds.add_parser("previews", help="previews: one URL per sandbox port")
     pva = pv.add_subparsers(dest="action", required=True)
     p = pva.add_parser("list")
@@ -302,12 +318,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--public", action="store_true", help="no token needed (default: private)")
     p.add_argument("--prefix-url", help="serve at <prefix>-<workspace>.<preview domain>")
+    p.add_argument("--custom-domain", help="also serve at this name of a registered domain")
     p.add_argument("--request-header", action="append", metavar="NAME=VALUE")
     p.add_argument("--response-header", action="append", metavar="NAME=VALUE")
     p.add_argument("--force", action="store_true", help="replace a preview with the same prefix")
     _lifetime_args(p)
     p.set_defaults(run=previews_create)
 
+
+def _token_commands(kinds: Any) -> None:  # argparse's subparsers
     tk = kinds.add_parser("tokens", help="tokens: access to private previews")
     tka = tk.add_subparsers(dest="action", required=True)
     p = tka.add_parser("list")
@@ -327,7 +346,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("preview")
     p.add_argument("token")
     p.set_defaults(run=tokens_delete)
-    return root
 
 
 def main(argv: Sequence[str] | None = None) -> int:

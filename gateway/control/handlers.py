@@ -16,7 +16,7 @@ import json
 import logging
 import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -25,6 +25,8 @@ from pydantic import BaseModel, ValidationError
 
 from gateway.control import openapi
 from gateway.control.api_keys import KeyRing
+from gateway.control.domain_models import DomainIn, domain_out
+from gateway.control.domains import DomainConfig, DomainService, Resolver
 from gateway.control.models import (
     Out,
     PreviewIn,
@@ -46,8 +48,9 @@ from gateway.core.errors import (
     PayloadTooLarge,
     WorkspaceMismatch,
 )
-from gateway.core.records import Preview, Sandbox, TokenRecord, utcnow
+from gateway.core.records import Domain, Preview, Sandbox, TokenRecord, utcnow
 from gateway.core.tokens import TokenSigner
+from gateway.ops.dns_check import TxtResolver
 from gateway.store.base import Registry
 
 log = logging.getLogger("gateway.control")
@@ -80,6 +83,7 @@ class ApiConfig:
     public_scheme: str
     public_port: int
     max_body_bytes: int = 1024 * 1024
+    domains: DomainConfig = field(default_factory=DomainConfig)
 
 
 WORKSPACE = web.RequestKey("workspace", str)
@@ -95,10 +99,19 @@ class ControlApi:
         keys: KeyRing,
         ready: Callable[[], Awaitable[bool]],
         signer: TokenSigner,
+        resolver: Resolver | None = None,
     ) -> None:
         self._config = config
         self._signer = signer
         self.service = ControlService(config.rules, store)
+        rules, domains = config.rules, config.domains
+        self.domains = DomainService(
+            store,
+            resolver or TxtResolver(domains.nameservers, domains.dns_timeout_s),
+            preview_domain=rules.preview_domain,
+            region=rules.region,
+            config=domains,
+        )
         """The domain rules; the handlers below only translate HTTP to and from it."""
         self._keys = keys
         self._ready = ready
@@ -243,6 +256,35 @@ class ControlApi:
         await self.service.delete_token(workspace, sandbox, preview, name)
         return _ok({"message": "Preview token deleted successfully"})
 
+    # ── custom domains ────────────────────────────────────────────────────────────────────
+    async def list_domains(self, request: web.Request) -> web.Response:
+        return _ok([self._domain_out(d) for d in await self.domains.list(request[WORKSPACE])])
+
+    async def create_domain(self, request: web.Request) -> web.Response:
+        body = await _body(request, DomainIn)
+        return _ok(self._domain_out(await self.domains.create(request[WORKSPACE], body)))
+
+    async def get_domain(self, request: web.Request) -> web.Response:
+        name = _path(request, "domainName")
+        return _ok(self._domain_out(await self.domains.get(request[WORKSPACE], name)))
+
+    async def put_domain(self, request: web.Request) -> web.Response:
+        name = _path(request, "domainName")
+        await self.domains.get(request[WORKSPACE], name)  # 404 before 400
+        body = await _body(request, DomainIn)
+        return _ok(self._domain_out(await self.domains.update(request[WORKSPACE], name, body)))
+
+    async def delete_domain(self, request: web.Request) -> web.Response:
+        name = _path(request, "domainName")
+        return _ok(self._domain_out(await self.domains.delete(request[WORKSPACE], name)))
+
+    async def verify_domain(self, request: web.Request) -> web.Response:
+        name = _path(request, "domainName")
+        return _ok(self._domain_out(await self.domains.verify(request[WORKSPACE], name)))
+
+    def _domain_out(self, domain: Domain) -> Out:
+        return domain_out(domain, gateway_host=self._config.rules.preview_domain)
+
     # ── reads ─────────────────────────────────────────────────────────────────────────────
     async def _sandbox(self, request: web.Request) -> Sandbox:
         return await self.service.sandbox(request[WORKSPACE], _path(request, "sandboxName"))
@@ -259,7 +301,9 @@ class ControlApi:
     # ── answers ───────────────────────────────────────────────────────────────────────────
     def _preview_out(self, preview: Preview, status: Status = "DEPLOYED") -> Out:
         config = self._config
-        url = hostnames.public_url(preview.hostname, config.public_scheme, self._public_port)
+        # A custom hostname is the preview's address once set; the random one keeps working.
+        host = preview.custom_domain or preview.hostname
+        url = hostnames.public_url(host, config.public_scheme, self._public_port)
         return preview_out(preview, url=url, region=config.rules.region, status=status)
 
     def _token_out(self, preview: Preview, token: TokenRecord, now: datetime) -> Out:
@@ -286,8 +330,8 @@ def _path(request: web.Request, name: str) -> str:
     """A name from the path. One that breaks the naming rules cannot exist: 404, and it never
     reaches the store (where it could otherwise form another object's key)."""
     value = request.match_info[name]
-    if not PATH_NAMES[name].match(value) or len(value) > 63:
-        kind = name.removesuffix("Name").capitalize()
+    if not PATH_NAMES[name].match(value) or len(value) > openapi.MAX_LENGTHS.get(name, 63):
+        kind = {"domainName": "Custom domain"}.get(name) or name.removesuffix("Name").capitalize()
         raise NotFound(f"{kind} {value[:80]!r} not found")
     return value
 

@@ -290,7 +290,7 @@ class ErrorBody(Out):
 
 
 # ── conversions ─────────────────────────────────────────────────────────────────────────────
-def _ts(value: datetime | None) -> str | None:
+def ts(value: datetime | None) -> str | None:
     return format_timestamp(value) if value is not None else None
 
 
@@ -306,7 +306,7 @@ def sandbox_out(sandbox: Sandbox, *, status: Status = "DEPLOYED") -> SandboxOut:
         spec=SandboxSpecOut(
             target=Target(host=sandbox.target_host),
             ttl=sandbox.ttl,
-            expires=_ts(sandbox.expires_at),
+            expires=ts(sandbox.expires_at),
             lifecycle=LifecycleSpec(
                 wake_url=sandbox.lifecycle.wake_url,
                 wake_timeout_s=sandbox.lifecycle.wake_timeout_s,

@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from gateway import __version__
+from gateway.control.domain_models import DomainIn, DomainOut
 from gateway.control.models import (
     TOKEN_NAME_PATTERN,
     ErrorBody,
@@ -39,16 +40,29 @@ PREVIEWS = SANDBOX + "/previews"
 PREVIEW = PREVIEWS + "/{previewName}"
 TOKENS = PREVIEW + "/tokens"
 TOKEN = TOKENS + "/{tokenName}"
+DOMAINS = "/v0/customdomains"
+DOMAIN = DOMAINS + "/{domainName}"
+VERIFY = DOMAIN + "/verify"
 OPENAPI_PATH = "/v0/openapi.json"
+DOMAIN_NAME_PATTERN = r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$"
+"""A domain in a path: checked fully (``core.domains``) only when it is created."""
 
 PATH_PATTERNS = {
     "sandboxName": NAME_PATTERN,
     "previewName": NAME_PATTERN,
     "tokenName": TOKEN_NAME_PATTERN,
+    "domainName": DOMAIN_NAME_PATTERN,
 }
 """Names in paths. A name outside its pattern cannot exist, so it is answered 404."""
 
-_EXAMPLES = {"sandboxName": "sb", "previewName": "web", "tokenName": "tok"}
+_EXAMPLES = {
+    "sandboxName": "sb",
+    "previewName": "web",
+    "tokenName": "tok",
+    "domainName": "acme.dev",
+}
+MAX_LENGTHS = {"domainName": 253}
+"""Longest name in a path, by parameter; 63 (a DNS label) for the others."""
 
 
 @dataclass(frozen=True)
@@ -111,6 +125,19 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("POST", TOKENS, "create_token", "Create a token for a private preview", TokenOut,
              body=TokenIn, errors=_WRITE_ERRORS),
     Endpoint("DELETE", TOKEN, "delete_token", "Revoke a token", MessageOut),
+    Endpoint("GET", DOMAINS, "list_domains", "List the workspace's custom domains", DomainOut,
+             many=True, errors=(401, 403, 503)),
+    Endpoint("POST", DOMAINS, "create_domain",
+             "Register a custom domain (pending until verified over DNS)", DomainOut,
+             body=DomainIn, errors=(400, 401, 403, 409, 413, 503)),
+    Endpoint("GET", DOMAIN, "get_domain", "Get a custom domain", DomainOut),
+    Endpoint("PUT", DOMAIN, "put_domain",
+             "Replace a custom domain's display name, region and fallback", DomainOut,
+             body=DomainIn, errors=_WRITE_ERRORS),
+    Endpoint("DELETE", DOMAIN, "delete_domain",
+             "Delete a custom domain; its previews stop answering on it", DomainOut),
+    Endpoint("POST", VERIFY, "verify_domain",
+             "Check the TXT record now: verified, or failed with the reason", DomainOut),
 )  # fmt: skip
 
 _REASONS = {
@@ -134,7 +161,11 @@ def _path_params(path: str) -> list[dict[str, Any]]:
                     "name": name,
                     "in": "path",
                     "required": True,
-                    "schema": {"type": "string", "pattern": pattern, "maxLength": 63},
+                    "schema": {
+                        "type": "string",
+                        "pattern": pattern,
+                        "maxLength": MAX_LENGTHS.get(name, 63),
+                    },
                     "example": _EXAMPLES[name],
                 }
             )

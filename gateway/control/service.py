@@ -25,12 +25,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from gateway.control.domains import attach, resync
 from gateway.control.models import Lifetime, PreviewIn, SandboxIn, StateIn, TokenIn
 from gateway.control.openapi import PATH_PATTERNS
 from gateway.core import hostnames
 from gateway.core.errors import BadRequest, Conflict, NotFound
 from gateway.core.netpolicy import IPNetwork, address_allowed, is_ip_literal
-from gateway.core.records import Lifecycle, Preview, Sandbox, TokenRecord, utcnow
+from gateway.core.records import CustomHost, Lifecycle, Preview, Sandbox, TokenRecord, utcnow
 from gateway.core.timeparse import parse_timestamp
 from gateway.core.tokens import new_token_id
 from gateway.store.base import PutResult, Registry
@@ -96,6 +97,7 @@ class ControlService:
         result = await self._store.put_sandbox(sandbox, create=False, must_exist=True)
         if result is not PutResult.OK:
             raise NotFound(f"Sandbox {sandbox.name} not found")
+        await resync(self._store, sandbox.workspace)  # custom hostnames follow the target
         return sandbox
 
     async def set_state(self, existing: Sandbox, body: StateIn) -> Sandbox:
@@ -109,6 +111,7 @@ class ControlService:
 
     async def delete_sandbox(self, workspace: str, name: str) -> Sandbox:
         deleted = await self._store.delete_sandbox(workspace, name)
+        await resync(self._store, workspace)
         if deleted is None or deleted.expired(self._now()):
             # An expired sandbox is deleted all the same, but it was already "not found".
             raise NotFound(f"Sandbox {name} not found")
@@ -131,12 +134,14 @@ class ControlService:
         self, sandbox: Sandbox, body: PreviewIn, *, force: bool = False
     ) -> Preview:
         """A new preview; ``force`` takes its hostname from another preview of the workspace."""
-        preview = self._preview_from(body, sandbox, existing=None)
+        domain = await self._domain_of(sandbox, body)
+        preview = self._preview_from(body, sandbox, existing=None, domain=domain)
         result = await self._store.put_preview(preview, create=True, force=force)
-        if result is not PutResult.OK and await self._reap_conflict(result, preview):
+        if result is not PutResult.OK and await self._reap_conflict(result, preview, force):
             # The name or hostname was held by an expired preview, now gone: try once more.
             result = await self._store.put_preview(preview, create=True, force=force)
         _raise_for(result, preview)
+        await resync(self._store, preview.workspace)
         return preview
 
     async def replace_preview(
@@ -144,14 +149,16 @@ class ControlService:
     ) -> Preview:
         if body.metadata.name != name:
             raise BadRequest("metadata.name: must match the preview name in the path")
+        domain = await self._domain_of(sandbox, body)
 
         def replace(current: Preview) -> Preview:
-            return self._preview_from(body, sandbox, existing=current)
+            return self._preview_from(body, sandbox, existing=current, domain=domain)
 
         return await self._update_preview(sandbox.workspace, sandbox.name, name, replace, force)
 
     async def delete_preview(self, sandbox: Sandbox, name: str) -> Preview:
         deleted = await self._store.delete_preview(sandbox.workspace, sandbox.name, name)
+        await resync(self._store, sandbox.workspace)
         if deleted is None or deleted.expired(self._now()):
             raise NotFound(f"Preview {name} not found")
         return deleted
@@ -224,10 +231,13 @@ class ControlService:
                 updated, create=False, force=force, expect_revision=current.revision
             )
             if result is PutResult.OK:
+                # A custom hostname's route carries the same tokens, port and headers: a
+                # revocation must reach it as it reaches the preview's own hostname.
+                await resync(self._store, workspace)
                 return updated
             if result is PutResult.CHANGED:
                 continue
-            if attempt == 0 and await self._reap_conflict(result, updated):
+            if attempt == 0 and await self._reap_conflict(result, updated, force):
                 continue
             _raise_for(result, updated)
         raise Conflict("The preview is being changed concurrently; try again")
@@ -251,14 +261,43 @@ class ControlService:
             return True
         return False
 
-    async def _reap_conflict(self, result: PutResult, preview: Preview) -> bool:
+    async def _reap_conflict(self, result: PutResult, preview: Preview, force: bool) -> bool:
         if result is PutResult.NAME_EXISTS:
             return await self._reap(preview.workspace, preview.sandbox, preview.name)
+        if result is PutResult.HOST_TAKEN and await self._free_custom(preview, force):
+            return True
         if result is PutResult.HOST_TAKEN:
             holder = await self._store.get_route(preview.hostname)
             if holder is not None and holder.expired(self._now()):
                 return await self._reap(holder.workspace, holder.sandbox, holder.preview)
         return False
+
+    async def _free_custom(self, preview: Preview, force: bool) -> bool:
+        """Frees the preview's custom hostname when its holder is gone, expired, or (with
+        ``force``) another preview of the same workspace, which is deleted."""
+        host = preview.custom_domain
+        entry = await self._store.get_custom_host(host) if host else None
+        if entry is None:
+            return False
+        if _holder(entry) == (preview.workspace, preview.sandbox, preview.name):
+            return False
+        holder = await self._store.get_preview(*_holder(entry))
+        if holder is None or holder.custom_domain != host:
+            await self._store.sync_domain(entry.domain)  # a stale entry: the sync drops it
+            return True
+        now = self._now()
+        if holder.expired(now):
+            # Only if still expired inside the delete: never a holder renewed in between.
+            await self._store.delete_preview(*_holder(entry), only_expired_at=now)
+            return True
+        if force and entry.workspace == preview.workspace:
+            await self._store.delete_preview(*_holder(entry))
+            return True
+        return False
+
+    async def _domain_of(self, sandbox: Sandbox, body: PreviewIn) -> str | None:
+        host = body.spec.custom_domain
+        return await attach(self._store, sandbox.workspace, host) if host else None
 
     # ── building records ──────────────────────────────────────────────────────────────────
     def _expiry(self, spec: Lifetime, created: datetime) -> datetime | None:
@@ -303,14 +342,14 @@ class ControlService:
         preview_id = hostnames.random_preview_id()
         return hostnames.random_hostname(preview_id, config.region, config.preview_domain)
 
-    def _preview_from(self, body: PreviewIn, sandbox: Sandbox, existing: Preview | None) -> Preview:
+    def _preview_from(
+        self, body: PreviewIn, sandbox: Sandbox, existing: Preview | None, domain: str | None
+    ) -> Preview:
         """A preview from a request body. A replacement (``existing``) keeps its identity
         (uid, so tokens stay valid), its tokens and, without a prefixUrl, its random hostname."""
         spec = body.spec
         if spec.port in self._config.blocked_ports:
             raise BadRequest(f"spec.port: port {spec.port} is reserved and cannot be previewed")
-        if spec.custom_domain:
-            raise BadRequest("spec.customDomain: custom domains are not supported yet")
         hostname = self._hostname(body, sandbox, existing)
         now = self._now()
         created = existing.created_at if existing else now
@@ -326,6 +365,7 @@ class ControlService:
             hostname=hostname,
             prefix_url=spec.prefix_url,
             custom_domain=spec.custom_domain,
+            domain=domain,
             request_headers=spec.request_headers or {},
             response_headers=spec.response_headers or {},
             created_at=created,
@@ -337,11 +377,18 @@ class ControlService:
         )
 
 
+def _holder(entry: CustomHost) -> tuple[str, str, str]:
+    return entry.workspace, entry.sandbox, entry.preview
+
+
 def _raise_for(result: PutResult, preview: Preview) -> None:
     if result is PutResult.NAME_EXISTS:
         raise Conflict(f"Preview {preview.name} already exists")
     if result is PutResult.HOST_TAKEN:
-        raise Conflict(f"Another preview already uses {preview.hostname}")
+        where = f"{preview.hostname} or {preview.custom_domain}"
+        raise Conflict(
+            f"Another preview already uses {where if preview.custom_domain else preview.hostname}"
+        )
     if result is PutResult.NO_SANDBOX:
         raise NotFound(f"Sandbox {preview.sandbox} not found")
     if result is PutResult.CHANGED:

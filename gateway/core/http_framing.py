@@ -33,6 +33,11 @@ class HeadTooLarge(FramingError):
 _SIZE, _EXT, _SIZE_LF, _DATA, _DATA_CR, _DATA_LF = range(6)
 _TRAILER, _TRAILER_LINE, _TRAILER_LF, _FINAL_LF, _DONE = range(6, 11)
 _CR, _LF, _SEMICOLON = 0x0D, 0x0A, 0x3B
+_FRAMING_TRAILERS = frozenset({b"content-length", b"transfer-encoding", b"host"})
+"""Fields a trailer may not carry (RFC 9110 §6.5.1): a lenient parser behind the gateway that
+merges trailers into the head would reframe or reroute the message (threat model S06)."""
+_TRAILER_NAME_MAX = 20
+"""Longer than any name in ``_FRAMING_TRAILERS``: past it, a trailer's name is not one of them."""
 _HEX_VALUE: dict[int, int] = {ord(c): int(c, 16) for c in "0123456789abcdefABCDEF"}
 
 
@@ -44,10 +49,11 @@ class ChunkedScanner:
     smuggling starts), and the data of each chunk is followed by CRLF.
 
     Raises ``FramingError`` on a malformed size line, a size over 16 hex digits, a missing CRLF
-    after chunk data, an over-long extension or trailer section, or bytes fed after the end.
+    after chunk data, an over-long extension or trailer section, a trailer named
+    Content-Length, Transfer-Encoding or Host, or bytes fed after the end.
     """
 
-    __slots__ = ("_digits", "_line", "_remaining", "_size", "_state", "_trailer")
+    __slots__ = ("_digits", "_line", "_name", "_remaining", "_size", "_state", "_trailer")
 
     def __init__(self) -> None:
         self._state = _SIZE
@@ -56,6 +62,8 @@ class ChunkedScanner:
         self._remaining = 0
         self._line = 0
         self._trailer = 0
+        self._name: bytearray | None = None
+        """The start of the current trailer line, until its name is known."""
 
     @property
     def done(self) -> bool:
@@ -94,6 +102,7 @@ class ChunkedScanner:
             else:
                 self._line = 1
                 self._check_line_byte(byte)
+                self._name = bytearray((byte,))
                 self._state = _TRAILER_LINE
         elif byte != (_CR if state == _DATA_CR else _LF):
             raise FramingError("malformed chunked framing: CRLF expected")
@@ -129,6 +138,17 @@ class ChunkedScanner:
         if byte == _LF or byte == 0:
             raise FramingError("malformed chunk extension or trailer")
 
+    def _check_trailer_name(self, piece: bytes | bytearray, *, done: bool) -> None:
+        assert self._name is not None
+        self._name += piece[:_TRAILER_NAME_MAX]
+        colon = self._name.find(b":")
+        if colon < 0 and not done and len(self._name) < _TRAILER_NAME_MAX:
+            return  # the name goes on in the next piece
+        name = self._name[:colon] if colon >= 0 else self._name
+        self._name = None
+        if bytes(name).strip().lower() in _FRAMING_TRAILERS:
+            raise FramingError("a trailer may not carry framing or routing fields")
+
     def _skip_line(self, data: bytes | bytearray, i: int, n: int) -> int:
         """Pass over an extension or a trailer line up to its CR: bounded, no bare LF or NUL."""
         stop = min(n, i + MAX_LINE_BYTES + 1 - self._line)
@@ -138,6 +158,8 @@ class ChunkedScanner:
             raise FramingError("malformed chunk extension or trailer")
         self._line += end - i
         if self._state == _TRAILER_LINE:
+            if self._name is not None:
+                self._check_trailer_name(data[i:end], done=cr >= 0)
             self._trailer += end - i + 2
             if self._trailer > MAX_HEAD_BYTES:
                 raise FramingError("chunked trailers too large")

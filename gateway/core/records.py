@@ -87,6 +87,8 @@ class Preview(_Expiring):
     hostname: str
     prefix_url: str | None = None
     custom_domain: str | None = None
+    domain: str | None = None
+    """The registered domain that ``custom_domain`` is (or is under), chosen when written."""
     request_headers: dict[str, str] = Field(default_factory=dict)
     response_headers: dict[str, str] = Field(default_factory=dict)
     created_at: datetime = Field(default_factory=utcnow)
@@ -94,6 +96,47 @@ class Preview(_Expiring):
     ttl: str | None = None
     expires: str | None = None
     tokens: dict[str, TokenRecord] = Field(default_factory=dict)
+
+
+DomainStatus = Literal["pending", "verified", "failed"]
+
+
+class Domain(_Record):
+    """A custom domain a workspace registered. Its previews and its fallback are served only
+    while ``status`` is ``verified``; the edge never reads this record, only the routes written
+    from it (``store.rules.plan_domain_routes``)."""
+
+    name: str
+    workspace: str
+    display_name: str | None = None
+    status: DomainStatus = "pending"
+    txt_value: str
+    """The random value the owner publishes at ``_preview-gateway-challenge.<name>``."""
+    last_verified_at: datetime | None = None
+    verification_error: str | None = None
+    missing_since: datetime | None = None
+    """When a re-check of a verified domain first missed the record; cleared when it is found.
+    The domain keeps serving until ``missing_since + grace``."""
+    fallback: str | None = None
+    """``<sandbox>/<preview>`` taking every unknown name under the domain."""
+    region: str = ""
+    revision: int = 0
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+    @property
+    def served(self) -> bool:
+        return self.status == "verified"
+
+
+class CustomHost(_Record):
+    """Who holds a custom hostname (``Preview.custom_domain``), verified or not: two previews
+    can never take the same one, and a domain finds its previews through these entries."""
+
+    domain: str
+    workspace: str
+    sandbox: str
+    preview: str
 
 
 class Route(_Expiring):
@@ -159,6 +202,27 @@ class Keys:
 
     def route(self, hostname: str) -> str:
         return f"{self.prefix}route:{hostname}"
+
+    def domain(self, name: str) -> str:
+        return f"{self.prefix}dom:{name}"
+
+    def domains(self, workspace: str) -> str:
+        return f"{self.prefix}doms:{workspace}"
+
+    def all_domains(self) -> str:
+        """Every registered domain's name: what the periodic re-check walks."""
+        return f"{self.prefix}doms-all"
+
+    def domain_tree(self, name: str) -> str:
+        """Hash of workspace -> how many of its domains are ``name`` or under it."""
+        return f"{self.prefix}domtree:{name}"
+
+    def domain_hosts(self, name: str) -> str:
+        """The domain's table: custom hostnames of previews attached to it."""
+        return f"{self.prefix}domhosts:{name}"
+
+    def custom_host(self, hostname: str) -> str:
+        return f"{self.prefix}chost:{hostname}"
 
     def expiries(self) -> str:
         return f"{self.prefix}expiries"

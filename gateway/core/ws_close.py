@@ -22,6 +22,13 @@ _RESERVED_CODES = {1005: 1000, 1006: 1011, 1015: 1011}
 MAX_REASON_BYTES = 123
 
 
+def valid_received_code(code: int) -> bool:
+    """May a peer's close frame carry ``code``? RFC 6455 §7.4: the defined codes (1004 is
+    reserved; 1005, 1006 and 1015 never go on the wire) and the 3000-4999 range. Any other code
+    is a protocol error, answered with 1002 (Autobahn 7.9.*), not relayed or mapped."""
+    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
+
+
 def wire_close_code(code: int | None) -> int:
     """The code to put in a close frame for a side that ended with ``code``."""
     if code is None or code == 0:

@@ -1,5 +1,5 @@
-"""An incremental RFC 6455 frame scanner for a relay that moves raw bytes, and the few frames
-the gateway writes itself.
+"""An incremental RFC 6455 frame scanner for a relay that moves raw bytes (the frames the
+gateway writes itself are built by ``ws_wire``).
 
 The scanner is fed the bytes one peer sent, in whatever pieces they arrived, and says which of
 them may go on to the other peer as they are. It reads frame headers only: data payloads are
@@ -21,17 +21,16 @@ its own without splitting one of the peer's.
 from __future__ import annotations
 
 import codecs
-import secrets
 import struct
 
 from gateway.core.ws_close import (
     MESSAGE_TOO_BIG,
     NO_STATUS,
     PROTOCOL_ERROR,
-    wire_reason,
+    valid_received_code,
 )
+from gateway.core.ws_wire import OP_BINARY, OP_CLOSE, OP_CONT, OP_PONG, OP_TEXT, unmask
 
-OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 INVALID_PAYLOAD = 1007
 
 # What ``scan`` returns first, saying what the bytes up to its second value were.
@@ -72,45 +71,6 @@ class Control:
     @property
     def close_reason(self) -> str:
         return self.payload[2:].decode("utf-8", errors="replace")
-
-
-def unmask(payload: bytes, key: bytes) -> bytes:
-    """XOR with the 4-byte key (for control payloads: at most 125 bytes)."""
-    return bytes(b ^ key[i & 3] for i, b in enumerate(payload))
-
-
-def _head(b0: int, n: int, mask: bool) -> bytes:
-    flag = 0x80 if mask else 0
-    if n < 126:
-        return bytes((b0, flag | n))
-    if n < 1 << 16:
-        return bytes((b0, flag | 126)) + struct.pack("!H", n)
-    return bytes((b0, flag | 127)) + struct.pack("!Q", n)
-
-
-def build_frame(
-    opcode: int, payload: bytes = b"", *, mask: bool, key: bytes | None = None
-) -> bytes:
-    """One final frame; masked (with a random key unless given) toward an upstream, whose
-    client the gateway is."""
-    head = _head(0x80 | opcode, len(payload), mask)
-    if not mask:
-        return head + payload
-    key = secrets.token_bytes(4) if key is None else key
-    return head + key + unmask(payload, key)
-
-
-def ping_frame(payload: bytes, *, mask: bool, key: bytes | None = None) -> bytes:
-    return build_frame(OP_PING, payload, mask=mask, key=key)
-
-
-def pong_frame(payload: bytes, *, mask: bool, key: bytes | None = None) -> bytes:
-    return build_frame(OP_PONG, payload, mask=mask, key=key)
-
-
-def close_frame(code: int, reason: str = "", *, mask: bool, key: bytes | None = None) -> bytes:
-    """A close frame with ``code`` (one allowed on the wire) and ``reason`` cut to fit."""
-    return build_frame(OP_CLOSE, struct.pack("!H", code) + wire_reason(reason), mask=mask, key=key)
 
 
 def _parse_head(buf: bytes, off: int) -> tuple[int, int, int, bytes] | None:
@@ -403,6 +363,9 @@ class FrameScanner:
             return CONTROL, end
         if len(control.payload) == 1:
             self.failure = (PROTOCOL_ERROR, "protocol error")
+            return FAILED, off
+        if len(control.payload) >= 2 and not valid_received_code(control.close_code):
+            self.failure = (PROTOCOL_ERROR, "invalid close code")
             return FAILED, off
         try:
             control.payload[2:].decode("utf-8")

@@ -1,4 +1,4 @@
-"""The protocol edge's listener: one ``asyncio.Protocol`` per client connection, heads parsed
+"""The edge's client connections: one ``asyncio.Protocol`` per client connection, heads parsed
 strictly by httptools (llhttp), bodies relayed raw by the exchange.
 
 The listener finds the end of each head itself and gives httptools only the head, so the body
@@ -71,8 +71,12 @@ def parse_head(raw: bytes, peer: str) -> tuple[RequestHead, bool]:
         pass  # the upgrade itself is decided by the planner and the upstream
     except httptools.HttpParserError as exc:
         raise BadRequest("The request could not be parsed.") from exc
+    http_version = parser.get_http_version()
+    if http_version not in ("1.0", "1.1"):
+        # llhttp reads "GET /a\r\n" as HTTP/0.9 and the next line as a header (threat model S16).
+        raise BadRequest("The request could not be parsed.")
     headers = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in cb.headers]
-    version = (1, 1) if parser.get_http_version() == "1.1" else (1, 0)
+    version = (1, 1) if http_version == "1.1" else (1, 0)
     # Not parser.should_keep_alive(): llhttp resets its flags once a bodiless message is complete.
     tokens = {
         t.strip().lower()

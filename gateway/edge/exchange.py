@@ -1,4 +1,4 @@
-"""One request's relay on the protocol edge: upstream head out, body bytes both ways.
+"""One request's relay: upstream head out, body bytes both ways.
 
 The request task awaits the route, admission and a pooled connection; from then on the bytes
 move in protocol callbacks (no coroutine per chunk), and the task waits for one future. Bodies
@@ -42,7 +42,7 @@ def not_upgraded() -> UpstreamBadResponse:
 
 
 class Client(Protocol):
-    """What the exchange needs of the client connection (``listener.ClientConnection``)."""
+    """What the exchange needs of the client connection (``connection.ClientConnection``)."""
 
     transport: asyncio.Transport
     version: tuple[int, int]

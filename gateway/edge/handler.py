@@ -1,4 +1,4 @@
-"""The protocol edge's request task: Host → route → plan → pooled connection → relay.
+"""The edge's request task: Host → route → plan → pooled connection → relay.
 
 One task per request, spawned by the client connection once a head is parsed; the access
 record, metrics and request ids are kept as ``server.Edge.handle`` keeps them.

@@ -1,4 +1,4 @@
-"""The protocol edge's server: accepts connections (``listener.ClientConnection``), owns the
+"""The edge server: accepts connections (``connection.ClientConnection``), owns the
 request tasks in one ``TaskGroup``, and drains on shutdown: it stops accepting, closes idle
 keep-alive connections, gives busy ones ``grace_s`` to finish their response, then cuts the rest.
 """

@@ -219,23 +219,6 @@ class WebSocketHub:
         if not done.cancelled():
             done.result().note(record)
 
-    async def run_tunnel(
-        self,
-        tunnel: RawTunnel,
-        route: Route,
-        host: str,
-        record: log.AccessRecord,
-        credentials: object = None,
-    ) -> TunnelEnd | None:
-        """``attach``, then wait for the tunnel's end. If cancelled, the connections are cut."""
-        self.attach(tunnel, route, host, record, credentials)
-        try:
-            await asyncio.wait((tunnel.done,))
-        finally:
-            if not tunnel.done.done():
-                tunnel.abort()  # cancelled: neither connection may leak
-        return tunnel.done.result()
-
     # ── re-admission ────────────────────────────────────────────────────────────────────────
     async def run(self) -> None:
         """Re-admit tunnels whose route changed or whose token ran out, until cancelled (the

@@ -37,10 +37,12 @@ from gateway.core.ws_frames import (
     FAILED,
     FORWARD,
     NEED_MORE,
-    OP_CLOSE,
-    OP_PING,
     Control,
     FrameScanner,
+)
+from gateway.core.ws_wire import (
+    OP_CLOSE,
+    OP_PING,
     close_frame,
     ping_frame,
 )

@@ -140,6 +140,18 @@ class Settings(BaseSettings):
     cache_max_entries: int = Field(100_000, ge=1)
     """Routes kept in memory; least recently used ones go first."""
 
+    # ── custom domains ──────────────────────────────────────────────────────────────────────
+    dns_nameservers: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Comma-separated `host` or `host:port` DNS servers for the TXT ownership check of custom
+    domains; unset means the system's resolver."""
+    dns_timeout_s: float = Field(3.0, gt=0)
+    """How long one TXT lookup may take; longer counts as a failed check (`timeout`)."""
+    domain_recheck_interval_s: float = Field(300.0, gt=0)
+    """Every replica re-checks the TXT record of every verified domain this often."""
+    domain_grace_s: float = Field(3600.0, ge=0)
+    """A verified domain whose record has gone keeps serving this long, then turns `failed`
+    and is no longer served."""
+
     # ── WebSockets and shutdown ─────────────────────────────────────────────────────────────
     ws_idle_timeout_s: float = Field(900.0, ge=0)
     """A relayed WebSocket with no data frames in either direction this long is closed (1001).
@@ -167,6 +179,7 @@ class Settings(BaseSettings):
         "trusted_proxies",
         "token_keys",
         "ws_allowed_origins",
+        "dns_nameservers",
         mode="before",
     )
     @classmethod

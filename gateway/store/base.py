@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Protocol
 
-from gateway.core.records import Preview, Route, Sandbox
+from gateway.core.records import CustomHost, Domain, Preview, Route, Sandbox
 
 FLUSH_ALL = "*"
 """Invalidation meaning "drop every cached entry" (sent after a resubscribe, when messages may
@@ -70,6 +70,32 @@ class Registry(Protocol):
         self, workspace: str, sandbox: str, name: str, *, only_expired_at: datetime | None = None
     ) -> Preview | None: ...
     async def expired(self, now: datetime) -> list[tuple[str, str, str | None]]: ...
+
+    # custom domains (issue 11)
+    async def get_domain(self, name: str) -> Domain | None: ...
+    async def list_domains(self, workspace: str | None) -> list[Domain]:
+        """The workspace's domains by name; ``None``: every workspace's (the re-check)."""
+        ...
+
+    async def put_domain(
+        self, domain: Domain, *, create: bool, expect_revision: int | None = None
+    ) -> PutResult:
+        """Writes the domain and, in the same transaction, the routes derived from it
+        (``rules.plan_domain_routes``). Create: ``NAME_EXISTS``, or ``HOST_TAKEN`` when the
+        name is inside another workspace's domain or holds one. Update: ``CHANGED`` when the
+        stored revision is not ``expect_revision`` (or the domain is gone)."""
+        ...
+
+    async def delete_domain(self, name: str) -> Domain | None:
+        """Deletes the domain, its table and every route derived from it."""
+        ...
+
+    async def sync_domain(self, name: str) -> None:
+        """Rewrites the routes derived from the domain from what the store holds now (after a
+        preview, its sandbox or the fallback target changed)."""
+        ...
+
+    async def get_custom_host(self, hostname: str) -> CustomHost | None: ...
 
 
 class Store(RouteSource, Registry, WakeLocks, Protocol):

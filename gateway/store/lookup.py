@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 
+from gateway.core.domains import fallback_candidates
 from gateway.core.errors import RoutingUnavailable
 from gateway.core.hostnames import wildcard_candidates
 from gateway.core.records import Route, utcnow
@@ -36,6 +37,7 @@ class RouteLookup:
         stale_grace_s: float,
         max_entries: int,
         private_stale_grace_s: float | None = None,
+        preview_domain: str | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], datetime] = utcnow,
     ) -> None:
@@ -45,6 +47,8 @@ class RouteLookup:
         self._timeout_s = timeout_s
         self._wall_clock = wall_clock
         self._private_grace_s = private_stale_grace_s
+        self._preview_domain = preview_domain
+        """Set: unknown names outside it fall back to their nearest domain's fallback route."""
         self._cache: RouteCache[Route] = RouteCache(
             clock=clock,
             ttl_s=ttl_s,
@@ -63,13 +67,21 @@ class RouteLookup:
         self._listeners.append(listener)
 
     async def find(self, host: str) -> Route | None:
-        """The route for a canonical host: an exact name first, then a one-label wildcard."""
-        for key in wildcard_candidates(host):
+        """The route for a canonical host: an exact name (a preview's own hostname, or a
+        custom-domain preview's) first, then a one-label wildcard, then the fallback of the
+        nearest registered parent domain. One cached key per step and label: never a scan."""
+        route = await self._first(wildcard_candidates(host))
+        if route is None and self._preview_domain is not None:
+            route = await self._first(fallback_candidates(host, self._preview_domain))
+        # Most routes never expire: no clock read for them.
+        if route is not None and route.expires_at is not None:
+            return None if route.expired(self._wall_clock()) else route
+        return route
+
+    async def _first(self, keys: list[str]) -> Route | None:
+        for key in keys:
             route = await self._get(key)
             if route is not None:
-                # Most routes never expire: no clock read for them.
-                if route.expires_at is not None and route.expired(self._wall_clock()):
-                    return None
                 return route
         return None
 

@@ -7,9 +7,16 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from datetime import datetime
 
-from gateway.core.records import Preview, Route, Sandbox
+from gateway.core import domains
+from gateway.core.records import CustomHost, Domain, Preview, Route, Sandbox
 from gateway.store.base import PutResult
-from gateway.store.rules import deletable, plan_preview_put, plan_sandbox_put
+from gateway.store.rules import (
+    Attached,
+    deletable,
+    plan_domain_routes,
+    plan_preview_put,
+    plan_sandbox_put,
+)
 
 
 class MemoryStore:
@@ -20,6 +27,9 @@ class MemoryStore:
         self._sandboxes: dict[tuple[str, str], Sandbox] = {}
         self._previews: dict[tuple[str, str, str], Preview] = {}
         self._routes: dict[str, Route] = {}
+        self._domains: dict[str, Domain] = {}
+        self._custom: dict[str, CustomHost] = {}
+        self._domain_hosts: dict[str, set[str]] = {}
         self._subscribers: set[asyncio.Queue[str]] = set()
         self._wake_locks: dict[tuple[str, str], float] = {}
         self.errors: dict[str, int] = {}
@@ -70,6 +80,7 @@ class MemoryStore:
             del self._previews[(workspace, name, preview.name)]
             self._routes.pop(preview.hostname, None)
             touched.append(preview.hostname)
+            touched += self._release_custom(preview)
         self._publish(touched)
         return sandbox
 
@@ -91,6 +102,8 @@ class MemoryStore:
             create=create,
             force=force,
             expect_revision=expect_revision,
+            custom_holder=self._custom.get(preview.custom_domain or ""),
+            domain=self._domains.get(preview.domain or ""),
         )
         if isinstance(write, PutResult):
             return write
@@ -98,6 +111,14 @@ class MemoryStore:
             self._previews.pop(write.evict, None)
         if write.old_hostname is not None:
             self._routes.pop(write.old_hostname, None)
+        old = self._previews.get(key)
+        if write.old_custom is not None and old is not None:
+            self._release_custom(old)
+        if write.custom is not None and preview.custom_domain:
+            self._custom[preview.custom_domain] = write.custom
+            self._domain_hosts.setdefault(write.custom.domain, set()).add(preview.custom_domain)
+        if write.custom_route is not None:
+            self._routes[write.custom_route.hostname] = write.custom_route
         self._previews[key] = write.stored
         self._routes[preview.hostname] = write.route
         self._publish(write.touched)
@@ -111,7 +132,7 @@ class MemoryStore:
         preview = self._previews.pop((workspace, sandbox, name), None)
         if preview is not None:
             self._routes.pop(preview.hostname, None)
-            self._publish([preview.hostname])
+            self._publish([preview.hostname, *self._release_custom(preview)])
         return preview
 
     async def expired(self, now: datetime) -> list[tuple[str, str, str | None]]:
@@ -122,6 +143,93 @@ class MemoryStore:
             (p.workspace, p.sandbox, p.name) for p in self._previews.values() if p.expired(now)
         ]
         return found
+
+    # ── custom domains ─────────────────────────────────────────────────────────────────────
+    async def get_domain(self, name: str) -> Domain | None:
+        return self._domains.get(name)
+
+    async def list_domains(self, workspace: str | None) -> list[Domain]:
+        found = (d for d in self._domains.values() if workspace in (None, d.workspace))
+        return sorted(found, key=lambda d: d.name)
+
+    async def get_custom_host(self, hostname: str) -> CustomHost | None:
+        return self._custom.get(hostname)
+
+    async def put_domain(
+        self, domain: Domain, *, create: bool, expect_revision: int | None = None
+    ) -> PutResult:
+        old = self._domains.get(domain.name)
+        if create:
+            if old is not None:
+                return PutResult.NAME_EXISTS
+            parents = {
+                n: d.workspace
+                for n in domains.ancestors(domain.name)
+                if (d := self._domains.get(n))
+            }
+            tree = {
+                d.workspace for d in self._domains.values() if domains.under(d.name, domain.name)
+            }
+            if domains.claim_conflict(domain.workspace, parents, tree):
+                return PutResult.HOST_TAKEN
+        elif old is None or (expect_revision is not None and old.revision != expect_revision):
+            return PutResult.CHANGED
+        revision = old.revision + 1 if old else 0
+        self._domains[domain.name] = domain.model_copy(update={"revision": revision})
+        self._sync(domain.name)
+        return PutResult.OK
+
+    async def delete_domain(self, name: str) -> Domain | None:
+        domain = self._domains.pop(name, None)
+        if domain is not None:
+            self._sync(name)
+            self._domain_hosts.pop(name, None)
+        return domain
+
+    async def sync_domain(self, name: str) -> None:
+        self._sync(name)
+
+    def _sync(self, name: str) -> None:
+        domain = self._domains.get(name)
+        rows = []
+        for host in sorted(self._domain_hosts.get(name, set())):
+            entry = self._custom.get(host)
+            preview = sandbox = None
+            if entry is not None:
+                preview = self._previews.get((entry.workspace, entry.sandbox, entry.preview))
+                sandbox = self._sandboxes.get((entry.workspace, entry.sandbox))
+            rows.append(Attached(host, entry, preview, sandbox))
+        target = target_sandbox = None
+        if domain is not None and domain.fallback:
+            sb, _, pv = domain.fallback.partition("/")
+            target = self._previews.get((domain.workspace, sb, pv))
+            target_sandbox = self._sandboxes.get((domain.workspace, sb))
+        plan = plan_domain_routes(name, domain, rows, (target, target_sandbox))
+        for host in plan.dropped:
+            self._domain_hosts.get(name, set()).discard(host)
+        for host in plan.forgotten:
+            self._custom.pop(host, None)
+        for key in plan.removed:
+            self._routes.pop(key, None)
+        self._routes.update(plan.routes)
+        self._publish(plan.touched)
+
+    def _release_custom(self, preview: Preview) -> list[str]:
+        """Drops the preview's custom hostname (entry, table row, route); what it touched."""
+        host = preview.custom_domain
+        entry = self._custom.get(host or "")
+        if host is None or entry is None:
+            return []
+        if (entry.workspace, entry.sandbox, entry.preview) != (
+            preview.workspace,
+            preview.sandbox,
+            preview.name,
+        ):
+            return []
+        del self._custom[host]
+        self._domain_hosts.get(entry.domain, set()).discard(host)
+        self._routes.pop(host, None)
+        return [host]
 
     async def invalidations(self) -> AsyncIterator[str]:
         queue: asyncio.Queue[str] = asyncio.Queue()

@@ -12,25 +12,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import TypeVar
 
 import redis.asyncio as aioredis
-from pydantic import BaseModel, ValidationError
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError, WatchError
+from redis.exceptions import RedisError
 
-from gateway.core.errors import RoutingUnavailable
-from gateway.core.records import Keys, Preview, Route, Sandbox
+from gateway.core.records import CustomHost, Domain, Preview, Route, Sandbox
 from gateway.store.base import FLUSH_ALL, PutResult
+from gateway.store.redis_base import load, text
+from gateway.store.redis_domains import RedisDomainTable
 from gateway.store.rules import deletable, plan_preview_put, plan_sandbox_put
 
 log = logging.getLogger("gateway.routing")
-
-M = TypeVar("M", bound=BaseModel)
-T = TypeVar("T")
 
 
 def connect_redis(url: str, timeout_s: float) -> aioredis.Redis:
@@ -49,7 +45,7 @@ def connect_redis(url: str, timeout_s: float) -> aioredis.Redis:
     )
 
 
-class RedisStore:
+class RedisStore(RedisDomainTable):
     def __init__(
         self,
         client: aioredis.Redis,
@@ -58,13 +54,10 @@ class RedisStore:
         *,
         ping_interval_s: float = 5.0,
     ) -> None:
-        self._client = client
+        super().__init__(client, prefix)
         # Pub/sub blocks on reads for as long as nothing is published, so it needs a client
         # without the short socket timeout of the request path.
         self._sub = subscriber
-        self.errors = {"command": 0, "transaction": 0, "subscriber": 0}
-        """Redis failures by kind of operation, for the ``gateway_store_errors`` metric."""
-        self._keys = Keys(prefix)
         self._ping_interval_s = ping_interval_s
         """How long the subscription may be quiet before it is pinged (a dead link shows up)."""
 
@@ -76,16 +69,16 @@ class RedisStore:
         await self._sub.aclose()
 
     async def get_route(self, hostname: str) -> Route | None:
-        return _load(Route, await self._call(self._client.get(self._keys.route(hostname))))
+        return load(Route, await self._call(self._client.get(self._keys.route(hostname))))
 
     async def get_sandbox(self, workspace: str, name: str) -> Sandbox | None:
-        return _load(
+        return load(
             Sandbox, await self._call(self._client.get(self._keys.sandbox(workspace, name)))
         )
 
     async def list_sandboxes(self, workspace: str) -> list[Sandbox]:
         names = await self._call(self._client.smembers(self._keys.sandboxes(workspace)))
-        keys = [self._keys.sandbox(workspace, _text(n)) for n in sorted(names)]
+        keys = [self._keys.sandbox(workspace, text(n)) for n in sorted(names)]
         return await self._mget(Sandbox, keys)
 
     async def put_sandbox(
@@ -124,7 +117,7 @@ class RedisStore:
 
         async def attempt(pipe: aioredis.client.Pipeline) -> Sandbox | None:
             await pipe.watch(sb_key, pvs_key)
-            sandbox = _load(Sandbox, await pipe.get(sb_key))
+            sandbox = load(Sandbox, await pipe.get(sb_key))
             if sandbox is None or not deletable(sandbox, only_expired_at):
                 return None
             previews = await self._previews_in(pipe, workspace, name)
@@ -136,6 +129,7 @@ class RedisStore:
                 pv_key = self._keys.preview(workspace, name, preview.name)
                 pipe.delete(pv_key, self._keys.route(preview.hostname))
                 pipe.zrem(self._keys.expiries(), pv_key)
+                self._publish(pipe, self._release_custom(pipe, preview))
             self._publish(pipe, [p.hostname for p in previews])
             await pipe.execute()
             return sandbox
@@ -143,14 +137,14 @@ class RedisStore:
         return await self._transaction(attempt)
 
     async def get_preview(self, workspace: str, sandbox: str, name: str) -> Preview | None:
-        return _load(
+        return load(
             Preview,
             await self._call(self._client.get(self._keys.preview(workspace, sandbox, name))),
         )
 
     async def list_previews(self, workspace: str, sandbox: str) -> list[Preview]:
         names = await self._call(self._client.smembers(self._keys.previews(workspace, sandbox)))
-        keys = [self._keys.preview(workspace, sandbox, _text(n)) for n in sorted(names)]
+        keys = [self._keys.preview(workspace, sandbox, text(n)) for n in sorted(names)]
         return await self._mget(Preview, keys)
 
     async def put_preview(
@@ -159,17 +153,23 @@ class RedisStore:
         ws, sb, name = preview.workspace, preview.sandbox, preview.name
         sb_key, pv_key = self._keys.sandbox(ws, sb), self._keys.preview(ws, sb, name)
         route_key = self._keys.route(preview.hostname)
+        custom_key = self._keys.custom_host(preview.custom_domain or "")
+        domain_key = self._keys.domain(preview.domain or "")
 
         async def attempt(pipe: aioredis.client.Pipeline) -> PutResult:
-            await pipe.watch(sb_key, pv_key, route_key)
+            await pipe.watch(sb_key, pv_key, route_key, custom_key, domain_key)
+            old = load(Preview, await pipe.get(pv_key))
+            custom = load(CustomHost, await pipe.get(custom_key)) if preview.custom_domain else None
             write = plan_preview_put(
                 preview,
-                sandbox=_load(Sandbox, await pipe.get(sb_key)),
-                old=_load(Preview, await pipe.get(pv_key)),
-                holder=_load(Route, await pipe.get(route_key)),
+                sandbox=load(Sandbox, await pipe.get(sb_key)),
+                old=old,
+                holder=load(Route, await pipe.get(route_key)),
                 create=create,
                 force=force,
                 expect_revision=expect_revision,
+                custom_holder=custom,
+                domain=load(Domain, await pipe.get(domain_key)) if preview.domain else None,
             )
             if isinstance(write, PutResult):
                 return write
@@ -180,9 +180,16 @@ class RedisStore:
                 self._unlink_preview(pipe, *write.evict)
             if write.old_hostname is not None:
                 pipe.delete(self._keys.route(write.old_hostname))
+            if write.old_custom is not None and old is not None:
+                self._release_custom(pipe, old)
+            if write.custom is not None:
+                pipe.set(custom_key, write.custom.model_dump_json())
+                pipe.sadd(self._keys.domain_hosts(write.custom.domain), write.custom_host)
             pipe.set(pv_key, write.stored.model_dump_json())
             pipe.sadd(self._keys.previews(ws, sb), name)
             pipe.set(route_key, write.route.model_dump_json())
+            if write.custom_route is not None:
+                pipe.set(self._keys.route(write.custom_host), write.custom_route.model_dump_json())
             self._track_expiry(pipe, pv_key, preview.expires_at)
             self._publish(pipe, write.touched)
             await pipe.execute()
@@ -197,13 +204,13 @@ class RedisStore:
 
         async def attempt(pipe: aioredis.client.Pipeline) -> Preview | None:
             await pipe.watch(pv_key)
-            preview = _load(Preview, await pipe.get(pv_key))
+            preview = load(Preview, await pipe.get(pv_key))
             if preview is None or not deletable(preview, only_expired_at):
                 return None
             pipe.multi()
             self._unlink_preview(pipe, workspace, sandbox, name)
             pipe.delete(self._keys.route(preview.hostname))
-            self._publish(pipe, [preview.hostname])
+            self._publish(pipe, [preview.hostname, *self._release_custom(pipe, preview)])
             await pipe.execute()
             return preview
 
@@ -215,7 +222,7 @@ class RedisStore:
         )
         found: list[tuple[str, str, str | None]] = []
         for raw in keys:
-            kind, _, rest = _text(raw).removeprefix(self._keys.prefix).partition(":")
+            kind, _, rest = text(raw).removeprefix(self._keys.prefix).partition(":")
             parts = rest.split(":")
             if kind == "sb" and len(parts) == 2:
                 found.append((parts[0], parts[1], None))
@@ -264,7 +271,7 @@ class RedisStore:
         """The first replica's candidate wins (SET NX); every replica then uses it."""
         key = f"{self._keys.prefix}secret:{name}"
         await self._call(self._client.set(key, candidate, nx=True))
-        return _text(await self._call(self._client.get(key)))
+        return text(await self._call(self._client.get(key)))
 
     async def take_wake_lock(self, workspace: str, sandbox: str, ttl_s: float) -> bool:
         """SET NX PX: one replica wins; the key expires by itself, so a replica that dies
@@ -272,28 +279,6 @@ class RedisStore:
         key = self._keys.wake_lock(workspace, sandbox)
         ttl_ms = max(1, int(ttl_s * 1000))
         return bool(await self._call(self._client.set(key, b"1", nx=True, px=ttl_ms)))
-
-    # ── helpers ────────────────────────────────────────────────────────────────────────────
-    async def _call(self, awaitable: Awaitable[T]) -> T:
-        try:
-            return await awaitable
-        except (RedisError, OSError) as exc:
-            self.errors["command"] += 1
-            raise RoutingUnavailable("The routing table is unreachable.", retry_after_s=2) from exc
-
-    async def _transaction(self, attempt: Callable[[aioredis.client.Pipeline], Awaitable[T]]) -> T:
-        for _ in range(16):
-            try:
-                async with self._client.pipeline(transaction=True) as pipe:
-                    return await attempt(pipe)
-            except WatchError:
-                continue
-            except (RedisError, OSError) as exc:
-                self.errors["transaction"] += 1
-                raise RoutingUnavailable(
-                    "The routing table is unreachable.", retry_after_s=2
-                ) from exc
-        raise RoutingUnavailable("The routing table is too busy; try again.", retry_after_s=1)
 
     async def _previews_in(
         self, pipe: aioredis.client.Pipeline, workspace: str, sandbox: str
@@ -306,21 +291,15 @@ class RedisStore:
         delete would remove the old hostname's route and leave the new one behind.
         """
         names = await pipe.smembers(self._keys.previews(workspace, sandbox))
-        keys = [self._keys.preview(workspace, sandbox, _text(n)) for n in sorted(names)]
+        keys = [self._keys.preview(workspace, sandbox, text(n)) for n in sorted(names)]
         if keys:
             await pipe.watch(*keys)
         previews = []
         for key in keys:
-            preview = _load(Preview, await pipe.get(key))
+            preview = load(Preview, await pipe.get(key))
             if preview is not None:
                 previews.append(preview)
         return previews
-
-    async def _mget(self, model: type[M], keys: list[str]) -> list[M]:
-        if not keys:
-            return []
-        values = await self._call(self._client.mget(keys))
-        return [m for m in (_load(model, v) for v in values) if m is not None]
 
     def _track_expiry(
         self, pipe: aioredis.client.Pipeline, key: str, expires_at: datetime | None
@@ -340,28 +319,8 @@ class RedisStore:
         pipe.srem(self._keys.previews(workspace, sandbox), name)
         pipe.zrem(self._keys.expiries(), key)
 
-    def _publish(self, pipe: aioredis.client.Pipeline, hostnames: Iterable[str]) -> None:
-        for hostname in hostnames:
-            pipe.publish(self._keys.invalidations, hostname)
-
-
-def _load(model: type[M], raw: bytes | str | None) -> M | None:
-    """A value that fails validation is treated as absent and logged: a hand-edited or corrupt
-    key must never crash the edge or route somewhere unintended."""
-    if raw is None:
-        return None
-    try:
-        return model.model_validate_json(raw)
-    except ValidationError:
-        log.error("ignoring invalid %s record in the routing table", model.__name__)
-        return None
-
 
 def _raise_if_cancelling() -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -3,6 +3,7 @@
 // resolves playwright-core from tests/browser/node_modules through this file.
 
 import { closeSync, ftruncateSync, openSync, writeSync } from "node:fs";
+import { createInterface } from "node:readline";
 import { chromium } from "playwright-core";
 
 export const CHROMIUM = process.env.CHROMIUM_PATH || "/usr/bin/chromium";
@@ -61,4 +62,56 @@ export async function waitUntil(predicate, timeoutMs, what, everyMs = 50) {
     if (Date.now() >= deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
     await new Promise((r) => setTimeout(r, everyMs));
   }
+}
+
+// The driver's command loop, shared by both drivers: one JSON command a line on stdin, one JSON
+// answer a line on stdout. "open" and "close" manage named sessions (new Session(browser, name));
+// every other op goes to run(session, op, cmd). On a failure, evidence(session, cmd) says what
+// the page did before it.
+export async function serveSessions(Session, run, evidence) {
+  const browser = await launch();
+  const sessions = new Map();
+  const write = (obj) => process.stdout.write(`${JSON.stringify(obj)}\n`);
+  write({ ready: true, version: browser.version() });
+  const lines = createInterface({ input: process.stdin });
+  for await (const line of lines) {
+    if (!line.trim()) continue;
+    let cmd;
+    try {
+      cmd = JSON.parse(line);
+    } catch (err) {
+      write({ id: null, ok: false, error: `bad JSON: ${err.message}` });
+      continue;
+    }
+    const { id, op, session: name } = cmd;
+    if (op === "quit") {
+      write({ id, ok: true, result: {} });
+      break;
+    }
+    let s = null;
+    try {
+      let result;
+      if (op === "open") {
+        if (sessions.has(name)) await sessions.get(name).close();
+        s = new Session(browser, name);
+        sessions.set(name, s);
+        result = await s.open(cmd);
+      } else {
+        s = sessions.get(name);
+        if (!s) throw new Error(`no session ${name}`);
+        if (op === "close") {
+          result = await s.close();
+          sessions.delete(name);
+        } else result = await run(s, op, cmd);
+      }
+      write({ id, ok: true, result });
+    } catch (err) {
+      const snapshot = s ? await Promise.resolve(evidence(s, cmd)).catch(() => null) : null;
+      write({ id, ok: false, error: String(err.message || err), snapshot });
+    }
+  }
+  lines.close();
+  process.stdin.destroy();
+  for (const s of sessions.values()) await s.close().catch(() => {});
+  await browser.close();
 }

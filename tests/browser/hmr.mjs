@@ -36,8 +36,15 @@
 
 import { readFileSync, writeFileSync } from "node:fs";
 import { randomBytes } from "node:crypto";
-import { createInterface } from "node:readline";
-import { clip, hostPort, launch, rewrite, TOKEN_PARAM, waitUntil } from "./chromium.mjs";
+import {
+  clip,
+  hostPort,
+  launch,
+  rewrite,
+  serveSessions,
+  TOKEN_PARAM,
+  waitUntil,
+} from "./chromium.mjs";
 
 function now() {
   return Date.now();
@@ -364,62 +371,13 @@ async function oneShot(args) {
 }
 
 // ── server ──────────────────────────────────────────────────────────────────────────────────
-async function serve() {
-  const browser = await launch();
-  const sessions = new Map();
-  const write = (obj) => process.stdout.write(`${JSON.stringify(obj)}\n`);
-  write({ ready: true, version: browser.version() });
-  const lines = createInterface({ input: process.stdin });
-  for await (const line of lines) {
-    if (!line.trim()) continue;
-    let cmd;
-    try {
-      cmd = JSON.parse(line);
-    } catch (err) {
-      write({ id: null, ok: false, error: `bad JSON: ${err.message}` });
-      continue;
-    }
-    const { id, op, session: name } = cmd;
-    try {
-      let result;
-      if (op === "quit") {
-        write({ id, ok: true, result: {} });
-        break;
-      } else if (op === "open") {
-        if (sessions.has(name)) await sessions.get(name).close();
-        const s = new Session(browser, name);
-        sessions.set(name, s);
-        try {
-          result = await s.open(cmd);
-        } catch (err) {
-          // Keep the evidence: what the page did before the failure.
-          throw Object.assign(new Error(String(err.message || err)), { snapshot: s.snapshot() });
-        }
-      } else {
-        const s = sessions.get(name);
-        if (!s) throw new Error(`no session ${name}`);
-        if (op === "edit") result = await s.edit(cmd);
-        else if (op === "reconnect") {
-          try {
-            result = await s.reconnect(cmd);
-          } catch (err) {
-            throw Object.assign(new Error(String(err.message || err)), { snapshot: s.snapshot() });
-          }
-        } else if (op === "snapshot") result = s.snapshot();
-        else if (op === "close") {
-          result = await s.close();
-          sessions.delete(name);
-        } else throw new Error(`unknown op ${op}`);
-      }
-      write({ id, ok: true, result });
-    } catch (err) {
-      write({ id, ok: false, error: String(err.message || err), snapshot: err.snapshot || null });
-    }
-  }
-  lines.close();
-  process.stdin.destroy();
-  for (const s of sessions.values()) await s.close().catch(() => {});
-  await browser.close();
+function serve() {
+  return serveSessions(Session, (s, op, cmd) => {
+    if (op === "edit") return s.edit(cmd);
+    if (op === "reconnect") return s.reconnect(cmd);
+    if (op === "snapshot") return s.snapshot();
+    throw new Error(`unknown op ${op}`);
+  }, async (s) => s.snapshot());
 }
 
 const args = parseArgs(process.argv.slice(2));

@@ -27,8 +27,7 @@
 // the preview's host and port, and whether its URL or Referer carried the token or its Cookie
 // header carried the token cookie. A failed command carries the same snapshot as evidence.
 
-import { createInterface } from "node:readline";
-import { clip, hostPort, launch, TOKEN_PARAM } from "./chromium.mjs";
+import { clip, hostPort, serveSessions, TOKEN_PARAM } from "./chromium.mjs";
 
 const TOKEN_COOKIES = new Set([TOKEN_PARAM, `__Host-${TOKEN_PARAM}`]);
 
@@ -228,59 +227,15 @@ class Session {
   }
 }
 
-async function serve() {
-  const browser = await launch();
-  const sessions = new Map();
-  const write = (obj) => process.stdout.write(`${JSON.stringify(obj)}\n`);
-  write({ ready: true, version: browser.version() });
-  const lines = createInterface({ input: process.stdin });
-  for await (const line of lines) {
-    if (!line.trim()) continue;
-    let cmd;
-    try {
-      cmd = JSON.parse(line);
-    } catch (err) {
-      write({ id: null, ok: false, error: `bad JSON: ${err.message}` });
-      continue;
-    }
-    const { id, op, session: name } = cmd;
-    if (op === "quit") {
-      write({ id, ok: true, result: {} });
-      break;
-    }
-    let s = null;
-    try {
-      let result;
-      if (op === "open") {
-        if (sessions.has(name)) await sessions.get(name).close();
-        s = new Session(browser, name);
-        sessions.set(name, s);
-        result = await s.open(cmd);
-      } else {
-        s = sessions.get(name);
-        if (!s) throw new Error(`no session ${name}`);
-        if (op === "reload") result = await s.reload(cmd);
-        else if (op === "goto") result = await s.goto(cmd);
-        else if (op === "evaluate") result = await s.evaluate(cmd);
-        else if (op === "wait") result = await s.wait(cmd);
-        else if (op === "snapshot") result = await s.snapshot(cmd);
-        else if (op === "close") {
-          result = await s.close();
-          sessions.delete(name);
-        } else throw new Error(`unknown op ${op}`);
-      }
-      write({ id, ok: true, result });
-    } catch (err) {
-      // Keep the evidence: what the page did before the failure.
-      let snapshot = null;
-      if (s && s.page) snapshot = await s.snapshot({ probe: cmd.probe }).catch(() => null);
-      write({ id, ok: false, error: String(err.message || err), snapshot });
-    }
-  }
-  lines.close();
-  process.stdin.destroy();
-  for (const s of sessions.values()) await s.close().catch(() => {});
-  await browser.close();
+function serve() {
+  return serveSessions(Session, (s, op, cmd) => {
+    if (op === "reload") return s.reload(cmd);
+    if (op === "goto") return s.goto(cmd);
+    if (op === "evaluate") return s.evaluate(cmd);
+    if (op === "wait") return s.wait(cmd);
+    if (op === "snapshot") return s.snapshot(cmd);
+    throw new Error(`unknown op ${op}`);
+  }, (s, cmd) => (s.page ? s.snapshot({ probe: cmd.probe }) : null));
 }
 
 if (!process.argv.includes("--serve")) {

@@ -14,7 +14,12 @@ from gateway.control.openapi import ENDPOINTS
 from tests.helpers.api import api_gateway, assert_error
 from tests.helpers.gateway import OTHER_KEY, Gateway, expires_in, host_of
 
-NAMES = {"{sandboxName}": "sb", "{previewName}": "web", "{tokenName}": "tok"}
+NAMES = {
+    "{sandboxName}": "sb",
+    "{previewName}": "web",
+    "{tokenName}": "tok",
+    "{domainName}": "acme.test",
+}
 
 
 def _body(handler: str, port: int) -> dict[str, Any] | None:
@@ -25,6 +30,8 @@ def _body(handler: str, port: int) -> dict[str, Any] | None:
         "create_preview": {"metadata": {"name": "web"}, "spec": {"port": port}},
         "put_preview": {"metadata": {"name": "web"}, "spec": {"port": port, "public": True}},
         "create_token": {"metadata": {"name": "tok"}, "spec": {"expiresAt": expires_in(hours=1)}},
+        "create_domain": {"metadata": {"name": "acme.test"}},
+        "put_domain": {"metadata": {"name": "acme.test", "displayName": "theirs"}},
     }.get(handler)
 
 
@@ -34,7 +41,10 @@ async def _populate(gw: Gateway, port: int, key: str | None = None) -> dict[str,
         ("/sandboxes", _body("create_sandbox", port)),
         ("/sandboxes/sb/previews", _body("create_preview", port)),
         ("/sandboxes/sb/previews/web/tokens", _body("create_token", port)),
+        ("/customdomains", _body("create_domain", port) if key is None else None),
     ):
+        if body is None:
+            continue  # a domain belongs to one workspace: only `default` registers it
         status, answer = await gw.call("POST", path, key=key, json=body)
         assert status == 200, answer
     return await _snapshot(gw, key)
@@ -48,6 +58,7 @@ async def _snapshot(gw: Gateway, key: str | None = None) -> dict[str, Any]:
         "/sandboxes/sb/previews",
         "/sandboxes/sb/previews/web",
         "/sandboxes/sb/previews/web/tokens",
+        "/customdomains",
     ):
         status, seen[path] = await gw.call("GET", path, key=key)
         assert status == 200, seen[path]
@@ -58,8 +69,9 @@ async def _snapshot(gw: Gateway, key: str | None = None) -> dict[str, Any]:
 
 async def test_every_endpoint_answers_404_across_workspaces(gw: Gateway, upstream: int) -> None:
     before = await _populate(gw, upstream)
-    scoped = [ep for ep in ENDPOINTS if "{sandboxName}" in ep.path]
-    assert len(scoped) == len(ENDPOINTS) - 2  # all but list and create of sandboxes
+    scoped = [ep for ep in ENDPOINTS if "{sandboxName}" in ep.path or "{domainName}" in ep.path]
+    # All but list and create, of sandboxes and of custom domains.
+    assert len(scoped) == len(ENDPOINTS) - 4
     for ep in scoped:
         path = ep.path.removeprefix("/v0")
         for placeholder, name in NAMES.items():

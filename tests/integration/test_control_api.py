@@ -187,11 +187,13 @@ async def test_reserved_ports_are_refused(gw: Gateway, port: int) -> None:
     assert_error(*await gw.call("POST", "/sandboxes/sb/previews", json=body), 400, "spec.port")
 
 
-async def test_custom_domains_are_refused_clearly(gw: Gateway) -> None:
+async def test_a_custom_domain_nobody_registered_is_refused_clearly(gw: Gateway) -> None:
+    # Issue 11: a customDomain must be under a domain the workspace registered; any other
+    # (unregistered, or another workspace's) answers the same 404, naming the field.
     await gw.sandbox()
     body = {"metadata": {"name": "web"}, "spec": {"port": 3000, "customDomain": "app.example.com"}}
     assert_error(
-        *await gw.call("POST", "/sandboxes/sb/previews", json=body), 400, "spec.customDomain"
+        *await gw.call("POST", "/sandboxes/sb/previews", json=body), 404, "spec.customDomain"
     )
 
 

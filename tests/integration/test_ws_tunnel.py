@@ -167,7 +167,6 @@ async def tunnel_pair(
     compressed: bool = False,
     readmit: Revocable | None = None,
     route: Route = ROUTE,
-    attach: bool = False,
 ) -> AsyncIterator[Pair]:
     loop = asyncio.get_running_loop()
     apps: asyncio.Queue[Upstream] = asyncio.Queue()
@@ -218,12 +217,9 @@ async def tunnel_pair(
             compressed=compressed,
         )
         record = log.AccessRecord("r1", "GET", HOST, "/ws", "127.0.0.1", kind="websocket")
-        if attach:
-            # The new listener's way: from a protocol callback, no task of its own.
-            hub.attach(tunnel, route, HOST, record)
-            run = cast("asyncio.Future[TunnelEnd | None]", tunnel.done)
-        else:
-            run = asyncio.create_task(hub.run_tunnel(tunnel, route, HOST, record))
+        # As the edge does it: from a protocol callback, no task of its own.
+        hub.attach(tunnel, route, HOST, record)
+        run = cast("asyncio.Future[TunnelEnd | None]", tunnel.done)
         await eventually(lambda: hub.open_count == 1)
         yield Pair(client, upstream, tunnel, hub, run, record)
     finally:
@@ -355,7 +351,7 @@ async def test_a_close_code_passes_through_and_is_echoed() -> None:
 
 
 async def test_an_attached_tunnel_needs_no_task_and_notes_its_end() -> None:
-    async with tunnel_pair(attach=True) as p:
+    async with tunnel_pair() as p:
         # An open tunnel costs no task (the hub's one worker aside), and carries no __dict__.
         others = asyncio.all_tasks() - {asyncio.current_task()}
         assert {t.get_name() for t in others} == {"re-admission"}
@@ -502,7 +498,7 @@ async def test_a_token_running_out_re_admits_the_tunnel_and_closes_it_with_1008(
     readmit = Expiring()
     soon = time.time() - LEEWAY_S + 0.3
     private = ROUTE.model_copy(update={"public": False, "tokens": {"t": soon}})
-    async with tunnel_pair(readmit=readmit, route=private, attach=True) as p:
+    async with tunnel_pair(readmit=readmit, route=private) as p:
         closed = await p.client.recv_close()
         assert (closed.close_code, closed.close_reason) == (1008, "token expired")
         assert readmit.asked == 1

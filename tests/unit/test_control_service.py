@@ -19,7 +19,7 @@ from gateway.control.service import (
     ServiceConfig,
 )
 from gateway.core.errors import BadRequest, Conflict, GatewayError, NotFound
-from gateway.core.records import Preview, TokenRecord
+from gateway.core.records import Domain, Preview, TokenRecord
 from gateway.store.base import PutResult
 from gateway.store.memory import MemoryStore
 
@@ -89,10 +89,10 @@ async def test_sandbox_rules(make: Any, error: type[GatewayError], message: str)
     ("body", "message"),
     [
         (preview_in(port=22), "port 22 is reserved"),
-        (preview_in(customDomain="app.example.com"), "custom domains are not supported"),
         (preview_in(expires="2029-01-01T00:00:00Z"), "already in the past"),
     ],
-    ids=["blocked-port", "custom-domain", "expired-on-arrival"],
+    # customDomain is no longer refused outright (issue 11): tests/unit/test_domains.py.
+    ids=["blocked-port", "expired-on-arrival"],
 )
 async def test_preview_rules(body: PreviewIn, message: str) -> None:
     svc, store, _ = service()
@@ -328,3 +328,33 @@ async def test_a_change_to_a_deleted_preview_is_not_found() -> None:
         await svc.replace_preview(sandbox, "web", preview_in())
     with pytest.raises(BadRequest, match="must match the preview name"):
         await svc.replace_preview(sandbox, "web", preview_in("other"))
+
+
+# ── custom hostnames (issue 11) ─────────────────────────────────────────────────────────────
+async def test_a_custom_hostname_held_by_an_expired_preview_is_reaped() -> None:
+    svc, store, clock = service()
+    domain = Domain(name="acme.dev", workspace="ws", txt_value="v", status="verified")
+    assert await store.put_domain(domain, create=True) is PutResult.OK
+    sandbox = await svc.create_sandbox("ws", sandbox_in())
+    first = await svc.create_preview(
+        sandbox, preview_in("one", customDomain="app.acme.dev", ttl="1h")
+    )
+    assert (await store.get_route("app.acme.dev")) is not None
+    with pytest.raises(Conflict):
+        await svc.create_preview(sandbox, preview_in("two", customDomain="app.acme.dev"))
+    clock.advance(hours=2)
+    second = await svc.create_preview(sandbox, preview_in("two", customDomain="app.acme.dev"))
+    assert await store.get_preview("ws", "sb", first.name) is None
+    route = await store.get_route("app.acme.dev")
+    assert route is not None and route.preview == second.name
+
+
+async def test_a_custom_hostname_outside_the_workspaces_domains_is_not_found() -> None:
+    svc, store, _ = service()
+    other = Domain(name="acme.dev", workspace="other", txt_value="v", status="verified")
+    assert await store.put_domain(other, create=True) is PutResult.OK
+    sandbox = await svc.create_sandbox("ws", sandbox_in())
+    for host in ("app.acme.dev", "app.example.com"):
+        with pytest.raises(NotFound, match=r"spec\.customDomain"):
+            await svc.create_preview(sandbox, preview_in(customDomain=host))
+    assert await store.list_previews("ws", "sb") == []

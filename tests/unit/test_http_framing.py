@@ -93,6 +93,9 @@ REFUSED: list[tuple[str, bytes]] = [
     ("trailer-too-long", b"0\r\nX-A: " + b"a" * (MAX_LINE_BYTES + 1)),
     ("trailers-too-many", b"0\r\n" + b"X-A: 1234567\r\n" * 6000),
     ("final-not-lf", b"0\r\n\rX"),
+    ("trailer-content-length", b"3\r\nabc\r\n0\r\nContent-Length: 50\r\n\r\n"),
+    ("trailer-te", b"0\r\nX-A: 1\r\ntransfer-encoding: chunked\r\n\r\n"),
+    ("trailer-host-spaced", b"0\r\nHOST : other.test\r\n\r\n"),
 ]
 
 

@@ -15,13 +15,15 @@ from gateway.core.ws_frames import (
     FAILED,
     FORWARD,
     NEED_MORE,
+    FrameScanner,
+)
+from gateway.core.ws_wire import (
     OP_BINARY,
     OP_CLOSE,
     OP_CONT,
     OP_PING,
     OP_PONG,
     OP_TEXT,
-    FrameScanner,
     build_frame,
     close_frame,
     ping_frame,
@@ -137,7 +139,17 @@ VIOLATIONS = {
     "rsv2": (frame(OP_TEXT, b"x", rsv=0x20), True, 1002),
     "close with one byte": (frame(OP_CLOSE, b"\x03"), True, 1002),
     "close reason not utf-8": (frame(OP_CLOSE, b"\x03\xe8\xff"), True, 1007),
+    **{
+        f"close code {code}": (frame(OP_CLOSE, struct.pack("!H", code)), True, 1002)
+        for code in (0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535)
+    },
 }
+
+
+@pytest.mark.parametrize("code", [1000, 1001, 1002, 1003, 1007, 1011, 1014, 3000, 4404, 4999])
+def test_close_frames_with_a_valid_code_pass(code: int) -> None:
+    run = scan_all(frame(OP_CLOSE, struct.pack("!H", code) + b"bye"))
+    assert run.failure is None and run.controls == [(OP_CLOSE, struct.pack("!H", code) + b"bye")]
 
 
 @pytest.mark.parametrize("name", VIOLATIONS)
@@ -233,6 +245,12 @@ def test_mask_keys_are_random() -> None:
 
 def test_unmask_is_its_own_inverse() -> None:
     assert unmask(unmask(b"hello world", KEY), KEY) == b"hello world"
+
+
+@given(st.binary(max_size=5000), st.binary(min_size=4, max_size=4))
+def test_unmask_xors_each_byte_with_the_key(payload: bytes, key: bytes) -> None:
+    """The big-integer path (16 bytes and more) agrees with the byte-by-byte definition."""
+    assert unmask(payload, key) == bytes(b ^ key[i % 4] for i, b in enumerate(payload))
 
 
 # ── property: the stream is passed on unchanged, however it is split ────────────────────────
@@ -376,3 +394,25 @@ def split_frames(stream: bytes) -> list[bytes]:
         out.append(stream[pos:end])
         pos = end
     return out
+
+
+@given(
+    st.booleans(),
+    st.binary(max_size=400) | streams().map(lambda case: case[1] + b"\x00" * 3),
+    st.lists(st.integers(0, 400), max_size=8),
+)
+def test_any_bytes_split_anywhere_get_the_same_verdict(
+    masked: bool, data: bytes, splits: list[int]
+) -> None:
+    """Hostile bytes (not just valid frames): the scanner never raises, passes on only a prefix
+    of what came in, and how the bytes were split changes neither what passed nor the verdict."""
+    whole = Run(FrameScanner(masked=masked, max_message_bytes=256))
+    whole.feed(data)
+    pieces = Run(FrameScanner(masked=masked, max_message_bytes=256))
+    bounds = [0, *sorted(min(s, len(data)) for s in splits), len(data)]
+    for a, b in itertools.pairwise(bounds):
+        pieces.feed(data[a:b])
+    assert data.startswith(bytes(whole.out))
+    assert bytes(pieces.out) == bytes(whole.out)
+    assert pieces.failure == whole.failure
+    assert pieces.controls == whole.controls
