@@ -142,7 +142,7 @@ async def run(cases: list[str]) -> dict[str, object]:
     echo_port = free_port()
     await web.TCPSite(runner, "127.0.0.1", echo_port).start()
     OUT.mkdir(parents=True, exist_ok=True)
-    env = {"GATEWAY_EDGE_IMPL": "protocol", "GATEWAY_WS_MAX_MESSAGE_BYTES": str(MAX_MESSAGE)}
+    env = {"GATEWAY_WS_MAX_MESSAGE_BYTES": str(MAX_MESSAGE)}
     gateway = await asyncio.to_thread(gw.start, echo_port, OUT, extra_env=env)
     server = await forwarder(gateway.edge_port, gateway.hostname)
     try:

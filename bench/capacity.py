@@ -125,7 +125,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         wait_tcp(echo_port, echo)
         env = gw.pool_env(args.sockets) | {
-            "GATEWAY_EDGE_IMPL": "protocol",
             "GATEWAY_WS_PING_INTERVAL_S": "3600",
         }
         for i in range(args.gateways):

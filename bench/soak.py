@@ -131,7 +131,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     gateway = None
     try:
         wait_tcp(port, app)
-        gateway = gw.start(port, work, extra_env={"GATEWAY_EDGE_IMPL": "protocol"})
+        gateway = gw.start(port, work)
         private = gw.add_preview(gateway.api_port, "private", port, public=False)
         token = gw.mint_token(gateway.api_port, "private", lifetime_s=args.duration + 600)
         fds_start = fd_count(gateway.pid)

@@ -118,7 +118,7 @@ ACCEPTED = [
 @pytest.fixture
 async def gateway() -> AsyncIterator[Gateway]:
     """The protocol edge, the one that stays (the aiohttp edge is being removed)."""
-    async with run_gateway(edge_impl="protocol") as gw:
+    async with run_gateway() as gw:
         yield gw
 
 
