@@ -47,7 +47,13 @@ ENV PATH=/opt/venv/bin:$PATH \
     GATEWAY_EDGE_PORT=8080 \
     GATEWAY_API_PORT=8081 \
     GATEWAY_SHUTDOWN_GRACE_S=10 \
-    GATEWAY_LOG_LEVEL=info
+    GATEWAY_LOG_LEVEL=info \
+    GATEWAY_WORKERS=1
+# GATEWAY_WORKERS: gateway processes in this container, sharing its ports (SO_REUSEPORT), each
+# using up to one core; `auto` = the CPUs the container may use. Above 1, PID 1 is a supervisor
+# that restarts dead workers and forwards SIGTERM/SIGHUP to all; it needs GATEWAY_REDIS_URL.
+# Scale across machines with more containers (replicas) on the same Redis instead or as well
+# (docs/operations.md, "Sizing").
 # Not /tmp: `python -m` puts the working directory first on sys.path, so it must not be writable.
 WORKDIR /app
 USER 10001:10001

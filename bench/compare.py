@@ -1,8 +1,8 @@
-"""The issue 9 comparison: ``.venv/bin/python -m bench.compare [--edge both] [--profile]``.
+"""The issue 9 comparison: ``.venv/bin/python -m bench.compare [--profile]``.
 
 Measures, in one run, direct (the upstreams themselves), nginx (one worker, as a proxy) and the
-gateway with one or both edge implementations (``GATEWAY_EDGE_IMPL``), and writes one Markdown
-table of ratios to nginx to ``--out``. See docs/benchmarks.md for the set-up and the columns.
+gateway, and writes one Markdown table of ratios to nginx to ``--out``. See docs/benchmarks.md
+for the set-up and the columns.
 Requires nginx and wrk (``apt-get install -y nginx-light wrk``). Loopback only; every loop and
 every wait is bounded; every process started is stopped at the end, also on Ctrl+C or SIGTERM.
 """
@@ -30,7 +30,6 @@ from bench.procs import REPO, CpuLedger
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.compare", description=__doc__)
-    p.add_argument("--edge", choices=("aiohttp", "protocol", "both"), default="both")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the rate points")
     p.add_argument("--duration", type=float, default=3.0, help="seconds per rate point")
     p.add_argument("--connections", type=int, default=50, help="wrk connections, small bodies")
@@ -40,7 +39,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--idle-ws", type=int, default=1000, help="idle WebSockets held")
     p.add_argument("--transfer-mib", type=int, default=1024, help="upload and download size")
     p.add_argument("--only", default=",".join(SCENARIOS), help="comma-separated scenarios")
-    p.add_argument("--profile", action="store_true", help="py-spy on each gateway edge")
+    p.add_argument("--profile", action="store_true", help="py-spy on the gateway")
     p.add_argument("--gateway-ref", help="measure this git ref (git archive) not the work tree")
     p.add_argument("--quick", action="store_true", help="smoke run: 1 round of 1 s, small sizes")
     p.add_argument("--out", type=Path, help="Markdown file (default bench/results/compare-*.md)")

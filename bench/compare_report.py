@@ -1,5 +1,5 @@
 """The comparison as Markdown: one table of ratios to nginx, the goals of issue 9 checked for
-each gateway edge, and the profile's top entries. Columns are explained in docs/benchmarks.md."""
+the gateway, and the profile's top entries. Columns are explained in docs/benchmarks.md."""
 
 from __future__ import annotations
 

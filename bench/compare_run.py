@@ -1,5 +1,5 @@
 """Orchestration of the comparison (``python -m bench.compare``): the upstreams and nginx are
-started once; each gateway edge is started fresh per round, and per memory scenario.
+started once; the gateway is started fresh per round, and per memory scenario.
 
 Rate scenarios run in interleaved rounds (direct, nginx, gateway..., direct, ...), so a burst
 of a neighbour's load hits every target in turn; each figure is the median of its rounds.
@@ -131,8 +131,7 @@ class Compare:
 
     # ── targets ─────────────────────────────────────────────────────────────────────────────
     def targets(self) -> list[str]:
-        edges = ("aiohttp", "protocol") if self.args.edge == "both" else (self.args.edge,)
-        return ["direct", "nginx", *(f"gateway-{e}" for e in edges)]
+        return ["direct", "nginx", "gateway"]
 
     @contextlib.asynccontextmanager
     async def target(self, name: str, env: dict[str, str] | None = None) -> AsyncIterator[Target]:
@@ -158,7 +157,7 @@ class Compare:
             self.work_dir,
             name=f"{name}-{self.starts}",
             src=self.gateway_src,
-            extra_env={"GATEWAY_EDGE_IMPL": name.removeprefix("gateway-"), **env},
+            extra_env=env,
             cpus=self.server_cpus,
         )
         self.children.append(g.child)

@@ -66,9 +66,11 @@ def start(
     src: Path = REPO,
     extra_env: dict[str, str] | None = None,
     cpus: set[int] | None = None,
+    register: bool = True,
 ) -> Gateway:
     """Run ``python -m gateway`` from ``src`` (the work tree, or a snapshot: the current
-    directory comes first on sys.path, ahead of the editable install)."""
+    directory comes first on sys.path, ahead of the editable install). ``register=False``: a
+    replica of a shared table that already has the preview (``hostname`` is then empty)."""
     edge_port, api_port = free_port(), free_port()
     env = dict(os.environ)
     env.update(
@@ -86,6 +88,8 @@ def start(
     child = Child(name, [str(PYTHON), "-m", "gateway"], work_dir, env=env, cwd=src, cpus=cpus)
     try:
         wait_http_ok(f"http://127.0.0.1:{api_port}/readyz", child)
+        if not register:
+            return Gateway(child, edge_port, api_port, "")
         _api(
             api_port,
             "/v0/sandboxes",

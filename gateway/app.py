@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
@@ -19,29 +18,31 @@ from typing import TypeVar
 
 from aiohttp import web
 
+from gateway.components import (
+    admission_for,
+    allowed_targets,
+    api_config,
+    build_lookup,
+    edge_handler,
+    edge_server,
+)
+from gateway.control import tls_ask
 from gateway.control.api_keys import KeyRing
-from gateway.control.domains import DomainConfig, DomainService
-from gateway.control.handlers import ApiConfig, ControlApi
-from gateway.control.service import ControlService, ServiceConfig
-from gateway.core.admission import AdmissionConfig
+from gateway.control.domains import DomainService
+from gateway.control.handlers import ControlApi
+from gateway.control.service import ControlService
 from gateway.core.errors import RoutingUnavailable
-from gateway.core.netpolicy import IPNetwork
-from gateway.core.planner import PlannerConfig
 from gateway.core.tokens import SigningKey, TokenSigner, generate_key, parse_keys
-from gateway.edge.config import EdgeConfig, RelayLimits
-from gateway.edge.handler import EdgeHandler
 from gateway.edge.holds import StartupHolds
-from gateway.edge.pool import UpstreamPool
+from gateway.edge.listeners import ListenerPorts, certificate_store, start_listeners
 from gateway.edge.server import EdgeServer
-from gateway.edge.starting import Starting
-from gateway.edge.wake import Waker
-from gateway.edge.ws_hub import WebSocketHub, WsLimits
-from gateway.edge.ws_readmit import Readmission
+from gateway.edge.tls import CertificateStore
+from gateway.edge.ws_hub import WebSocketHub
 from gateway.ops import log
-from gateway.ops.metrics import CONTENT_TYPE, Metrics, StatsCollector
 from gateway.ops.settings import Settings
 from gateway.ops.sweeper import Sweeper
-from gateway.store.base import RouteSource, Store
+from gateway.ops.workers import WorkerSlot, join_workers, metrics_endpoint
+from gateway.store.base import Store
 from gateway.store.lookup import RouteLookup
 from gateway.store.memory import MemoryStore
 from gateway.store.redis import RedisStore, connect_redis
@@ -67,6 +68,9 @@ class Running:
     domains: DomainService
     holds: StartupHolds
     """Held requests' probe loops and the wake calls (issue 14)."""
+    tls_port: int | None = None
+    certs: CertificateStore | None = None
+    """The edge's certificates when it serves TLS (``reload`` on SIGHUP)."""
     draining: bool = False
 
 
@@ -122,110 +126,6 @@ async def _with_startup_retries(attempt: Callable[[], Awaitable[T]]) -> T:
             delay = min(delay * 2, 5.0)
 
 
-# ── each component's config, from settings: the one place that reads them ─────────────────
-def allowed_targets(settings: Settings, extra: list[str] | None = None) -> list[IPNetwork]:
-    return [*settings.allowed_targets, *(ipaddress.ip_network(n) for n in extra or [])]
-
-
-def build_lookup(settings: Settings, store: RouteSource) -> RouteLookup:
-    return RouteLookup(
-        store,
-        timeout_s=settings.redis_timeout_s,
-        ttl_s=settings.cache_ttl_s,
-        negative_ttl_s=settings.cache_negative_ttl_s,
-        stale_grace_s=settings.cache_stale_grace_s,
-        private_stale_grace_s=settings.private_stale_grace_s,
-        max_entries=settings.cache_max_entries,
-        preview_domain=settings.preview_domain,
-    )
-
-
-def upstream_pool(
-    settings: Settings, allowed: list[IPNetwork], *, websocket: bool = False
-) -> UpstreamPool:
-    """WebSockets hold their upstream connection for their whole life, so they get a pool of
-    their own, without a per-sandbox limit: in the HTTP pool they would take the per-sandbox
-    slots that keep one busy sandbox from starving requests to the same port."""
-    total = settings.upstream_max_connections
-    return UpstreamPool(
-        allowed=allowed,
-        max_connections=total,
-        max_per_target=total if websocket else settings.upstream_max_connections_per_target,
-        connect_timeout_s=settings.upstream_connect_timeout_s,
-    )
-
-
-def admission_for(settings: Settings, signer: TokenSigner) -> AdmissionConfig:
-    return AdmissionConfig(
-        signer=signer,
-        cookie_samesite=settings.cookie_samesite,
-        allowed_origins=settings.ws_allowed_origins,
-    )
-
-
-def ws_limits(settings: Settings) -> WsLimits:
-    return WsLimits(
-        idle_timeout_s=settings.ws_idle_timeout_s,
-        max_lifetime_s=settings.ws_max_lifetime_s,
-        ping_interval_s=settings.ws_ping_interval_s,
-        max_message_bytes=settings.ws_max_message_bytes,
-        handshake_timeout_s=settings.upstream_response_timeout_s,
-    )
-
-
-def edge_config(
-    settings: Settings, allowed: list[IPNetwork], admission: AdmissionConfig
-) -> EdgeConfig:
-    return EdgeConfig(
-        preview_domain=settings.preview_domain,
-        trusted_proxies=settings.trusted_proxies,
-        allowed_targets=allowed,
-        limits=RelayLimits(
-            body_idle_s=settings.body_idle_timeout_s,
-            response_s=settings.upstream_response_timeout_s,
-            upstream_idle_s=settings.upstream_idle_timeout_s,
-            max_body_bytes=settings.max_body_bytes,
-        ),
-        admission=admission,
-        public_scheme=settings.public_scheme,
-    )
-
-
-def api_config(settings: Settings, allowed: list[IPNetwork]) -> ApiConfig:
-    return ApiConfig(
-        rules=ServiceConfig(
-            preview_domain=settings.preview_domain,
-            region=settings.region,
-            blocked_ports=settings.blocked_ports(),
-            allowed_targets=allowed,
-            token_max_lifetime_s=settings.token_max_lifetime_s,
-        ),
-        public_scheme=settings.public_scheme,
-        public_port=settings.effective_public_port,
-        domains=DomainConfig.from_settings(settings),
-    )
-
-
-def planner_config(config: EdgeConfig) -> PlannerConfig:
-    return PlannerConfig(
-        preview_domain=config.preview_domain,
-        trusted_proxies=config.trusted_proxies,
-        admission=config.admission,
-        max_body_bytes=config.limits.max_body_bytes,
-        public_scheme=config.public_scheme,
-    )
-
-
-def edge_server(settings: Settings, handler: EdgeHandler) -> EdgeServer:
-    return EdgeServer(
-        handler,
-        header_timeout_s=settings.header_read_timeout_s,
-        keepalive_s=settings.keepalive_timeout_s,
-        grace_s=settings.shutdown_grace_s,
-        scheme=settings.public_scheme,
-    )
-
-
 # ── wiring ──────────────────────────────────────────────────────────────────────────────────
 class Readiness:
     """``/readyz``: not ready before the listeners are up nor while draining. A store outage
@@ -253,84 +153,46 @@ class Readiness:
         return True
 
 
-def starting_for(settings: Settings, store: Store, pool: UpstreamPool) -> Starting:
-    holds = StartupHolds.on_pool(pool)
-    secret = settings.wake_secret.get_secret_value().encode() if settings.wake_secret else None
-    return Starting(holds, Waker(store, holds, secret), settings.upstream_startup_wait_s)
-
-
-def metrics_for(
-    lookup: RouteLookup, store: Store, hub: WebSocketHub, starting: Starting
-) -> Metrics:
-    metrics = Metrics()
-    failed_lookups = ("stale", "error")
-    metrics.add_collector(
-        StatsCollector(
-            counters=lambda: {
-                "gateway_route_cache": ("result", lookup.stats),
-                "gateway_store_errors": (
-                    "operation",
-                    {"route_lookup": sum(lookup.stats[k] for k in failed_lookups), **store.errors},
-                ),
-                "gateway_wakes": ("outcome", starting.waker.stats),
-            },
-            gauges=lambda: {
-                "gateway_websockets_open": hub.open_count,
-                "gateway_requests_held": starting.holds.held,
-            },
-        )
-    )
-    return metrics
-
-
-def metrics_endpoint(metrics: Metrics) -> Callable[[web.Request], Awaitable[web.Response]]:
-    async def serve_metrics(request: web.Request) -> web.Response:
-        return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE})
-
-    return serve_metrics
-
-
 async def serve(
     settings: Settings,
     stop: asyncio.Event,
     *,
     on_ready: Callable[[Running], object] | None = None,
     extra_targets: list[str] | None = None,
+    worker: WorkerSlot | None = None,
 ) -> None:
-    """Run the gateway until ``stop`` is set, then drain and return."""
+    """Run the gateway until ``stop`` is set, then drain and return. A ``worker`` shares its
+    ports with its siblings (``SO_REUSEPORT``) and their metrics."""
     allowed = allowed_targets(settings, extra_targets)
     store = build_store(settings)
     lookup = build_lookup(settings, store)
     keys, generated_key = key_ring(settings)
     signer = TokenSigner(await _with_startup_retries(lambda: signing_keys(settings, store)))
     admission = admission_for(settings, signer)
-    pool = upstream_pool(settings, allowed)
-    ws_pool = upstream_pool(settings, allowed, websocket=True)
-    limits = ws_limits(settings)
-    hub = WebSocketHub(Readmission(lookup.find, admission), close_timeout_s=limits.close_timeout_s)
-    lookup.add_listener(hub.on_invalidation)
-    starting = starting_for(settings, store, pool)
-    metrics = metrics_for(lookup, store, hub, starting)
-    config = edge_config(settings, allowed, admission)
-    ws = (ws_pool, limits, hub)
-    handler = EdgeHandler(
-        config, planner_config(config), lookup, pool, ws, metrics.observe, starting=starting
-    )
+    handler, metrics = edge_handler(settings, allowed, store, lookup, admission)
+    hub, starting = handler.hub, handler.starting
+    assert starting is not None
     edge = edge_server(settings, handler)
     readiness = Readiness(store, settings)
     api = ControlApi(api_config(settings, allowed), store, keys, readiness, signer)
     api_app = api.app()
-    api_app.router.add_get("/metrics", metrics_endpoint(metrics))
+    api_app.router.add_get("/metrics", metrics_endpoint(metrics.render, worker))
+    api_app.router.add_get(tls_ask.ASK_PATH, tls_ask.ask_endpoint(lookup.find))
+    shared = worker is not None
     api_runner = web.AppRunner(api_app, access_log=None, shutdown_timeout=2.0)
+    certs = certificate_store(settings)
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(store.close)
         # Cleanups run last-in first-out: the edge drains its in-flight requests first, while
         # the API listener still answers /readyz with 503; only then does the API close.
-        await _listen(stack, api_runner, settings.bind, settings.api_port)
+        await _listen(stack, api_runner, settings.bind, settings.api_port, reuse_port=shared)
         await stack.enter_async_context(edge)  # on exit, busy connections get their grace
-        edge_port = await edge.start(settings.bind, settings.edge_port)
-        if settings.public_port is None and settings.edge_port == 0:
-            api.set_public_port(edge_port)  # an ephemeral edge port is only known now
+        edge_port, tls_port = await start_listeners(
+            ListenerPorts.from_settings(settings), edge, certs, reuse_port=shared
+        )
+        await join_workers(stack, worker, metrics.render)  # once it serves, siblings see it
+        if settings.public_port is None:
+            api.set_public_port(tls_port or edge_port)  # an ephemeral port is only known now
         sweeper = Sweeper(store, settings.sweep_interval_s)
         running = Running(
             edge_port=edge_port,
@@ -344,6 +206,8 @@ async def serve(
             service=api.service,
             domains=api.domains,
             holds=starting.holds,
+            tls_port=tls_port,
+            certs=certs,
         )
         readiness.running = running
         await _run_until_stopped(running, stop, edge, on_ready)
@@ -364,6 +228,9 @@ async def _run_until_stopped(
             tasks.create_task(running.domains.run_rechecks(), name="domain re-checks"),
             tasks.create_task(running.holds.run(), name="startup holds and wake calls"),
         ]
+        if running.certs is not None:
+            watch = running.certs.watch(running.certs.interval_s)
+            background.append(tasks.create_task(watch, name="certificate reload"))
         if on_ready is not None:
             on_ready(running)
         await stop.wait()
@@ -376,11 +243,16 @@ async def _run_until_stopped(
 
 
 async def _listen(
-    stack: contextlib.AsyncExitStack, runner: web.BaseRunner, host: str, port: int
+    stack: contextlib.AsyncExitStack,
+    runner: web.BaseRunner,
+    host: str,
+    port: int,
+    *,
+    reuse_port: bool = False,
 ) -> web.TCPSite:
     await runner.setup()
     stack.push_async_callback(runner.cleanup)
-    site = web.TCPSite(runner, host, port, reuse_address=True)
+    site = web.TCPSite(runner, host, port, reuse_address=True, reuse_port=reuse_port or None)
     await site.start()
     return site
 

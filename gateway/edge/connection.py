@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from typing import TYPE_CHECKING, cast
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, cast
 
 import httptools
 
@@ -23,8 +24,7 @@ from gateway.ops import log
 
 if TYPE_CHECKING:
     from gateway.edge.exchange import Relay
-    from gateway.edge.handler import EdgeHandler
-    from gateway.edge.server import EdgeServer
+    from gateway.edge.server import EdgeServer, RequestHandler
 
 MAX_HEAD_BYTES = 0x10000
 MAX_FIELDS = 128
@@ -55,7 +55,7 @@ class _Head:
         self.headers.append((name, value))
 
 
-def parse_head(raw: bytes, peer: str) -> tuple[RequestHead, bool]:
+def parse_head(raw: bytes, peer: str, scheme: str = "http") -> tuple[RequestHead, bool]:
     """The head (with its final CRLFCRLF) as a ``RequestHead``, and whether the connection may
     stay open after it. Raises ``BadRequest`` or ``HeadersTooLarge``."""
     lines = raw.count(b"\r\n") - 2
@@ -91,15 +91,19 @@ def parse_head(raw: bytes, peer: str) -> tuple[RequestHead, bool]:
         version=version,
         headers=headers,
         peer=peer,
+        scheme=scheme,
     )
     return head, keep_alive
 
 
 class ClientConnection(asyncio.Protocol):
-    def __init__(self, edge: EdgeHandler, server: EdgeServer) -> None:
+    def __init__(self, edge: RequestHandler, server: EdgeServer, scheme: str = "http") -> None:
         self._edge = edge
         self._server = server
-        self._loop = asyncio.get_running_loop()
+        self._scheme = scheme
+        """'https' on the TLS listener: X-Forwarded-Proto and the token cookie follow it."""
+        # Kept: asyncio.get_running_loop() costs a getpid() syscall on Python 3.11.
+        self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.peer = ""
         self.version = (1, 1)
@@ -111,7 +115,7 @@ class ClientConnection(asyncio.Protocol):
         self._closing = False
         self._reading_paused = False
         self._upstream_paused = False
-        self._idle_since = self._loop.time()
+        self._idle_since = self.loop.time()
         self._head_started: float | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
@@ -204,7 +208,7 @@ class ClientConnection(asyncio.Protocol):
         if not self.keep_alive or self._server.draining or self._eof:
             self._close()
             return
-        self._idle_since = self._loop.time()
+        self._idle_since = self.loop.time()
         self._pump()
 
     def hand_over(self) -> bytes:
@@ -255,7 +259,7 @@ class ClientConnection(asyncio.Protocol):
         end = buf.find(b"\r\n\r\n")
         if end < 0:
             if self._head_started is None:
-                self._head_started = self._loop.time()
+                self._head_started = self.loop.time()
                 self._arm(self._head_started + self._server.header_timeout_s)
             last = len(buf) - (buf.rfind(b"\n") + 1)
             if len(buf) > MAX_HEAD_BYTES or last > MAX_LINE_BYTES:
@@ -268,7 +272,7 @@ class ClientConnection(asyncio.Protocol):
         del buf[: end + 4]
         self._head_started = None
         try:
-            head, keep_alive = parse_head(raw, self.peer)
+            head, keep_alive = parse_head(raw, self.peer, self._scheme)
         except GatewayError as exc:
             self._refuse(exc)
             return
@@ -276,7 +280,12 @@ class ClientConnection(asyncio.Protocol):
         self._busy = True
         self._body_left = 0
         self._body_chunked = False
-        self._task = self._server.spawn(self._edge.handle(self, head))
+        self._edge.start(self, head)
+
+    def spawn(self, step: Coroutine[Any, Any, None]) -> None:
+        """Run a step of this connection's request that has to wait; cancelled if the client
+        goes away before it is done."""
+        self._task = self._server.spawn(step)
 
     def body_framing(self, framing: BodyFraming, length: int) -> None:
         """The request's body, as the planner read it: skipped if the answer does not need it."""
@@ -319,13 +328,13 @@ class ClientConnection(asyncio.Protocol):
             if timer.when() <= when:
                 return
             timer.cancel()
-        self._timer = self._loop.call_at(when, self._check)
+        self._timer = self.loop.call_at(when, self._check)
 
     def _check(self) -> None:
         self._timer = None
         if self._closing:
             return
-        now = self._loop.time()
+        now = self.loop.time()
         server = self._server
         if self._busy:
             self._arm(now + server.header_timeout_s)

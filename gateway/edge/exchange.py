@@ -44,6 +44,7 @@ def not_upgraded() -> UpstreamBadResponse:
 class Client(Protocol):
     """What the exchange needs of the client connection (``connection.ClientConnection``)."""
 
+    loop: asyncio.AbstractEventLoop
     transport: asyncio.Transport
     version: tuple[int, int]
     keep_alive: bool
@@ -70,7 +71,7 @@ class Relay:
         close_after: bool,
         upgrade: bool = False,
     ) -> None:
-        self.loop = asyncio.get_running_loop()
+        self.loop = client.loop  # not get_running_loop(): a getpid() syscall on Python 3.11
         self.client = client
         self.conn = conn
         self.method = method

@@ -1,22 +1,24 @@
-"""The edge's request task: Host → route → plan → pooled connection → relay.
+"""The edge's request flow: Host → route → plan → pooled connection → relay.
 
-One task per request, spawned by the client connection once a head is parsed; the access
-record, metrics and request ids are kept as ``server.Edge.handle`` keeps them.
+The common case (route cached, an idle pooled connection) runs from the connection's callbacks
+without a task: a task and its coroutine chain cost more per request than all the rest of the
+gateway's Python did (docs/benchmarks.md, issue 9). A step that must wait (a store read, a dial
+or a slot, a WebSocket handshake) goes on in a task (``client.spawn``), which the connection
+cancels if the client goes away meanwhile. A standby route and the waiting page's readiness
+poll detour through a task too (issue 14, ``starting.Starting``), and a dial goes through its
+startup wait; the common request pays one attribute check for them. The access record, metrics
+and request ids are kept as the aiohttp edge kept them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
-import secrets
+import functools
 import time
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from multidict import CIMultiDict
-
-from gateway.core import admission
 from gateway.core.errors import (
     BadRequest,
     GatewayError,
@@ -36,23 +38,47 @@ from gateway.core.planner import (
     first_header,
     inspect,
     plan,
-    shape_response,
 )
 from gateway.core.records import Route
 from gateway.core.startup import retryable
 from gateway.edge.config import EdgeConfig
-from gateway.edge.exchange import Relay, not_upgraded
-from gateway.edge.pages import closes_connection, render_bytes, status_phrase
+from gateway.edge.exchange import Relay
+from gateway.edge.pages import closes_connection, head_bytes, json_bytes, render_bytes
 from gateway.edge.pool import UpstreamConnection, UpstreamPool
 from gateway.edge.starting import Starting
+from gateway.edge.upstream_conn import Target
 from gateway.edge.upstream_errors import closed_without_answer
+from gateway.edge.ws_handshake import open_tunnel
 from gateway.edge.ws_hub import WebSocketHub, WsLimits
-from gateway.edge.ws_tunnel import WsTunnel
 from gateway.ops import log
-from gateway.store.lookup import RouteLookup
+from gateway.store.lookup import Miss
 
 if TYPE_CHECKING:
     from gateway.edge.connection import ClientConnection
+
+
+_T = TypeVar("_T")
+
+
+class RouteFinder(Protocol):
+    """The route of a host: ``store.lookup.RouteLookup``, or a fixed one (the ACME responder)."""
+
+    def cached(self, host: str) -> Route | Miss | None:
+        """The route if it can be answered without waiting, else ``Miss``."""
+
+    async def find(self, host: str) -> Route | None: ...
+
+
+@dataclass(slots=True)
+class _Request:
+    """One request on its way through the steps below."""
+
+    client: ClientConnection
+    head: RequestHead
+    record: log.AccessRecord
+    started: float
+    inspected: Inspected | None = None
+    route: Route | None = None
 
 
 class EdgeHandler:
@@ -60,7 +86,7 @@ class EdgeHandler:
         self,
         config: EdgeConfig,
         planner: PlannerConfig,
-        lookup: RouteLookup,
+        lookup: RouteFinder,
         pool: UpstreamPool,
         ws: tuple[UpstreamPool, WsLimits, WebSocketHub],
         observe: Callable[[log.AccessRecord], None] | None = None,
@@ -68,15 +94,17 @@ class EdgeHandler:
     ) -> None:
         self.config = config
         self.ws_pool, self.ws_limits, self.hub = ws
-        self._planner = planner
+        self.planner = planner
         self._lookup = lookup
         self.pool = pool
         self._observe = observe
         self.starting = starting
         """Wake calls, holds and the waiting page (issue 14); None: refused is 502 at once."""
-        self._next_id = random_ids().__next__
+        self._next_id = log.random_ids().__next__
+        self._loop_time = asyncio.get_running_loop().time
 
-    async def handle(self, client: ClientConnection, head: RequestHead) -> None:
+    def start(self, client: ClientConnection, head: RequestHead) -> None:
+        """Handle one parsed request head (called from the connection's callback)."""
         record = log.AccessRecord(
             request_id="",
             method=head.method,
@@ -84,20 +112,162 @@ class EdgeHandler:
             path=head.target.partition("?")[0][:512],
             remote=head.peer,
         )
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        relay: Relay | None = None
+        req = _Request(client, head, record, self._loop_time())
+        self._guard(req, self._begin, req)
+
+    def _begin(self, req: _Request) -> None:
+        head, record, client = req.head, req.record, req.client
+        inspected = req.inspected = inspect(head, self.planner)
+        record.request_id = inspected.request_id or self._next_id()
+        record.host = host = inspected.host
+        client.body_framing(inspected.framing, inspected.content_length)
+        if inspected.framing is BodyFraming.CHUNKED:
+            _check_visible_chunks(client.buffered)
+        route = self._lookup.cached(host)
+        if isinstance(route, Miss):
+            client.spawn(self._then(req, functools.partial(self._lookup.find, host), self._routed))
+            return
+        self._routed(req, route)
+
+    def _routed(self, req: _Request, route: Route | None) -> None:
+        record, client, inspected = req.record, req.client, req.inspected
+        assert inspected is not None
+        if route is None:
+            raise UnknownPreview(f"No preview is registered for {inspected.host}.")
+        record.workspace, record.sandbox = route.workspace, route.sandbox
+        record.preview, req.route = route.preview, route
+        decision = plan(inspected, route, time.time(), self.planner, request_id=record.request_id)
+        if isinstance(decision, Respond):
+            record.status, record.error_code = decision.status, decision.error_code
+            client.respond(self._answer(client, decision), close=False)
+            self._conclude(req, None)
+            return
+        record.upstream = f"{route.sandbox}:{route.port}"
+        record.overhead_ms = round((self._loop_time() - req.started) * 1000, 3)
+        starting = self.starting
+        if starting is not None and (route.standby or starting.is_ready_poll(inspected)):
+            waking = functools.partial(self._wake_first, req, starting, decision)
+            client.spawn(self._then(req, waking, self._woken))
+            return
+        self._dispatch(req, decision)
+
+    def _dispatch(self, req: _Request, decision: Forward | Upgrade) -> None:
+        client, inspected, route, record = req.client, req.inspected, req.route, req.record
+        assert inspected is not None and route is not None
+        if not isinstance(decision, Forward):
+            record.kind = "websocket"
+            upgrading = functools.partial(self._upgrade, req, decision)
+            client.spawn(self._then(req, upgrading, self._conclude))
+            return
+        self._forward(req, decision, fresh=False, retry=decision.idempotent)
+
+    def _forward(self, req: _Request, fwd: Forward, *, fresh: bool, retry: bool) -> None:
+        conn = None if fresh else self.pool.take_idle(fwd.target_host, fwd.port)
+        if conn is None:
+            held = retryable(fwd.idempotent, fwd.framing, fwd.content_length)
+            target = (fwd.target_host, fwd.port)
+            dialling = functools.partial(
+                self._acquire, self.pool, req, target, retryable=held, fresh=fresh
+            )
+            then = functools.partial(self._launch, fwd=fwd, retry=retry)
+            req.client.spawn(self._then(req, dialling, then))
+            return
+        self._launch(req, conn, fwd=fwd, retry=retry)
+
+    def _launch(
+        self, req: _Request, conn: UpstreamConnection, *, fwd: Forward, retry: bool
+    ) -> None:
+        assert req.inspected is not None
+        relay = self._start(req.client, conn, req.inspected, fwd)
+        relay.done.add_done_callback(functools.partial(self._relayed, req, conn, relay, fwd, retry))
+
+    def _relayed(
+        self,
+        req: _Request,
+        conn: UpstreamConnection,
+        relay: Relay,
+        fwd: Forward,
+        retry: bool,
+        _: object,
+    ) -> None:
+        # A pooled connection the app had closed: once more on a fresh socket.
+        error = relay.error
+        stale = conn.reused and error is not None and error.code == _UNANSWERED
+        self.pool.release(conn, reusable=error is None and relay.reusable)
+        if retry and stale and not relay.body_seen:
+            self._guard(req, self._forward, req, fwd, fresh=True, retry=False)
+        elif error is not None:
+            self._fail(req, error)
+        else:
+            self._conclude(req, relay)
+
+    async def _wake_first(
+        self, req: _Request, starting: Starting, decision: Forward | Upgrade
+    ) -> Forward | Upgrade | None:
+        """Standby: wake and hold (or the waiting page); a readiness poll: its answer."""
+        inspected, route, record = req.inspected, req.route, req.record
+        assert inspected is not None and route is not None
+        target = (decision.target_host, decision.port)
+        if isinstance(decision, Forward) and starting.is_ready_poll(inspected):
+            status, body = await starting.ready_answer(route, target)
+            record.status = status
+            req.client.respond(self._ready_json(req.client, status, body), close=False)
+            return None
+        await starting.before_dial(inspected, route, target, record)
+        return decision
+
+    def _woken(self, req: _Request, decision: Forward | Upgrade | None) -> None:
+        if decision is None:
+            self._conclude(req, None)
+        else:
+            self._dispatch(req, decision)
+
+    async def _acquire(
+        self, pool: UpstreamPool, req: _Request, target: Target, *, retryable: bool, fresh: bool
+    ) -> UpstreamConnection:
+        """A connection; with ``starting``, a refused port holds a retryable request."""
+        if self.starting is None:
+            return await pool.acquire(*target, fresh=fresh)
+        assert req.inspected is not None and req.route is not None
+        return await self.starting.acquire(
+            pool,
+            req.inspected,
+            req.route,
+            target,
+            retryable=retryable,
+            record=req.record,
+            fresh=fresh,
+        )
+
+    async def _then(
+        self,
+        req: _Request,
+        waiting: Callable[[], Awaitable[_T]],
+        then: Callable[[_Request, _T], None],
+    ) -> None:
+        """The task of a step that waits: ``then(req, result)`` once it is there. (A callable,
+        not a coroutine, so a task cancelled before it starts leaves none unawaited.)"""
         try:
-            relay = await self._handle(client, head, record, started)
-            if relay is not None:
-                # The client that went before its answer: nobody is left to answer (Caddy's 499).
-                record.status = record.status or relay.status or 499
-                if relay.head_at:
-                    record.upstream_ms = round((relay.head_at - relay.sent_at) * 1000, 2)
-                if relay.aborted:
-                    record.error_code = "upstream_aborted"
-                    log.edge.warning("upstream aborted mid-response (preview %s)", record.preview)
-        except GatewayError as exc:
+            value = await waiting()
+        except asyncio.CancelledError:
+            req.record.status = 499
+            self._conclude(req, None)
+            raise
+        except Exception as exc:
+            self._fail(req, exc)
+            return
+        self._guard(req, then, req, value)
+
+    def _guard(self, req: _Request, step: Callable[..., None], *args: Any, **kw: Any) -> None:
+        try:
+            step(*args, **kw)
+        except Exception as exc:
+            self._fail(req, exc)
+
+    def _fail(self, req: _Request, exc: Exception) -> None:
+        """The request failed before a response went out: its page, then the end."""
+        record, client, head = req.record, req.client, req.head
+        if isinstance(exc, GatewayError):
             if isinstance(exc, TargetNotAllowed):
                 log.edge.error(
                     "refusing to dial a target outside allowed_targets (preview %s)",
@@ -105,140 +275,48 @@ class EdgeHandler:
                 )
             record.status, record.error_code = exc.status, error_code(exc)
             client.respond(self._page(client, head, exc), close=closes_connection(exc))
-        except asyncio.CancelledError:
-            record.status = 499
-            raise
-        except Exception:
-            log.edge.exception("unexpected error while handling a preview request")
+        else:
+            log.edge.error("unexpected error while handling a preview request", exc_info=exc)
             record.status, record.error_code = 500, "internal_error"
             client.respond(self._page(client, head, GatewayError()), close=True)
-        finally:
-            if relay is not None:
-                record.bytes_in, record.bytes_out = relay.bytes_in, relay.bytes_out
-            record.request_id = record.request_id or self._next_id()
-            if relay is None or not relay.tunneled:
-                self._write_record(record, started)  # a tunnel's is written when it ends
-            try:
-                client.finished(relay)
-            except Exception:
-                # Raised into the listener's TaskGroup, it would stop the whole edge.
-                log.edge.exception("unexpected error after a preview request")
-                client.transport.abort()
+        self._conclude(req, None)
+
+    def _conclude(self, req: _Request, relay: Relay | None) -> None:
+        """The access record and metrics, and the connection's next request."""
+        record, client = req.record, req.client
+        if relay is not None:
+            # The client that went before its answer: nobody is left to answer (Caddy's 499).
+            record.status = record.status or relay.status or 499
+            if relay.head_at:
+                record.upstream_ms = round((relay.head_at - relay.sent_at) * 1000, 2)
+            if relay.aborted:
+                record.error_code = "upstream_aborted"
+                log.edge.warning("upstream aborted mid-response (preview %s)", record.preview)
+            record.bytes_in, record.bytes_out = relay.bytes_in, relay.bytes_out
+        record.request_id = record.request_id or self._next_id()
+        if relay is None or not relay.tunneled:
+            self._write_record(record, req.started)  # a tunnel's is written when it ends
+        try:
+            client.finished(relay)
+        except Exception:
+            log.edge.exception("unexpected error after a preview request")
+            client.transport.abort()
 
     def _write_record(self, record: log.AccessRecord, started: float) -> None:
-        record.duration_ms = round((asyncio.get_running_loop().time() - started) * 1000, 2)
+        record.duration_ms = round((self._loop_time() - started) * 1000, 2)
         log.write_access(record)
         if self._observe is not None:
             self._observe(record)
 
-    async def _handle(
-        self, client: ClientConnection, head: RequestHead, record: log.AccessRecord, started: float
-    ) -> Relay | None:
-        loop = asyncio.get_running_loop()
-        inspected = inspect(head, self._planner)
-        record.request_id = inspected.request_id or self._next_id()
-        record.host = host = inspected.host
-        client.body_framing(inspected.framing, inspected.content_length)
-        if inspected.framing is BodyFraming.CHUNKED:
-            _check_visible_chunks(client.buffered)
-        route = await self._lookup.find(host)
-        if route is None:
-            raise UnknownPreview(f"No preview is registered for {host}.")
-        record.workspace, record.sandbox = route.workspace, route.sandbox
-        record.preview = route.preview
-        decision = plan(inspected, route, time.time(), self._planner, request_id=record.request_id)
-        if isinstance(decision, Respond):
-            record.status, record.error_code = decision.status, decision.error_code
-            client.respond(self._answer(client, decision), close=False)
-            return None
-        record.upstream = f"{route.sandbox}:{route.port}"
-        record.overhead_ms = round((loop.time() - started) * 1000, 3)
-        if self.starting is not None:
-            target = (decision.target_host, decision.port)
-            if isinstance(decision, Forward) and self.starting.is_ready_poll(inspected):
-                status, body = await self.starting.ready_answer(route, target)
-                record.status = status
-                client.respond(self._ready_json(client, status, body), close=False)
-                return None
-            await self.starting.before_dial(inspected, route, target, record)
-        if not isinstance(decision, Forward):
-            record.kind = "websocket"
-            return await self._upgrade(client, inspected, decision, route, record, started)
-        return await self._relay(client, inspected, decision, route, record)
-
-    async def _acquire(
-        self,
-        pool: UpstreamPool,
-        inspected: Inspected,
-        route: Route,
-        target: tuple[str, int],
-        record: log.AccessRecord,
-        *,
-        retryable: bool,
-        fresh: bool,
-    ) -> UpstreamConnection:
-        if self.starting is None:
-            return await pool.acquire(*target, fresh=fresh)
-        return await self.starting.acquire(
-            pool, inspected, route, target, retryable=retryable, record=record, fresh=fresh
-        )
-
-    async def _relay(
-        self,
-        client: ClientConnection,
-        inspected: Inspected,
-        fwd: Forward,
-        route: Route,
-        record: log.AccessRecord,
-    ) -> Relay:
-        retry = fwd.idempotent
-        fresh = False
-        held = retryable(fwd.idempotent, fwd.framing, fwd.content_length)
-        while True:
-            conn = await self._acquire(
-                self.pool,
-                inspected,
-                route,
-                (fwd.target_host, fwd.port),
-                record,
-                retryable=held,
-                fresh=fresh,
-            )
-            relay = self._start(client, conn, inspected, fwd)
-            await relay.done
-            # A pooled connection the app had closed: once more on a fresh socket.
-            error = relay.error
-            stale = conn.reused and error is not None and error.code == _UNANSWERED
-            self.pool.release(conn, reusable=relay.error is None and relay.reusable)
-            if retry and stale and not relay.body_seen:
-                retry, fresh = False, True
-                continue
-            if relay.error is not None:
-                raise relay.error
-            return relay
-
-    async def _upgrade(
-        self,
-        client: ClientConnection,
-        inspected: Inspected,
-        up: Upgrade,
-        route: Route,
-        record: log.AccessRecord,
-        started: float,
-    ) -> Relay:
+    async def _upgrade(self, req: _Request, up: Upgrade) -> Relay:
         """The handshake goes upstream; a 101 turns both connections into a ``WsTunnel``, any
         other answer is relayed as an ordinary response. The tunnel is attached to the hub and
         this task ends: an open WebSocket holds no task (issue 9's memory per idle socket)."""
+        client, inspected, route, record = req.client, req.inspected, req.route, req.record
+        assert inspected is not None and route is not None
         self.hub.refuse_if_draining()
-        conn = await self._acquire(
-            self.ws_pool,
-            inspected,
-            route,
-            (up.target_host, up.port),
-            record,
-            retryable=True,
-            fresh=True,
-        )
+        target = (up.target_host, up.port)
+        conn = await self._acquire(self.ws_pool, req, target, retryable=True, fresh=True)
         relay: Relay | None = None
         try:
             relay = Relay(
@@ -262,51 +340,13 @@ class EdgeHandler:
             if relay.switched is None or conn.transport is None:
                 record.extra["upstream_refused"] = relay.status
                 return relay
-            self._open_tunnel(client, conn, relay, inspected, up, route, record, started)
+            write = functools.partial(self._write_record, record, req.started)
+            ws = (self.hub, self.ws_limits, self.ws_pool)
+            open_tunnel(client, conn, relay, inspected, up, route, record, ws, write)
             return relay
         finally:
             if relay is None or not relay.tunneled:
                 self.ws_pool.release(conn, reusable=False)
-
-    def _open_tunnel(
-        self,
-        client: ClientConnection,
-        conn: UpstreamConnection,
-        relay: Relay,
-        inspected: Inspected,
-        up: Upgrade,
-        route: Route,
-        record: log.AccessRecord,
-        started: float,
-    ) -> None:
-        """The upstream answered 101: the client gets it, and the hub both connections."""
-        assert relay.switched is not None and conn.transport is not None
-        resp, rest = relay.switched
-        key = first_header(inspected.head.headers, "sec-websocket-key") or ""
-        if first_header(resp.headers, "sec-websocket-accept") != _accept_key(key):
-            raise not_upgraded()
-        relay.status = record.status = 101
-        headers = shape_response(101, resp.headers, up.edits, upgrade=True)
-        client.transport.write(_head_bytes(101, headers))
-        extensions = first_header(resp.headers, "sec-websocket-extensions") or ""
-        conn.detach()
-        tunnel = WsTunnel(
-            client.transport,
-            conn.transport,
-            self.ws_limits,
-            client_buffered=client.hand_over(),
-            upstream_buffered=rest,
-            compressed="permessage-deflate" in extensions.lower(),
-        )
-        self.hub.attach(tunnel, route, inspected.host, record, _credentials(inspected))
-        relay.tunneled = True
-
-        def ended(_: object) -> None:
-            # After the hub's own callback, which noted the tunnel's end in the record.
-            self.ws_pool.release(conn, reusable=False)
-            self._write_record(record, started)
-
-        tunnel.done.add_done_callback(ended)
 
     def _start(
         self, client: ClientConnection, conn: UpstreamConnection, inspected: Inspected, fwd: Forward
@@ -334,48 +374,14 @@ class EdgeHandler:
         return render_bytes(exc, accept, head=head.method == "HEAD", extra=extra)
 
     def _ready_json(self, client: ClientConnection, status: int, body: bytes) -> bytes:
-        extra = client.date_header() + f"Content-Length: {len(body)}\r\n"
-        if not client.keep_alive:
-            extra += "Connection: close\r\n"
-        headers = [("Content-Type", "application/json"), ("Cache-Control", "no-store")]
-        return _head_bytes(status, headers, extra) + body
+        extra = client.date_header() + ("" if client.keep_alive else "Connection: close\r\n")
+        return json_bytes(status, body, extra)
 
     def _answer(self, client: ClientConnection, answer: Respond) -> bytes:
         extra = client.date_header() + "Content-Length: 0\r\n"
         if not client.keep_alive:
             extra += "Connection: close\r\n"
-        return _head_bytes(answer.status, answer.headers, extra)
-
-
-def _head_bytes(status: int, headers: list[tuple[str, str]], extra: str = "") -> bytes:
-    lines = [f"HTTP/1.1 {status} {status_phrase(status)}\r\n"]
-    lines += [f"{name}: {value}\r\n" for name, value in headers]
-    lines.append(extra)
-    lines.append("\r\n")
-    return "".join(lines).encode("latin-1", "replace")
-
-
-def _accept_key(key: str) -> str:
-    """The Sec-WebSocket-Accept that proves the upstream read this handshake (RFC 6455 §4.2.2)."""
-    digest = hashlib.sha1((key.strip() + _WS_GUID).encode(), usedforsecurity=False).digest()
-    return base64.b64encode(digest).decode()
-
-
-_WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-
-
-def _credentials(inspected: Inspected) -> admission.Inbound:
-    """What the hub re-admits the tunnel with on every invalidation (the aiohttp relay's form)."""
-    facts = inspected.admission
-    return admission.Inbound(
-        method=facts.method,
-        headers=CIMultiDict(inspected.head.headers),
-        raw_path=facts.raw_path,
-        raw_query=facts.raw_query,
-        host_header=facts.host_header,
-        scheme=facts.scheme,
-        websocket=True,
-    )
+        return head_bytes(answer.status, answer.headers, extra)
 
 
 _UNANSWERED = closed_without_answer().code
@@ -388,13 +394,3 @@ def _check_visible_chunks(buffered: bytes | bytearray) -> None:
             ChunkedScanner().feed(buffered)
         except FramingError as exc:
             raise BadRequest("The request could not be parsed.") from exc
-
-
-def random_ids() -> Iterator[str]:
-    """16-hex-digit request ids from a block of 512 drawn at once, rather than one ``secrets``
-    call (a getrandom syscall) per request (docs/benchmarks.md). Each id is still 8 bytes from
-    the CSPRNG, used once."""
-    while True:
-        block = secrets.token_hex(8 * 512)
-        for start in range(0, len(block), 16):
-            yield block[start : start + 16]

@@ -18,7 +18,8 @@ from gateway.core.errors import (
     UpstreamTimedOut,
     UpstreamUnreachable,
 )
-from gateway.edge.pool import Target, UpstreamPool
+from gateway.edge.pool import UpstreamPool
+from gateway.edge.upstream_conn import Target
 from gateway.ops import log
 
 _NOT_YET = (UpstreamRefused, UpstreamTimedOut, UpstreamUnreachable)

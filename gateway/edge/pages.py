@@ -117,3 +117,18 @@ def status_phrase(status: int) -> str:
         return HTTPStatus(status).phrase
     except ValueError:
         return "Unknown"
+
+
+def head_bytes(status: int, headers: list[tuple[str, str]], extra: str = "") -> bytes:
+    """A response head the gateway writes itself, ``extra`` (CRLF-ended lines) last."""
+    lines = [f"HTTP/1.1 {status} {status_phrase(status)}\r\n"]
+    lines += [f"{name}: {value}\r\n" for name, value in headers]
+    lines.append(extra)
+    lines.append("\r\n")
+    return "".join(lines).encode("latin-1", "replace")
+
+
+def json_bytes(status: int, body: bytes, extra: str = "") -> bytes:
+    """A small JSON answer of the gateway's own (the waiting page's readiness poll)."""
+    headers = [("Content-Type", "application/json"), ("Cache-Control", "no-store")]
+    return head_bytes(status, headers, f"{extra}Content-Length: {len(body)}\r\n") + body

@@ -15,9 +15,8 @@ Only addresses inside ``allowed_targets`` are dialled: IP literals are checked b
 connect, DNS names after resolution, keeping only allowed addresses (threat model R01, R02,
 R08). Dial failures become the gateway's error classes in ``upstream_errors``.
 
-A request that meets a stale pooled connection (it is closed before any response byte) may be
-sent once more when it is idempotent: release the connection with ``reusable=False`` and
-``acquire(..., fresh=True)``, which never hands out a pooled one.
+A request that meets a stale pooled connection (closed before any response byte) may be sent
+once more if idempotent: ``release(reusable=False)``, then ``acquire(fresh=True)`` (never pooled).
 """
 
 from __future__ import annotations
@@ -26,111 +25,15 @@ import asyncio
 import socket
 from collections import deque
 from collections.abc import Sequence
-from typing import Protocol, cast
 
 from gateway.core.errors import TargetNotAllowed, UpstreamUnreachable
 from gateway.core.netpolicy import IPNetwork, address_allowed, is_ip_literal
+from gateway.edge.upstream_conn import Consumer as Consumer
+from gateway.edge.upstream_conn import Target
+from gateway.edge.upstream_conn import UpstreamConnection as UpstreamConnection
 from gateway.edge.upstream_errors import dial_error
 
-Target = tuple[str, int]
-
 _TARGET_CACHE_MAX = 4096
-
-
-class Consumer(Protocol):
-    """What the exchange attaches to a connection for one request."""
-
-    def upstream_data(self, data: bytes) -> None: ...
-
-    def upstream_eof(self) -> None: ...
-
-    def upstream_lost(self, exc: BaseException | None) -> None: ...
-
-    def upstream_pause_writing(self) -> None: ...
-
-    def upstream_resume_writing(self) -> None: ...
-
-
-class UpstreamConnection(asyncio.Protocol):
-    """One TCP connection to a sandbox port."""
-
-    __slots__ = ("_consumer", "_pool", "idle_since", "lost", "reused", "target", "transport")
-
-    def __init__(self, pool: UpstreamPool, target: Target) -> None:
-        self._pool = pool
-        self.target = target
-        self.reused = False
-        """Taken from the idle pool: the sandbox may have closed it meanwhile (stale)."""
-        self.transport: asyncio.Transport | None = None
-        self.lost = False
-        self.idle_since = 0.0
-        self._consumer: Consumer | None = None
-
-    # ── for the exchange ──
-    def attach(self, consumer: Consumer) -> None:
-        """Send this connection's events to ``consumer`` until it is released."""
-        self._consumer = consumer
-
-    def detach(self) -> None:
-        """Events go to the pool again (``UpstreamPool.release`` does this)."""
-        self._consumer = None
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        if self.transport is not None:
-            self.transport.write(data)
-
-    def pause_reading(self) -> None:
-        if self.transport is not None:
-            self.transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        if self.transport is not None:
-            self.transport.resume_reading()
-
-    def close(self) -> None:
-        """Abort the connection (it is never reused)."""
-        if self.transport is not None:
-            self.transport.abort()
-
-    @property
-    def is_closing(self) -> bool:
-        return self.lost or self.transport is None or self.transport.is_closing()
-
-    # ── asyncio.Protocol ──
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's TCPTransport is not an asyncio.Transport subclass, though it is one in all
-        # but name: an isinstance assert would refuse every connection under uvloop.
-        self.transport = cast(asyncio.Transport, transport)
-
-    def data_received(self, data: bytes) -> None:
-        consumer = self._consumer
-        if consumer is not None:
-            consumer.upstream_data(data)
-        else:
-            # Bytes from an idle connection answer no request: the sandbox is out of step.
-            self.close()
-
-    def eof_received(self) -> bool | None:
-        consumer = self._consumer
-        if consumer is not None:
-            consumer.upstream_eof()
-        return None  # close our side too: a half-closed upstream is never reused
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
-        consumer = self._consumer
-        if consumer is not None:
-            consumer.upstream_lost(exc)
-        else:
-            self._pool._forget_idle(self)
-
-    def pause_writing(self) -> None:
-        if self._consumer is not None:
-            self._consumer.upstream_pause_writing()
-
-    def resume_writing(self) -> None:
-        if self._consumer is not None:
-            self._consumer.upstream_resume_writing()
 
 
 class UpstreamPool:
@@ -160,6 +63,14 @@ class UpstreamPool:
         self._dns: dict[Target, tuple[float, list[str]]] = {}
         self._sweep: asyncio.TimerHandle | None = None
         self._closed = False
+        self._running: asyncio.AbstractEventLoop | None = None
+
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        # Looked up once: asyncio.get_running_loop() is a getpid() syscall on Python 3.11.
+        loop = self._running
+        if loop is None:
+            loop = self._running = asyncio.get_running_loop()
+        return loop
 
     @property
     def in_use(self) -> int:
@@ -200,6 +111,20 @@ class UpstreamPool:
             self._free_slot(target)
             raise
 
+    def take_idle(self, host: str, port: int) -> UpstreamConnection | None:
+        """An idle connection with its slot taken, without waiting (so the common request needs
+        no task), or ``None``: then ``acquire``. Raises as ``acquire`` would before waiting."""
+        self.check_target(host)
+        if self._closed:
+            raise UpstreamUnreachable("The gateway is shutting down.")
+        target = (host, port)
+        if target not in self._idle or target in self._waiters or not self._has_slot(target):
+            return None
+        conn = self._pop_idle(target)
+        if conn is not None:
+            self._occupy(target)
+        return conn
+
     def release(self, conn: UpstreamConnection, *, reusable: bool) -> None:
         """Give the connection back after its exchange ended. ``reusable``: the response was
         complete and both sides allowed keep-alive; otherwise it is closed. Frees its slot."""
@@ -236,7 +161,7 @@ class UpstreamPool:
         if self._closed:
             raise UpstreamUnreachable("The gateway is shutting down.")
         while not self._has_slot(target):
-            waiter = asyncio.get_running_loop().create_future()
+            waiter = self._loop().create_future()
             self._waiters.setdefault(target, deque()).append(waiter)
             try:
                 await waiter
@@ -249,6 +174,9 @@ class UpstreamPool:
                 elif waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                     self._wake()  # woken, then cancelled: the slot goes to the next waiter
                 raise
+        self._occupy(target)
+
+    def _occupy(self, target: Target) -> None:
         self._busy[target] = self._busy.get(target, 0) + 1
         self._busy_total += 1
 
@@ -281,7 +209,7 @@ class UpstreamPool:
     # ── idle connections ──
     def _pop_idle(self, target: Target) -> UpstreamConnection | None:
         stack = self._idle.get(target)
-        deadline = asyncio.get_running_loop().time() - self._idle_timeout_s
+        deadline = self._loop().time() - self._idle_timeout_s
         while stack:
             conn = stack.pop()
             self._idle_count -= 1
@@ -307,7 +235,7 @@ class UpstreamPool:
             if not stack:
                 del self._idle[conn.target]
             return
-        loop = asyncio.get_running_loop()
+        loop = self._loop()
         conn.idle_since = loop.time()
         # An exchange may have paused it for backpressure; idle, its EOF must be seen.
         conn.resume_reading()
@@ -326,7 +254,7 @@ class UpstreamPool:
 
     def _sweep_idle(self) -> None:
         self._sweep = None
-        loop = asyncio.get_running_loop()
+        loop = self._loop()
         deadline = loop.time() - self._idle_timeout_s
         for target, stack in list(self._idle.items()):
             # Oldest first: the first one young enough ends the sweep of its stack.
@@ -341,7 +269,7 @@ class UpstreamPool:
     # ── dialling ──
     async def _dial(self, target: Target) -> UpstreamConnection:
         host, port = target
-        loop = asyncio.get_running_loop()
+        loop = self._loop()
         try:
             async with asyncio.timeout(self._connect_timeout_s):
                 addresses = [host] if is_ip_literal(host) else await self._resolve(target)
@@ -362,7 +290,7 @@ class UpstreamPool:
 
     async def _resolve(self, target: Target) -> list[str]:
         """The allowed addresses of a DNS name, remembered for ``dns_ttl_s``."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop()
         now = loop.time()
         cached = self._dns.get(target)
         if cached is not None and cached[0] > now:

@@ -6,12 +6,21 @@ keep-alive connections, gives busy ones ``grace_s`` to finish their response, th
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, Protocol
 
+from gateway.core.planner import RequestHead
 from gateway.edge.connection import ClientConnection
 from gateway.edge.handler import EdgeHandler
+
+
+class RequestHandler(Protocol):
+    """What a listener hands each parsed request to: the edge, or the https redirect."""
+
+    def start(self, client: ClientConnection, head: RequestHead) -> None:
+        """Take the request on; what has to wait goes on in ``client.spawn``."""
 
 
 class EdgeServer:
@@ -24,16 +33,16 @@ class EdgeServer:
         header_timeout_s: float,
         keepalive_s: float,
         grace_s: float,
-        scheme: str = "http",
     ) -> None:
         self.edge = edge
         self.grace_s = grace_s
         self.header_timeout_s = header_timeout_s
         self.keepalive_s = keepalive_s
-        self.scheme = scheme
         self.connections: set[ClientConnection] = set()
         self.draining = False
-        self._server: asyncio.Server | None = None
+        self._servers: list[asyncio.Server] = []
+        self.pools = [edge.pool, edge.ws_pool]
+        """Closed at the end of the drain (the ACME responder adds its own)."""
         self._tasks: asyncio.TaskGroup | None = None
         self._drained = asyncio.Event()
         self._date_second = -1
@@ -46,17 +55,39 @@ class EdgeServer:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.drain()
-        self.edge.pool.close()
-        self.edge.ws_pool.close()
+        for pool in self.pools:
+            pool.close()
         assert self._tasks is not None
         await self._tasks.__aexit__(None, None, None)
 
-    async def start(self, host: str, port: int) -> int:
+    async def start(
+        self,
+        host: str,
+        port: int,
+        *,
+        tls: ssl.SSLContext | None = None,
+        handler: RequestHandler | None = None,
+        reuse_port: bool = False,
+    ) -> int:
+        """Listen on ``host:port`` (HTTPS with ``tls``); requests go to ``handler``, by default
+        the edge. Called once per listener; all of them drain together. ``reuse_port`` lets
+        sibling worker processes bind the same port."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: ClientConnection(self.edge, self), host, port, reuse_address=True, backlog=1024
+        target = handler or self.edge
+        scheme = "https" if tls is not None else "http"
+        server = await loop.create_server(
+            lambda: ClientConnection(target, self, scheme),
+            host,
+            port,
+            reuse_address=True,
+            reuse_port=reuse_port or None,
+            backlog=1024,
+            ssl=tls,
+            # A client that stalls its handshake is a slowloris like one that stalls its head.
+            ssl_handshake_timeout=self.header_timeout_s if tls is not None else None,
         )
-        return int(self._server.sockets[0].getsockname()[1])
+        self._servers.append(server)
+        return int(server.sockets[0].getsockname()[1])
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         assert self._tasks is not None
@@ -66,9 +97,9 @@ class EdgeServer:
         """Drain begins: no new connections, idle keep-alive ones close now, busy ones after
         their response."""
         self.draining = True
-        if self._server is not None:
-            self._server.close()
-            self._server = None
+        for server in self._servers:
+            server.close()
+        self._servers.clear()
         for conn in list(self.connections):
             conn.drain()
         self.check_drained()

@@ -18,7 +18,8 @@ from gateway.core.planner import Inspected
 from gateway.core.records import Route
 from gateway.core.startup import READY_PATH, Wait, how_to_wait
 from gateway.edge.holds import StartupHolds
-from gateway.edge.pool import Target, UpstreamConnection, UpstreamPool
+from gateway.edge.pool import UpstreamConnection, UpstreamPool
+from gateway.edge.upstream_conn import Target
 from gateway.edge.wake import Waker
 from gateway.ops import log
 

@@ -8,6 +8,7 @@ table are both generated from it.
 from __future__ import annotations
 
 import ipaddress
+import os
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -42,17 +43,39 @@ class Settings(BaseSettings):
     """Edge listener: preview traffic (HTTP and WebSocket)."""
     api_port: int = Field(8081, ge=0, le=65535)
     """Control API, `/healthz`, `/readyz` and `/metrics`."""
+    workers: int = Field(1, ge=1, le=256)
+    """Processes sharing both ports (`SO_REUSEPORT`), one per core; `auto` means the CPUs this
+    process may run on. Above 1 a supervisor restarts a worker that dies and forwards SIGTERM and
+    SIGHUP to all; it needs Redis and fixed ports. Each worker has its own route cache."""
 
     # ── naming ──────────────────────────────────────────────────────────────────────────────
     preview_domain: str = "preview.localhost"
     """Parent domain of preview hostnames (`<id>.<region>.<preview_domain>`)."""
     region: str = "local"
     """Region label in random hostnames; empty omits the label."""
-    public_scheme: Literal["http", "https"] = "http"
-    """Scheme used to build `spec.url`."""
+    public_scheme: Literal["http", "https"] | None = None
+    """Scheme used to build `spec.url`; unset means `https` when the edge serves TLS, else
+    `http`. Set `https` behind a proxy that terminates TLS (Caddy)."""
     public_port: int | None = Field(None, ge=1, le=65535)
-    """Port used to build `spec.url`; unset means the edge port. Omitted when it is the scheme's
-    default port."""
+    """Port used to build `spec.url` and the https redirect; unset means the TLS port when the
+    edge serves TLS, else the edge port. Omitted when it is the scheme's default port."""
+
+    # ── TLS at the edge (docs/domains.md) ───────────────────────────────────────────────────
+    tls_port: int = Field(8443, ge=0, le=65535)
+    """HTTPS listener, served when certificates are configured. The edge port then redirects
+    to it (308), except ACME HTTP-01 challenges."""
+    tls_cert: str | None = None
+    """PEM certificate chain for the preview domain (a wildcard), with `tls_key`."""
+    tls_key: str | None = None
+    """PEM private key of `tls_cert`."""
+    tls_cert_dir: str | None = None
+    """Directory of per-domain certificates: `<name>.pem` + `<name>.key`, a wildcard
+    `*.<name>` as `_wildcard.<name>.pem`. Chosen by SNI before the preview certificate."""
+    tls_reload_interval_s: float = Field(5.0, gt=0)
+    """How often certificate files are checked for changes (also reloaded on SIGHUP)."""
+    acme_http_upstream: str | None = None
+    """`host:port` that `/.well-known/acme-challenge/` requests on the edge port are passed
+    to while TLS is on (an ACME client's HTTP-01 responder); unset: they get 404."""
 
     # ── store ───────────────────────────────────────────────────────────────────────────────
     redis_url: SecretStr | None = None
@@ -209,6 +232,17 @@ class Settings(BaseSettings):
                 )
         return value
 
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return (
+                len(os.sched_getaffinity(0))
+                if hasattr(os, "sched_getaffinity")
+                else (os.cpu_count() or 1)
+            )
+        return value
+
     @field_validator("preview_domain")
     @classmethod
     def _domain(cls, value: str) -> str:
@@ -217,15 +251,51 @@ class Settings(BaseSettings):
             raise ValueError("preview_domain must be a DNS name")
         return value
 
+    @field_validator("acme_http_upstream")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+            raise ValueError("acme_http_upstream must be host:port")
+        return value
+
     @model_validator(mode="after")
     def _ports_differ(self) -> Settings:
         if self.edge_port and self.edge_port == self.api_port:
             raise ValueError("edge_port and api_port must differ")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert and tls_key go together")
+        if self.tls_enabled and self.tls_port and self.tls_port in (self.edge_port, self.api_port):
+            raise ValueError("tls_port must differ from edge_port and api_port")
+        return self
+
+    @model_validator(mode="after")
+    def _workers_share(self) -> Settings:
+        # Workers share one routing table and one port each: an in-memory table per process
+        # would disagree, and port 0 would give every worker a different port.
+        if self.workers > 1 and self.redis_url is None:
+            raise ValueError("workers > 1 needs redis_url (one routing table for all workers)")
+        if self.workers > 1 and 0 in (self.edge_port, self.api_port):
+            raise ValueError("workers > 1 needs fixed edge_port and api_port (not 0)")
         return self
 
     @property
+    def tls_enabled(self) -> bool:
+        return bool(self.tls_cert or self.tls_cert_dir)
+
+    @property
+    def effective_public_scheme(self) -> str:
+        if self.public_scheme is not None:
+            return self.public_scheme
+        return "https" if self.tls_enabled else "http"
+
+    @property
     def effective_public_port(self) -> int:
-        return self.public_port if self.public_port is not None else self.edge_port
+        if self.public_port is not None:
+            return self.public_port
+        return self.tls_port if self.tls_enabled else self.edge_port
 
     def blocked_ports(self) -> frozenset[int]:
         return frozenset({80, *self.reserved_ports})

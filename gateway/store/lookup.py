@@ -26,6 +26,13 @@ log = logging.getLogger("gateway.routing")
 InvalidationListener = Callable[[str], None]
 
 
+class Miss:
+    """``RouteLookup.cached``: the answer needs a store read."""
+
+
+MISS = Miss()
+
+
 class RouteLookup:
     def __init__(
         self,
@@ -85,6 +92,24 @@ class RouteLookup:
                 return route
         return None
 
+    def cached(self, host: str) -> Route | Miss | None:
+        """``find`` answered from the cache alone, without awaiting (so the edge's common case
+        needs no task), or ``MISS`` when a candidate needs a store read: then ``find``."""
+        hits = 0
+        found: Route | None = None
+        for key in wildcard_candidates(host):
+            entry = self._cache.fresh(key)
+            if entry is None:
+                return MISS  # find() counts these hits itself
+            hits += 1
+            found = entry.value
+            if found is not None:
+                break
+        self.stats["hit"] += hits
+        if found is not None and found.expires_at is not None and found.expired(self._wall_clock()):
+            return None
+        return found
+
     async def _get(self, key: str) -> Route | None:
         entry = self._cache.fresh(key)
         if entry is not None:
@@ -127,6 +152,10 @@ class RouteLookup:
         return None if route.public else self._private_grace_s
 
     def invalidate(self, hostname: str) -> None:
+        if log.isEnabledFor(logging.DEBUG):
+            # The wall clock, so that bench/propagation.py can tell when the change was applied
+            # here apart from when a request, queued behind others, saw it.
+            log.debug("route cache: invalidated %s at %.6f", hostname, time.time())
         if hostname == FLUSH_ALL:
             self._cache.clear()
         else:

@@ -20,8 +20,17 @@ export const CHROMIUM_ARGS = [
 ];
 export const TOKEN_PARAM = "bl_preview_token";
 
+// CHROMIUM_EXTRA_ARGS: more flags, space-separated (the HTTPS test trusts its test CA's
+// certificate with --ignore-certificate-errors-spki-list).
+const EXTRA_ARGS = (process.env.CHROMIUM_EXTRA_ARGS || "").split(/\s+/).filter(Boolean);
+
 export function launch() {
-  return chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS, timeout: 60000 });
+  return chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: [...CHROMIUM_ARGS, ...EXTRA_ARGS],
+    timeout: 60000,
+  });
 }
 
 /** `host:port` of a URL, lower-cased, with the scheme's default port made explicit. */

@@ -23,7 +23,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -31,6 +31,7 @@ from typing import Any
 
 import pytest
 
+from tests.browser.private_app import PrivateApp
 from tests.helpers.ports import unused_port
 from tests.helpers.process import GatewayProcess
 
@@ -63,6 +64,17 @@ def missing_prerequisites() -> list[str]:
     if absent:
         problems.append(f"{NODE_MODULES} lacks {', '.join(absent)}")
     return problems
+
+
+@pytest.fixture
+def private_app() -> Iterator[PrivateApp]:
+    """The private-preview tests' upstream app (``private_app.py``) on 127.0.0.1."""
+    app = PrivateApp()
+    try:
+        app.start()
+        yield app
+    finally:
+        app.stop()
 
 
 @pytest.fixture(scope="session")
@@ -150,12 +162,16 @@ class Driver:
     """``node <script> --serve`` (hmr.mjs, private.mjs): one Chromium, one JSON command and
     reply per line."""
 
-    def __init__(self, log_path: Path, script: str = "hmr.mjs") -> None:
+    def __init__(
+        self, log_path: Path, script: str = "hmr.mjs", chromium_args: Sequence[str] = ()
+    ) -> None:
         self.log_path = log_path
         self._log = open(log_path, "w")  # noqa: SIM115 - lives as long as the process
+        env = {**os.environ, "CHROMIUM_EXTRA_ARGS": " ".join(chromium_args)}
         self.proc = subprocess.Popen(
             ["node", str(BROWSER_DIR / script), "--serve"],
             cwd=BROWSER_DIR,
+            env=env,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._log,

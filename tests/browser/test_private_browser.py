@@ -66,16 +66,6 @@ def private_driver(
 
 
 @pytest.fixture
-def private_app() -> Iterator[PrivateApp]:
-    app = PrivateApp()
-    try:
-        app.start()
-        yield app
-    finally:
-        app.stop()
-
-
-@pytest.fixture
 def preview(
     gateway_process: Callable[..., GatewayProcess], private_app: PrivateApp
 ) -> tuple[GatewayProcess, Api, str]:

@@ -413,6 +413,20 @@ def test_caddyfile_balances_over_both_replicas_with_readiness_checks() -> None:
     assert re.search(r"^\*\.\{\$PREVIEW_DOMAIN[^}]*\}", active, re.M), "wildcard site address"
 
 
+def test_the_on_demand_caddyfile_asks_the_gateway_and_is_selectable_in_compose() -> None:
+    caddyfile = (DEPLOY / "caddy" / "Caddyfile").read_text()
+    active = "\n".join(ln.split("#", 1)[0] for ln in caddyfile.splitlines())
+    assert re.search(r"on_demand_tls\s*\{[^}]*ask \{\$CADDY_ASK_URL:[^}]*/v0/tls/ask\}", active)
+    assert re.search(r"^\s*on_demand$", active, re.M)
+    assert "skip_install_trust" in active
+    upstreams = re.search(r"reverse_proxy \{\$CADDY_UPSTREAMS:([^}]+)\}", active)
+    assert upstreams and upstreams.group(1).split() == ["gateway-1:8080", "gateway-2:8080"]
+    caddy = _compose()["services"]["caddy"]
+    assert "${CADDYFILE:-./Caddyfile}:/etc/caddy/Caddyfile:ro" in caddy["volumes"]
+    ask = caddy["environment"]["CADDY_ASK_URL"]
+    assert ask.startswith("http://gateway-1:8081/"), "the ask endpoint is on the control API"
+
+
 # ── the Dockerfile ─────────────────────────────────────────────────────────────────────────
 
 

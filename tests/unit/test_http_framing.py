@@ -296,3 +296,54 @@ def test_find_head_end_resumes() -> None:
     assert find_head_end(data[:-5]) == -1
     assert find_head_end(data, start=len(data) - 10) == len(data) - 4
     assert find_head_end(bytearray(data), start=-3) == len(data) - 4
+
+
+_LINE_BYTES = st.binary(min_size=1, max_size=24).filter(
+    lambda b: b"\r\n" not in b
+) | st.sampled_from(
+    [
+        b"X-A: 1",
+        b"X-A:1",
+        b"X-A: \t v \t",
+        b"X-A:",
+        b" X-A: 1",
+        b"X_A: 1",
+        b"X A: 1",
+        b": v",
+        b"X-A: a\rb",
+        b"X-A: a\x7f",
+        b"X-A: \xe9t\xe9",
+        b"X-A: \x00",
+        b"X-A: a\tb",
+        b"X-A; 1",
+    ]
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_LINE_BYTES, max_size=6))
+def test_response_head_fields_match_a_line_by_line_parse(lines: list[bytes]) -> None:
+    """The whole-head fast path accepts and reads exactly what the line-by-line check does."""
+    data = head(b"HTTP/1.1 200 OK", *lines, b"Content-Length: 0")
+    expected: list[tuple[str, str]] | None = []
+    for line in data[:-4].split(b"\r\n")[1:]:
+        name, colon, value = line.partition(b":")
+        value = value.strip(b" \t")
+        if (
+            not colon
+            or not name
+            or any(chr(c) not in _TCHAR_TEXT for c in name)
+            or any((c < 0x20 and c != 0x09) or c == 0x7F for c in value)
+        ):
+            expected = None
+            break
+        assert expected is not None
+        expected.append((name.decode("ascii"), value.decode("latin-1")))
+    if expected is None:
+        with pytest.raises(FramingError):
+            parse_response_head(data, request_method="GET")
+        return
+    assert parse_response_head(data, request_method="GET").headers == expected
+
+
+_TCHAR_TEXT = "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"

@@ -204,3 +204,74 @@ def test_settings_are_frozen() -> None:
 def test_invalid_values_are_refused(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
     with pytest.raises((ValidationError, ValueError)):
         from_env(monkeypatch, **env)
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"tls_cert": "/c.pem"},
+        {"tls_key": "/c.key"},
+        {"tls_cert_dir": "/certs", "tls_port": "8080", "edge_port": "8080"},
+        {"tls_cert_dir": "/certs", "tls_port": "8081"},
+        {"acme_http_upstream": "127.0.0.1"},
+        {"acme_http_upstream": ":80"},
+        {"acme_http_upstream": "host:99999"},
+        {"tls_reload_interval_s": "0"},
+    ],
+    ids=[
+        "cert-without-key",
+        "key-without-cert",
+        "tls-is-edge",
+        "tls-is-api",
+        "acme-no-port",
+        "acme-no-host",
+        "acme-port",
+        "reload-zero",
+    ],
+)
+def test_invalid_tls_values_are_refused(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str]
+) -> None:
+    with pytest.raises((ValidationError, ValueError)):
+        from_env(monkeypatch, **env)
+
+
+def test_with_tls_urls_are_https_on_the_tls_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    plain = Settings()
+    assert (plain.tls_enabled, plain.effective_public_scheme) == (False, "http")
+    tls = from_env(monkeypatch, tls_cert_dir="/certs", tls_port="8443")
+    assert tls.tls_enabled
+    assert (tls.effective_public_scheme, tls.effective_public_port) == ("https", 8443)
+    behind = from_env(monkeypatch, public_scheme="http", public_port="80")
+    assert (behind.effective_public_scheme, behind.effective_public_port) == ("http", 80)
+    assert from_env(monkeypatch, acme_http_upstream="[::1]:8888").acme_http_upstream == "[::1]:8888"
+
+
+@pytest.mark.parametrize(
+    ("env", "workers"),
+    [
+        ({}, 1),
+        ({"workers": "3", "redis_url": "redis://r:6379/0"}, 3),
+        ({"workers": "auto", "redis_url": "redis://r:6379/0"}, len(os.sched_getaffinity(0))),
+        ({"workers": "AUTO ", "redis_url": "redis://r:6379/0"}, len(os.sched_getaffinity(0))),
+    ],
+)
+def test_workers(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], workers: int) -> None:
+    assert from_env(monkeypatch, **env).workers == workers
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"workers": "0", "redis_url": "redis://r:6379/0"},
+        {"workers": "many", "redis_url": "redis://r:6379/0"},
+        # Every worker would hold its own in-memory table.
+        {"workers": "2"},
+        # Port 0 would give each worker a different ephemeral port.
+        {"workers": "2", "redis_url": "redis://r:6379/0", "edge_port": "0"},
+        {"workers": "2", "redis_url": "redis://r:6379/0", "api_port": "0"},
+    ],
+)
+def test_workers_refused(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
+    with pytest.raises(ValidationError):
+        from_env(monkeypatch, **env)
