@@ -25,6 +25,7 @@ from gateway.ops.metrics import Metrics, StatsCollector
 from gateway.ops.settings import Settings
 from gateway.store.base import RouteSource, Store
 from gateway.store.lookup import RouteLookup
+from gateway.store.memory import MemoryStore
 
 
 def allowed_targets(settings: Settings, extra: list[str] | None = None) -> list[IPNetwork]:
@@ -32,7 +33,7 @@ def allowed_targets(settings: Settings, extra: list[str] | None = None) -> list[
 
 
 def build_lookup(settings: Settings, store: RouteSource) -> RouteLookup:
-    return RouteLookup(
+    lookup = RouteLookup(
         store,
         timeout_s=settings.redis_timeout_s,
         ttl_s=settings.cache_ttl_s,
@@ -42,6 +43,9 @@ def build_lookup(settings: Settings, store: RouteSource) -> RouteLookup:
         max_entries=settings.cache_max_entries,
         preview_domain=settings.preview_domain,
     )
+    if isinstance(store, MemoryStore):
+        store.on_write(lookup.invalidate)
+    return lookup
 
 
 def upstream_pool(

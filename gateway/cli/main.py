@@ -28,6 +28,31 @@ def _loop_factory() -> type[asyncio.AbstractEventLoop] | None:
     return uvloop.Loop
 
 
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m gateway", description=__doc__)
+    parser.add_argument(
+        "--demo", action="store_true", help="start a demo sandbox with a public preview"
+    )
+    parser.add_argument("--version", action="version", version=f"preview-gateway {__version__}")
+    parser.add_argument(
+        "--settings-table", action="store_true", help="print the settings as a Markdown table"
+    )
+    # Set by the supervisor on the workers it starts (GATEWAY_WORKERS > 1), never by hand.
+    parser.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--worker-dir", help=argparse.SUPPRESS)
+    parser.epilog = "python -m gateway api --help: manage sandboxes, previews and tokens"
+    return parser
+
+
+def _aiohttp_parses_in_c() -> bool:
+    """Threat model VER-2: the pure-Python parser accepts framing the C parser refuses (S06);
+    AIOHTTP_NO_EXTENSIONS or a platform without the compiled wheel would switch it on. aiohttp
+    serves the control API."""
+    import aiohttp.http_parser
+
+    return aiohttp.http_parser.HttpRequestParser is aiohttp.http_parser.HttpRequestParserC
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list[:1] == ["api"]:
@@ -42,27 +67,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from gateway.app import configure_logging
     from gateway.ops.settings import Settings, markdown_table
 
-    parser = argparse.ArgumentParser(prog="python -m gateway", description=__doc__)
-    parser.add_argument(
-        "--demo", action="store_true", help="start a demo sandbox with a public preview"
-    )
-    parser.add_argument("--version", action="version", version=f"preview-gateway {__version__}")
-    parser.add_argument(
-        "--settings-table", action="store_true", help="print the settings as a Markdown table"
-    )
-    # Set by the supervisor on the workers it starts (GATEWAY_WORKERS > 1), never by hand.
-    parser.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--worker-dir", help=argparse.SUPPRESS)
-    parser.epilog = "python -m gateway api --help: manage sandboxes, previews and tokens"
-    args = parser.parse_args(args_list)
+    args = _parser().parse_args(args_list)
     if args.settings_table:
         print(markdown_table())
         return 0
-    import aiohttp.http_parser
-
-    if aiohttp.http_parser.HttpRequestParser is not aiohttp.http_parser.HttpRequestParserC:
-        # Threat model VER-2: the pure-Python parser accepts framing the C parser refuses (S06);
-        # AIOHTTP_NO_EXTENSIONS or a platform without the compiled wheel would switch it on.
+    if not _aiohttp_parses_in_c():
         print(
             "preview-gateway: aiohttp's C HTTP parser is not in use; refusing to start",
             file=sys.stderr,

@@ -97,7 +97,10 @@ class RouteLookup:
         needs no task), or ``MISS`` when a candidate needs a store read: then ``find``."""
         hits = 0
         found: Route | None = None
-        for key in wildcard_candidates(host):
+        candidates = wildcard_candidates(host)
+        if self._preview_domain is not None:  # as find(): the fallbacks come last
+            candidates = [*candidates, *fallback_candidates(host, self._preview_domain)]
+        for key in candidates:
             entry = self._cache.fresh(key)
             if entry is None:
                 return MISS  # find() counts these hits itself

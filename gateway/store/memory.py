@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import datetime
 
 from gateway.core import domains
@@ -32,6 +32,7 @@ class MemoryStore:
         self._domain_hosts: dict[str, set[str]] = {}
         self._subscribers: set[asyncio.Queue[str]] = set()
         self._wake_locks: dict[tuple[str, str], float] = {}
+        self._on_write: list[Callable[[str], None]] = []
         self.errors: dict[str, int] = {}
         """Always empty: nothing here can fail the way Redis can (same shape as RedisStore's)."""
 
@@ -231,6 +232,12 @@ class MemoryStore:
         self._routes.pop(host, None)
         return [host]
 
+    def on_write(self, listener: Callable[[str], None]) -> None:
+        """``listener(hostname)`` runs inside each write, before it returns, so this node's
+        route cache is current when the API answers (read-your-writes). ``invalidations`` alone
+        cannot promise it: the edge may answer from its cache before the queue is read."""
+        self._on_write.append(listener)
+
     async def invalidations(self) -> AsyncIterator[str]:
         queue: asyncio.Queue[str] = asyncio.Queue()
         self._subscribers.add(queue)
@@ -258,5 +265,7 @@ class MemoryStore:
 
     def _publish(self, hostnames: Iterable[str]) -> None:
         for hostname in hostnames:
+            for listener in self._on_write:
+                listener(hostname)
             for queue in self._subscribers:
                 queue.put_nowait(hostname)

@@ -517,3 +517,18 @@ async def test_redis_hung(redis_server: RedisServer, redis_prefix: str) -> None:
                 assert {r.status for r in many} == {200}
 
         await until_status(gw, private, 200, **{"X-Blaxel-Preview-Token": token})
+
+
+async def test_the_embedded_store_invalidates_inside_the_write() -> None:
+    """Read-your-writes on one node: once a write returns, the cache that the edge answers from
+    without awaiting (``cached``) no longer holds the old route, before any other task runs."""
+    store = MemoryStore()
+    routes = lookup(store)
+    store.on_write(routes.invalidate)
+    await add_route(store, public=False)
+    private = await routes.find(HOST)
+    assert private is not None and not private.public
+    assert routes.cached(HOST) == private
+    await add_route(store, public=True)  # no await between the write and the check below
+    answer = routes.cached(HOST)
+    assert not isinstance(answer, Route) or answer.public
