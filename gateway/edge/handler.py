@@ -6,8 +6,8 @@ gateway's Python did (docs/benchmarks.md, issue 9). A step that must wait (a sto
 or a slot, a WebSocket handshake) goes on in a task (``client.spawn``), which the connection
 cancels if the client goes away meanwhile. A standby route and the waiting page's readiness
 poll detour through a task too (issue 14, ``starting.Starting``), and a dial goes through its
-startup wait; the common request pays one attribute check for them. The access record, metrics
-and request ids are kept as the aiohttp edge kept them.
+startup wait; the common request pays a flag and a path comparison for them. The access record,
+metrics and request ids are kept as the aiohttp edge kept them.
 """
 
 from __future__ import annotations
@@ -152,12 +152,10 @@ class EdgeHandler:
         self._dispatch(req, decision)
 
     def _dispatch(self, req: _Request, decision: Forward | Upgrade) -> None:
-        client, inspected, route, record = req.client, req.inspected, req.route, req.record
-        assert inspected is not None and route is not None
         if not isinstance(decision, Forward):
-            record.kind = "websocket"
+            req.record.kind = "websocket"
             upgrading = functools.partial(self._upgrade, req, decision)
-            client.spawn(self._then(req, upgrading, self._conclude))
+            req.client.spawn(self._then(req, upgrading, self._conclude))
             return
         self._forward(req, decision, fresh=False, retry=decision.idempotent)
 

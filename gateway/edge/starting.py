@@ -35,8 +35,14 @@ class Starting:
 
     @staticmethod
     def is_ready_poll(inspected: Inspected) -> bool:
+        # On every request of a running preview: the cheap test first.
         head = inspected.head
-        return head.method == "GET" and head.target.partition("?")[0] == READY_PATH
+        target = head.target
+        return (
+            target.startswith(READY_PATH)
+            and head.method == "GET"
+            and (target.partition("?")[0] == READY_PATH)
+        )
 
     async def ready_answer(self, route: Route, target: Target) -> tuple[int, bytes]:
         """The waiting page's poll: held until the port answers or ``READY_POLL_S``."""
