@@ -35,10 +35,13 @@ from gateway.core.errors import RoutingUnavailable
 from gateway.core.tokens import SigningKey, TokenSigner, generate_key, parse_keys
 from gateway.edge.holds import StartupHolds
 from gateway.edge.listeners import ListenerPorts, certificate_store, start_listeners
+from gateway.edge.pool import UpstreamPool
 from gateway.edge.server import EdgeServer
 from gateway.edge.tls import CertificateStore
 from gateway.edge.ws_hub import WebSocketHub
 from gateway.ops import log
+from gateway.ops.memory import MemoryWatch
+from gateway.ops.metrics import Metrics
 from gateway.ops.settings import Settings
 from gateway.ops.sweeper import Sweeper
 from gateway.ops.workers import WorkerSlot, join_workers, metrics_endpoint
@@ -65,6 +68,8 @@ class Running:
     keys: KeyRing
     service: ControlService
     """The control API's rules, for in-process callers (the demo)."""
+    memory: MemoryWatch
+    pool: UpstreamPool
     domains: DomainService
     holds: StartupHolds
     """Held requests' probe loops and the wake calls (issue 14)."""
@@ -153,6 +158,16 @@ class Readiness:
         return True
 
 
+def _api_app(
+    api: ControlApi, metrics: Metrics, lookup: RouteLookup, worker: WorkerSlot | None
+) -> web.Application:
+    """The control API with the replica's metrics and the TLS on-demand ask endpoint."""
+    app = api.app()
+    app.router.add_get("/metrics", metrics_endpoint(metrics.render, worker))
+    app.router.add_get(tls_ask.ASK_PATH, tls_ask.ask_endpoint(lookup.find))
+    return app
+
+
 async def serve(
     settings: Settings,
     stop: asyncio.Event,
@@ -169,17 +184,16 @@ async def serve(
     keys, generated_key = key_ring(settings)
     signer = TokenSigner(await _with_startup_retries(lambda: signing_keys(settings, store)))
     admission = admission_for(settings, signer)
-    handler, metrics = edge_handler(settings, allowed, store, lookup, admission)
-    hub, starting = handler.hub, handler.starting
+    handler, metrics, memory = edge_handler(settings, allowed, store, lookup, admission)
+    pool, hub, starting = handler.pool, handler.hub, handler.starting
     assert starting is not None
     edge = edge_server(settings, handler)
     readiness = Readiness(store, settings)
     api = ControlApi(api_config(settings, allowed), store, keys, readiness, signer)
-    api_app = api.app()
-    api_app.router.add_get("/metrics", metrics_endpoint(metrics.render, worker))
-    api_app.router.add_get(tls_ask.ASK_PATH, tls_ask.ask_endpoint(lookup.find))
+    api_runner = web.AppRunner(
+        _api_app(api, metrics, lookup, worker), access_log=None, shutdown_timeout=2.0
+    )
     shared = worker is not None
-    api_runner = web.AppRunner(api_app, access_log=None, shutdown_timeout=2.0)
     certs = certificate_store(settings)
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(store.close)
@@ -204,6 +218,8 @@ async def serve(
             sweeper=sweeper,
             keys=keys,
             service=api.service,
+            memory=memory,
+            pool=pool,
             domains=api.domains,
             holds=starting.holds,
             tls_port=tls_port,
@@ -225,6 +241,7 @@ async def _run_until_stopped(
             tasks.create_task(running.lookup.follow_invalidations(), name="invalidations"),
             tasks.create_task(running.hub.run(), name="websocket re-admission"),
             tasks.create_task(running.sweeper.run(), name="sweeper"),
+            tasks.create_task(running.memory.run(), name="memory budget"),
             tasks.create_task(running.domains.run_rechecks(), name="domain re-checks"),
             tasks.create_task(running.holds.run(), name="startup holds and wake calls"),
         ]

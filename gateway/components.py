@@ -3,7 +3,9 @@ and runs what these build)."""
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
+from typing import TypeVar
 
 from gateway.control.domains import DomainConfig
 from gateway.control.handlers import ApiConfig
@@ -12,7 +14,8 @@ from gateway.core.admission import AdmissionConfig
 from gateway.core.netpolicy import IPNetwork
 from gateway.core.planner import PlannerConfig
 from gateway.core.tokens import TokenSigner
-from gateway.edge.config import EdgeConfig, RelayLimits
+from gateway.edge.config import EdgeConfig, HeadLimits, RelayLimits
+from gateway.edge.guard import EdgeGuard, GuardLimits
 from gateway.edge.handler import EdgeHandler
 from gateway.edge.holds import StartupHolds
 from gateway.edge.pool import UpstreamPool
@@ -21,11 +24,14 @@ from gateway.edge.starting import Starting
 from gateway.edge.wake import Waker
 from gateway.edge.ws_hub import WebSocketHub, WsLimits
 from gateway.edge.ws_readmit import Readmission
+from gateway.ops.memory import MemoryWatch
 from gateway.ops.metrics import Metrics, StatsCollector
 from gateway.ops.settings import Settings
 from gateway.store.base import RouteSource, Store
 from gateway.store.lookup import RouteLookup
 from gateway.store.memory import MemoryStore
+
+L = TypeVar("L")
 
 
 def allowed_targets(settings: Settings, extra: list[str] | None = None) -> list[IPNetwork]:
@@ -57,9 +63,12 @@ def upstream_pool(
     total = settings.upstream_max_connections
     return UpstreamPool(
         allowed=allowed,
+        denied=settings.deny_target_nets,
         max_connections=total,
         max_per_target=total if websocket else settings.upstream_max_connections_per_target,
         connect_timeout_s=settings.upstream_connect_timeout_s,
+        queue_per_target=settings.upstream_queue_per_target,
+        queue_timeout_s=settings.upstream_queue_timeout_s,
     )
 
 
@@ -93,9 +102,12 @@ def edge_config(
             response_s=settings.upstream_response_timeout_s,
             upstream_idle_s=settings.upstream_idle_timeout_s,
             max_body_bytes=settings.max_body_bytes,
+            min_upload_rate=settings.min_upload_rate,
+            upload_window_s=settings.min_upload_rate_window_s,
         ),
         admission=admission,
         public_scheme=settings.effective_public_scheme,
+        guard=from_settings(GuardLimits, settings),
     )
 
 
@@ -107,11 +119,18 @@ def api_config(settings: Settings, allowed: list[IPNetwork]) -> ApiConfig:
             blocked_ports=settings.blocked_ports(),
             allowed_targets=allowed,
             token_max_lifetime_s=settings.token_max_lifetime_s,
+            denied_targets=settings.deny_target_nets,
         ),
         public_scheme=settings.effective_public_scheme,
         public_port=settings.effective_public_port,
         domains=DomainConfig.from_settings(settings),
     )
+
+
+def from_settings(cls: type[L], settings: Settings) -> L:
+    """A limits dataclass whose fields are named as the settings they are read from."""
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    return cls(**settings.model_dump(include=names))
 
 
 def planner_config(config: EdgeConfig) -> PlannerConfig:
@@ -130,6 +149,7 @@ def edge_server(settings: Settings, handler: EdgeHandler) -> EdgeServer:
         header_timeout_s=settings.header_read_timeout_s,
         keepalive_s=settings.keepalive_timeout_s,
         grace_s=settings.shutdown_grace_s,
+        head_limits=from_settings(HeadLimits, settings),
     )
 
 
@@ -140,8 +160,12 @@ def starting_for(settings: Settings, store: Store, pool: UpstreamPool) -> Starti
 
 
 def metrics_for(
-    lookup: RouteLookup, store: Store, hub: WebSocketHub, starting: Starting
+    lookup: RouteLookup,
+    store: Store,
+    hub: WebSocketHub,
+    edge: tuple[EdgeGuard, MemoryWatch, Starting],
 ) -> Metrics:
+    guard, memory, starting = edge
     metrics = Metrics()
     failed_lookups = ("stale", "error")
     metrics.add_collector(
@@ -152,10 +176,12 @@ def metrics_for(
                     "operation",
                     {"route_lookup": sum(lookup.stats[k] for k in failed_lookups), **store.errors},
                 ),
+                "gateway_limit_refusals": ("code", guard.refused),
                 "gateway_wakes": ("outcome", starting.waker.stats),
             },
             gauges=lambda: {
                 "gateway_websockets_open": hub.open_count,
+                "gateway_memory_resident_bytes": memory.rss_bytes,
                 "gateway_requests_held": starting.holds.held,
             },
         )
@@ -169,18 +195,21 @@ def edge_handler(
     store: Store,
     lookup: RouteLookup,
     admission: AdmissionConfig,
-) -> tuple[EdgeHandler, Metrics]:
-    """The edge's request handler with its pools, WebSocket hub and holds, and the metrics."""
+) -> tuple[EdgeHandler, Metrics, MemoryWatch]:
+    """The edge's request handler with its pools, WebSocket hub, guard and holds, and the
+    metrics and the memory budget (``app`` runs its task)."""
     pool = upstream_pool(settings, allowed)
     ws_pool = upstream_pool(settings, allowed, websocket=True)
     limits = ws_limits(settings)
     hub = WebSocketHub(Readmission(lookup.find, admission), close_timeout_s=limits.close_timeout_s)
     lookup.add_listener(hub.on_invalidation)
     starting = starting_for(settings, store, pool)
-    metrics = metrics_for(lookup, store, hub, starting)
     config = edge_config(settings, allowed, admission)
+    memory = MemoryWatch(settings.memory_limit_mib)
+    guard = EdgeGuard(config.guard, config.trusted_proxies, memory.pressure)
+    metrics = metrics_for(lookup, store, hub, (guard, memory, starting))
     ws = (ws_pool, limits, hub)
     handler = EdgeHandler(
-        config, planner_config(config), lookup, pool, ws, metrics.observe, starting=starting
+        config, planner_config(config), lookup, pool, ws, metrics.observe, guard, starting
     )
-    return handler, metrics
+    return handler, metrics, memory

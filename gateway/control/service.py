@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -30,7 +30,7 @@ from gateway.control.models import Lifetime, PreviewIn, SandboxIn, StateIn, Toke
 from gateway.control.openapi import PATH_PATTERNS
 from gateway.core import hostnames
 from gateway.core.errors import BadRequest, Conflict, NotFound
-from gateway.core.netpolicy import IPNetwork, address_allowed, is_ip_literal
+from gateway.core.netpolicy import IPNetwork, address_allowed, address_denied, is_ip_literal
 from gateway.core.records import CustomHost, Lifecycle, Preview, Sandbox, TokenRecord, utcnow
 from gateway.core.timeparse import parse_timestamp
 from gateway.core.tokens import new_token_id
@@ -51,6 +51,8 @@ class ServiceConfig:
     blocked_ports: frozenset[int]
     allowed_targets: list[IPNetwork]
     token_max_lifetime_s: int = 30 * 86400
+    denied_targets: Sequence[IPNetwork] = ()
+    """``deny_target_nets``: never registered, even inside ``allowed_targets``."""
 
 
 class ControlService:
@@ -309,6 +311,8 @@ class ControlService:
     def _sandbox_from(self, body: SandboxIn, workspace: str, existing: Sandbox | None) -> Sandbox:
         host = body.spec.target.host.strip().lower()
         if is_ip_literal(host):
+            if address_denied(host, self._config.denied_targets):
+                raise BadRequest("spec.target.host: in the gateway's deny_target_nets")
             if not address_allowed(host, self._config.allowed_targets):
                 raise BadRequest("spec.target.host: outside the gateway's allowed_targets")
         elif not hostnames.is_valid_dns_name(host):

@@ -8,10 +8,18 @@ so there is no auth bypass on the upgrade path (jupyter-server-proxy CVE-2024-28
 Token sources, in order of precedence: the ``X-Blaxel-Preview-Token`` header, the
 ``bl_preview_token`` query parameter, the gateway's cookie. Only the exact names count. A token
 that is present but bad is an error; the gateway never falls back to a weaker source.
+
+The cookie is named per preview (``bl_preview_token_<suffix of the preview's uid>``), so the
+copies a sibling preview plants with ``Domain=<preview domain>`` under the old shared name, or
+another preview's, are ignored rather than counted against ``MAX_COOKIE_TRIES``: they cannot
+lock the owner out. Over https only ``__Host-`` names count, which a browser never accepts with
+a ``Domain``, so no sibling can plant one. Cookies under the old shared name are still tried
+after this preview's own, so sessions from before the change keep working.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,6 +27,7 @@ from urllib.parse import unquote
 
 from gateway.core import header_policy
 from gateway.core.errors import OriginRejected, TokenRejected, TokenRequired
+from gateway.core.header_names import HOST_PREFIX, TOKEN_COOKIE_MARK
 from gateway.core.records import Route
 from gateway.core.token_cache import TokenCache
 from gateway.core.tokens import TokenSigner
@@ -88,10 +97,13 @@ class Facts:
     origin: str
     """The first Origin header, '' without one."""
     sec_fetch_mode: str
+    cookie_names: Sequence[str] = ()
+    """The name of each of ``cookie_tokens``; empty: all under the old shared name."""
 
 
 def facts_of(inbound: Inbound) -> Facts:
     headers = inbound.headers
+    pairs = cookie_token_pairs(headers)
     return Facts(
         method=inbound.method,
         raw_path=inbound.raw_path,
@@ -103,9 +115,10 @@ def facts_of(inbound: Inbound) -> Facts:
         and "Origin" in headers
         and "Access-Control-Request-Method" in headers,
         token_header=headers.get(TOKEN_HEADER),
-        cookie_tokens=cookie_tokens(headers),
+        cookie_tokens=[token for _, token in pairs],
         origin=headers.get("Origin", ""),
         sec_fetch_mode=headers.get("Sec-Fetch-Mode", ""),
+        cookie_names=[name for name, _ in pairs],
     )
 
 
@@ -146,16 +159,19 @@ def decide_facts(
     query_token = query_param(facts.raw_query, header_policy.TOKEN_QUERY_PARAM)
     if query_token is not None:
         expires = _check(query_token, route, config, now, cache)
-        cookie = token_cookie_at(query_token, facts.scheme, config.cookie_samesite, expires, now)
+        cookie = token_cookie_at(
+            query_token, facts.scheme, config.cookie_samesite, expires, now, route.preview_uid
+        )
         if _is_navigation(facts):
             # The token leaves the address bar, the history and every later Referer.
             return Redirect(clean_location(facts.raw_path, facts.raw_query), cookie)
         return Forward(set_cookie=cookie)
 
-    if not facts.cookie_tokens:
+    candidates = cookie_candidates(facts, route.preview_uid)
+    if not candidates:
         raise TokenRequired("This preview is private: open it with a preview token.")
     first_error: TokenRejected | None = None
-    for token in facts.cookie_tokens[:MAX_COOKIE_TRIES]:
+    for token in candidates[:MAX_COOKIE_TRIES]:
         try:
             _check(token, route, config, now, cache)
         except TokenRejected as exc:
@@ -213,27 +229,59 @@ def query_param(raw_query: str, name: str) -> str | None:
 
 
 def cookie_tokens(headers: header_policy.Headers) -> list[str]:
+    return [token for _, token in cookie_token_pairs(headers)]
+
+
+def cookie_token_pairs(headers: header_policy.Headers) -> list[tuple[str, str]]:
     return [
-        t
+        pair
         for header in headers.getall("Cookie", ())
-        for t in header_policy.token_cookie_values(header)
+        for pair in header_policy.split_token_cookie_pairs(header)[1]
     ]
 
 
-def cookie_name(scheme: str) -> str:
+def cookie_candidates(facts: Facts, preview_uid: str) -> list[str]:
+    """The cookie values worth trying, best first: this preview's own name, then the old shared
+    one. Other previews' names, and bare names over https, are not looked at."""
+    names = facts.cookie_names or [TOKEN_COOKIE_MARK] * len(facts.cookie_tokens)
+    own = {cookie_name(facts.scheme, preview_uid), HOST_PREFIX + own_cookie_name(preview_uid)}
+    legacy = {HOST_PREFIX + TOKEN_COOKIE_MARK}
+    if facts.scheme != "https":
+        own.add(own_cookie_name(preview_uid))
+        legacy.add(TOKEN_COOKIE_MARK)
+    pairs = list(zip(names, facts.cookie_tokens, strict=False))
+    return [t for n, t in pairs if n in own] + [t for n, t in pairs if n in legacy - own]
+
+
+def own_cookie_name(preview_uid: str) -> str:
+    """``bl_preview_token_<16 hex digits>``, from the preview's uid (never shown to siblings:
+    host-only cookies of other hosts are not readable); the old shared name without a uid."""
+    if not preview_uid:
+        return TOKEN_COOKIE_MARK
+    digest = hashlib.sha256(preview_uid.encode(), usedforsecurity=False).hexdigest()
+    return f"{TOKEN_COOKIE_MARK}_{digest[:16]}"
+
+
+def cookie_name(scheme: str, preview_uid: str = "") -> str:
     # __Host- makes the browser insist on Secure, Path=/ and no Domain (host-only), but browsers
     # honour Secure cookies only over https; plain-http previews use the bare name.
-    return "__Host-bl_preview_token" if scheme == "https" else "bl_preview_token"
+    name = own_cookie_name(preview_uid)
+    return HOST_PREFIX + name if scheme == "https" else name
 
 
-def token_cookie(token: str, scheme: str, samesite: str, expires: float, now: datetime) -> str:
-    return token_cookie_at(token, scheme, samesite, expires, now.timestamp())
+def token_cookie(
+    token: str, scheme: str, samesite: str, expires: float, now: datetime, preview_uid: str = ""
+) -> str:
+    return token_cookie_at(token, scheme, samesite, expires, now.timestamp(), preview_uid)
 
 
-def token_cookie_at(token: str, scheme: str, samesite: str, expires: float, now: float) -> str:
+def token_cookie_at(
+    token: str, scheme: str, samesite: str, expires: float, now: float, preview_uid: str = ""
+) -> str:
     """``token_cookie`` with ``now`` in epoch seconds."""
     max_age = max(0, int(expires - now))
-    parts = [f"{cookie_name(scheme)}={token}", "Path=/", f"Max-Age={max_age}", "HttpOnly"]
+    name = cookie_name(scheme, preview_uid)
+    parts = [f"{name}={token}", "Path=/", f"Max-Age={max_age}", "HttpOnly"]
     # Chromium treats http://*.localhost as a secure context, so Secure works there too.
     parts.append("Secure")
     parts.append("SameSite=None; Partitioned" if samesite == "none" else "SameSite=Lax")

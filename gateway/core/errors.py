@@ -117,6 +117,30 @@ class RoutingUnavailable(GatewayError):
     title = "Preview routing is temporarily unavailable"
 
 
+class TooManyConnections(GatewayError):
+    """A client IP or a preview is at one of its concurrency caps (``Retry-After`` is set)."""
+
+    status = 429
+    code = "too_many_connections"
+    title = "Too many connections"
+
+
+class RateLimited(GatewayError):
+    """A preview is over its request rate (``GATEWAY_PREVIEW_RATE_LIMIT``)."""
+
+    status = 429
+    code = "rate_limited"
+    title = "Too many requests"
+
+
+class Overloaded(GatewayError):
+    """The replica sheds load: its connection cap or memory budget is reached."""
+
+    status = 503
+    code = "overloaded"
+    title = "The gateway is overloaded"
+
+
 class ShuttingDown(GatewayError):
     status = 503
     code = "shutting_down"
@@ -183,6 +207,15 @@ class UpgradeRefused(GatewayError):
     def passed_on(self) -> bool:
         """Whether the client gets the app's own status (a refusal or redirect)."""
         return 300 <= self.upstream_status < 600
+
+
+class UpstreamBusy(GatewayError):
+    """Every connection to this sandbox port is in use and the queue for one is full or waited
+    out its deadline: one slow sandbox holds its own slots, never the others'."""
+
+    status = 503
+    code = "upstream_busy"
+    title = "The app is busy"
 
 
 class UpstreamTimedOut(GatewayError):

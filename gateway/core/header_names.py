@@ -79,6 +79,17 @@ UPSTREAM_DROP: dict[tuple[bool, bool], frozenset[str]] = {
 TOKEN_COOKIE_NAMES: frozenset[str] = frozenset({"bl_preview_token", "__Host-bl_preview_token"})
 TOKEN_QUERY_PARAM = "bl_preview_token"  # noqa: S105 - a parameter name, not a secret
 TOKEN_COOKIE_MARK = "bl_preview_token"  # noqa: S105 - in each of TOKEN_COOKIE_NAMES (case kept)
+HOST_PREFIX = "__Host-"
+
+
+def is_token_cookie_name(name: str) -> bool:
+    """One of the gateway's cookie names: ``bl_preview_token`` or a per-preview
+    ``bl_preview_token_<suffix>``, each bare or ``__Host-`` prefixed. Never passed upstream,
+    never set by an app."""
+    if name.startswith(HOST_PREFIX):
+        name = name[len(HOST_PREFIX) :]
+    return name == TOKEN_COOKIE_MARK or name.startswith(TOKEN_COOKIE_MARK + "_")
+
 
 # Blaxel's documented CORS defaults (shared/design/blaxel-api.md §5), added where neither the app
 # nor the preview's responseHeaders set a value. `*` is never turned into reflection of the

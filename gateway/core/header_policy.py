@@ -31,6 +31,7 @@ from gateway.core.header_names import forwarded_for_value as forwarded_for_value
 from gateway.core.header_names import names as _names
 from gateway.core.header_names import token_set as token_set
 from gateway.core.header_values import scope_set_cookie as scope_set_cookie
+from gateway.core.header_values import split_token_cookie_pairs as split_token_cookie_pairs
 from gateway.core.header_values import split_token_cookies as split_token_cookies
 from gateway.core.header_values import strip_token_cookies as strip_token_cookies
 from gateway.core.header_values import strip_token_param as strip_token_param

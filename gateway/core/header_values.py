@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from gateway.core.header_names import TOKEN_COOKIE_MARK, TOKEN_COOKIE_NAMES, TOKEN_QUERY_PARAM
+from gateway.core.header_names import TOKEN_COOKIE_MARK, TOKEN_QUERY_PARAM, is_token_cookie_name
 
 
 def scope_set_cookie(value: str, protected_domains: Iterable[str]) -> str | None:
@@ -17,7 +17,7 @@ def scope_set_cookie(value: str, protected_domains: Iterable[str]) -> str | None
     sandbox would be sent to every other preview (cookie tossing).
     """
     name = value.split("=", 1)[0].strip()
-    if name in TOKEN_COOKIE_NAMES:
+    if is_token_cookie_name(name):
         return None
     parts = value.split(";")
     kept = [parts[0]]
@@ -54,20 +54,27 @@ def token_cookie_values(cookie_header: str) -> list[str]:
 def split_token_cookies(cookie_header: str) -> tuple[str, list[str]]:
     """One Cookie header without the gateway's cookies (every other cookie byte for byte, in
     order), and the values of those cookies (in order, unquoted)."""
+    kept, pairs = split_token_cookie_pairs(cookie_header)
+    return kept, [value for _, value in pairs]
+
+
+def split_token_cookie_pairs(cookie_header: str) -> tuple[str, list[tuple[str, str]]]:
+    """``split_token_cookies`` with each cookie's name: admission takes only the names that
+    are this preview's (a sibling may have planted others)."""
     if TOKEN_COOKIE_MARK not in cookie_header:
         # No token cookie can be in it: splitting on ";" and joining again would give back the
         # same string.
         return cookie_header.strip(), []
     kept: list[str] = []
-    tokens: list[str] = []
+    tokens: list[tuple[str, str]] = []
     for pair in cookie_header.split(";"):
         if TOKEN_COOKIE_MARK not in pair:
             kept.append(pair)
             continue
         name, sep, value = pair.strip().partition("=")
-        if sep and name in TOKEN_COOKIE_NAMES and value:
-            tokens.append(value.strip('"'))
-        if pair.split("=", 1)[0].strip() not in TOKEN_COOKIE_NAMES:
+        if sep and is_token_cookie_name(name) and value:
+            tokens.append((name, value.strip('"')))
+        if not is_token_cookie_name(pair.split("=", 1)[0].strip()):
             kept.append(pair)
     return ";".join(kept).strip(), tokens
 

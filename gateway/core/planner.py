@@ -101,24 +101,12 @@ _PUBLIC = admission.Forward()
 IDEMPOTENT_METHODS: frozenset[str] = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 
 
-def plan(
-    inspected: Inspected, route: Route, now: float, config: PlannerConfig, *, request_id: str
-) -> Plan:
-    """Admission and the upstream head. ``now`` is epoch seconds (``time.time()``).
-
-    Raises ``TokenRequired``, ``TokenRejected``, ``OriginRejected``; the caller renders them.
-    The target check (``allowed_targets``) is the pool's, at dial time.
-    """
-    if route.public and not is_preflight(inspected):
-        # What decide_facts answers for a public route, without building its facts.
-        decision: admission.Decision = _PUBLIC
-    else:
-        facts = inspected.admission
-        decision = admission.decide_facts(facts, route, config.admission, now, config.tokens)
-    if not isinstance(decision, admission.Forward):
-        return _answer(decision)
-    head = inspected.head
-    scan = inspected.scan
+def _upstream_request(
+    inspected: Inspected, route: Route, request_id: str
+) -> tuple[str, list[Header]]:
+    """The request line and the header lines that go upstream (credentials and hop-by-hop
+    removed, X-Forwarded-* and the preview's ``requestHeaders`` added)."""
+    head, scan = inspected.head, inspected.scan
     headers = policy.upstream_header_list(
         scan,
         peer_ip=head.peer,
@@ -137,6 +125,27 @@ def plan(
         if query
         else f"{head.method} {path} HTTP/1.1\r\n"
     )
+    return line, headers
+
+
+def plan(
+    inspected: Inspected, route: Route, now: float, config: PlannerConfig, *, request_id: str
+) -> Plan:
+    """Admission and the upstream head. ``now`` is epoch seconds (``time.time()``).
+
+    Raises ``TokenRequired``, ``TokenRejected``, ``OriginRejected``; the caller renders them.
+    The target check (``allowed_targets``) is the pool's, at dial time.
+    """
+    if route.public and not is_preflight(inspected):
+        # What decide_facts answers for a public route, without building its facts.
+        decision: admission.Decision = _PUBLIC
+    else:
+        facts = inspected.admission
+        decision = admission.decide_facts(facts, route, config.admission, now, config.tokens)
+    if not isinstance(decision, admission.Forward):
+        return _answer(decision)
+    head, scan = inspected.head, inspected.scan
+    line, headers = _upstream_request(inspected, route, request_id)
     if inspected.websocket:
         headers.append(("Connection", "Upgrade"))
         headers.append(("Upgrade", "websocket"))

@@ -108,6 +108,7 @@ class Inspected:
             preflight=is_preflight(self),
             token_header=first.get("x-blaxel-preview-token"),
             cookie_tokens=self.scan.token_cookies,
+            cookie_names=self.scan.token_cookie_names,
             origin=first.get("origin", ""),
             sec_fetch_mode=first.get("sec-fetch-mode", ""),
         )

@@ -12,7 +12,7 @@ from gateway.core.header_names import UPSTREAM_DROP as _UPSTREAM_DROP
 from gateway.core.header_names import forwarded_for_value, token_set
 from gateway.core.header_names import names as _names
 from gateway.core.header_names import quote_string as _quote
-from gateway.core.header_values import split_token_cookies, strip_token_param_from_url
+from gateway.core.header_values import split_token_cookie_pairs, strip_token_param_from_url
 
 Header = tuple[str, str]
 
@@ -41,7 +41,15 @@ class RequestScan:
     """One pass over a request's headers: the values the policy and admission decide on, and
     the headers that may go upstream. (A plain class: built per request, it must be cheap.)"""
 
-    __slots__ = ("drop", "first", "kept", "noted", "token_cookies", "underscore")
+    __slots__ = (
+        "drop",
+        "first",
+        "kept",
+        "noted",
+        "token_cookie_names",
+        "token_cookies",
+        "underscore",
+    )
 
     def __init__(self, drop: frozenset[str]) -> None:
         self.drop = drop
@@ -52,6 +60,8 @@ class RequestScan:
         self.underscore = False
         self.token_cookies: list[str] = []
         """The gateway's cookie values, in order (see ``token_cookie_values``)."""
+        self.token_cookie_names: list[str] = []
+        """Their names, in the same order."""
         self.first: dict[str, str] = {}
         """The first value of each ``SCAN_FIRST`` name present."""
 
@@ -112,8 +122,10 @@ def scan_request(
                 first[lower] = value
         elif kind == _COOKIE:
             if _TOKEN_COOKIE_MARK in value:
-                value, tokens = split_token_cookies(value)
-                scan.token_cookies.extend(tokens)
+                value, pairs = split_token_cookie_pairs(value)
+                for cookie_name, token in pairs:
+                    scan.token_cookie_names.append(cookie_name)
+                    scan.token_cookies.append(token)
             else:
                 value = value.strip()
             if not value:

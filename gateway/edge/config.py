@@ -3,10 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from gateway.core import http_framing
 from gateway.core.admission import AdmissionConfig
 from gateway.core.netpolicy import IPNetwork
+from gateway.edge.guard import GuardLimits
+
+
+@dataclass(frozen=True, slots=True)
+class HeadLimits:
+    """What a request head may hold before it gets 431 (``GATEWAY_MAX_HEADER_*``)."""
+
+    max_header_line_bytes: int = http_framing.MAX_LINE_BYTES
+    """The request line and each header line."""
+    max_header_fields: int = http_framing.MAX_FIELDS
+    max_header_bytes: int = http_framing.MAX_HEAD_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +32,9 @@ class RelayLimits:
     upstream_idle_s: float
     """The upstream's response body may pause this long (0: no limit, for SSE)."""
     max_body_bytes: int
+    min_upload_rate: int = 0
+    """Bytes a second a request body must average over ``upload_window_s`` (0: no rule)."""
+    upload_window_s: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,3 +45,4 @@ class EdgeConfig:
     limits: RelayLimits
     admission: AdmissionConfig
     public_scheme: str = "http"
+    guard: GuardLimits = field(default_factory=GuardLimits)

@@ -4,7 +4,8 @@ strictly by httptools (llhttp), bodies relayed raw by the exchange.
 The listener finds the end of each head itself and gives httptools only the head, so the body
 that follows stays raw bytes (relayed as framed) and a pipelined request stays in the buffer
 until the one before it is answered: responses go out in order without a queue. Limits that
-llhttp lacks are checked on the raw bytes first: 64 KiB of head, 128 fields, 8 KiB a line (431).
+llhttp lacks are checked on the raw bytes first: by default 64 KiB of head, 128 fields, 8 KiB a
+line (431; ``GATEWAY_MAX_HEADER_*``).
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from typing import TYPE_CHECKING, Any, cast
 import httptools
 
 from gateway.core.errors import BadRequest, GatewayError
-from gateway.core.http_framing import ChunkedScanner, FramingError
 from gateway.core.planner import BodyFraming, RequestHead
+from gateway.edge.config import HeadLimits
+from gateway.edge.discard import DISCARD_MAX, Discard
+from gateway.edge.guard import shed
 from gateway.edge.pages import render_bytes
 from gateway.ops import log
 
@@ -26,9 +29,7 @@ if TYPE_CHECKING:
     from gateway.edge.exchange import Relay
     from gateway.edge.server import EdgeServer, RequestHandler
 
-MAX_HEAD_BYTES = 0x10000
-MAX_FIELDS = 128
-MAX_LINE_BYTES = 0x2000
+HEAD_LIMITS = HeadLimits()
 _BUFFER_HIGH = 0x10000
 """Unconsumed client bytes (a pipelined head, a body not yet wanted) above which reading stops."""
 
@@ -55,14 +56,17 @@ class _Head:
         self.headers.append((name, value))
 
 
-def parse_head(raw: bytes, peer: str, scheme: str = "http") -> tuple[RequestHead, bool]:
+def parse_head(
+    raw: bytes, peer: str, scheme: str = "http", limits: HeadLimits = HEAD_LIMITS
+) -> tuple[RequestHead, bool]:
     """The head (with its final CRLFCRLF) as a ``RequestHead``, and whether the connection may
     stay open after it. Raises ``BadRequest`` or ``HeadersTooLarge``."""
     lines = raw.count(b"\r\n") - 2
-    if lines > MAX_FIELDS:
-        raise HeadersTooLarge(f"More than {MAX_FIELDS} header fields.")
-    if max(len(line) for line in raw.split(b"\r\n")) > MAX_LINE_BYTES:
-        raise HeadersTooLarge(f"A request line or header field is over {MAX_LINE_BYTES} bytes.")
+    if lines > limits.max_header_fields:
+        raise HeadersTooLarge(f"More than {limits.max_header_fields} header fields.")
+    longest = limits.max_header_line_bytes
+    if max(len(line) for line in raw.split(b"\r\n")) > longest:
+        raise HeadersTooLarge(f"A request line or header field is over {longest} bytes.")
     cb = _Head()
     parser = httptools.HttpRequestParser(cb)
     try:
@@ -130,10 +134,20 @@ class ClientConnection(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # Tunnels left ``connections`` when they took the socket over; they count all the same.
+        open_now = len(self._server.connections) + self._server.edge.hub.open_count
+        refusal = self._server.edge.guard.admit_connection(self.peer, open_now)
+        if refusal is not None:
+            # Shed before any parsing, routing or task: the cheapest answer there is.
+            self._shed = self._closing = True
+            self._timer = shed(self.transport, refusal, self.date_header())
+            return
         self._server.connections.add(self)
         self._arm(self._idle_since + self._server.keepalive_s)
 
     def data_received(self, data: bytes) -> None:
+        if self._shed:
+            return  # answered at accept; read and dropped until the client closes
         relay = self._relay
         if relay is not None and not relay.body_done and not self._buf:
             n = relay.take_body(data)
@@ -149,12 +163,16 @@ class ClientConnection(asyncio.Protocol):
         return self._busy
 
     _eof = False
+    _shed = False
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._closing = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._shed:
+            return
+        self._server.edge.guard.connection_closed(self.peer)
         self._server.connections.discard(self)
         self._server.check_drained()
         if self._relay is not None:
@@ -200,10 +218,10 @@ class ClientConnection(asyncio.Protocol):
         if relay is None and self._body_unread():
             # Answered without reading the body (an error page, a preflight): skip a small one
             # so the connection can serve the next request; otherwise close.
-            if self._body_left > _DISCARD_MAX:
+            if self._body_left > DISCARD_MAX:
                 self.keep_alive = False
             else:
-                self._relay = _Discard(self._body_left, self._body_chunked)  # type: ignore[assignment]
+                self._relay = Discard(self._body_left, self._body_chunked)  # type: ignore[assignment]
         self._upstream_paused = False
         if not self.keep_alive or self._server.draining or self._eof:
             self._close()
@@ -239,7 +257,7 @@ class ClientConnection(asyncio.Protocol):
             if not relay.body_done and self._buf:
                 n = relay.take_body(self._buf)
                 del self._buf[:n]
-            if isinstance(relay, _Discard):
+            if isinstance(relay, Discard):
                 if relay.failed:
                     self._close()
                     return
@@ -262,17 +280,18 @@ class ClientConnection(asyncio.Protocol):
                 self._head_started = self.loop.time()
                 self._arm(self._head_started + self._server.header_timeout_s)
             last = len(buf) - (buf.rfind(b"\n") + 1)
-            if len(buf) > MAX_HEAD_BYTES or last > MAX_LINE_BYTES:
+            limits = self._server.head_limits
+            if len(buf) > limits.max_header_bytes or last > limits.max_header_line_bytes:
                 self._refuse(HeadersTooLarge("The request headers are too large."))
             return
-        if end + 4 > MAX_HEAD_BYTES:
+        if end + 4 > self._server.head_limits.max_header_bytes:
             self._refuse(HeadersTooLarge("The request headers are too large."))
             return
         raw = bytes(buf[: end + 4])
         del buf[: end + 4]
         self._head_started = None
         try:
-            head, keep_alive = parse_head(raw, self.peer, self._scheme)
+            head, keep_alive = parse_head(raw, self.peer, self._scheme, self._server.head_limits)
         except GatewayError as exc:
             self._refuse(exc)
             return
@@ -356,39 +375,3 @@ class ClientConnection(asyncio.Protocol):
             self._close()
         # Busy: the response in flight says Connection: close, and the connection ends with it.
         self.keep_alive = False
-
-
-_DISCARD_MAX = 0x100000
-
-
-class _Discard:
-    """Reads and drops the rest of a body the response did not need."""
-
-    def __init__(self, left: int, chunked: bool) -> None:
-        self.left = left
-        self.scanner = ChunkedScanner() if chunked else None
-        self.body_done = False
-        self.failed = False
-
-    def take_body(self, data: bytes | bytearray) -> int:
-        if self.scanner is None:
-            n = min(self.left, len(data))
-            self.left -= n
-            self.body_done = not self.left
-            return n
-        try:
-            end = self.scanner.feed(data)
-        except FramingError:
-            self.failed = True
-            return len(data)
-        self.body_done = end >= 0
-        return len(data) if end < 0 else end
-
-    def client_pause_writing(self) -> None:
-        pass
-
-    def client_resume_writing(self) -> None:
-        pass
-
-    def client_lost(self) -> None:
-        pass

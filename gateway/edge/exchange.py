@@ -27,18 +27,13 @@ from gateway.core.http_framing import (
     find_head_end,
     parse_response_head,
 )
+from gateway.core.limits import upload_too_slow
 from gateway.core.planner import ResponseEdits, shape_response
 from gateway.edge import upstream_errors
 from gateway.edge.config import RelayLimits
 from gateway.edge.dechunk import Dechunker
 from gateway.edge.pages import status_phrase
 from gateway.edge.pool import UpstreamConnection
-
-
-def not_upgraded() -> UpstreamBadResponse:
-    """A page, or a 101 with a wrong accept key, for a WebSocket handshake: not the app's
-    status to pass on."""
-    return UpstreamBadResponse("The app did not accept the WebSocket upgrade on this path.")
 
 
 class Client(Protocol):
@@ -109,6 +104,11 @@ class Relay:
         """When the response head arrived (for the access log's upstream_ms)."""
         self._last_in = now
         self._last_out = now
+        self._window_at = now
+        """Start of the current upload-progress window; ``_window_bytes`` came in since."""
+        self._window_bytes = 0
+        self._upstream_full = False
+        """The upstream stopped reading: its write buffer is over the high-water mark."""
         self._timer: asyncio.TimerHandle | None = None
 
     # ── request body: client → upstream ─────────────────────────────────────────────────────
@@ -132,6 +132,7 @@ class Relay:
             n = len(data) if end < 0 else end
             self.body_done = end >= 0
         self.bytes_in += n
+        self._window_bytes += n
         if self.limits.max_body_bytes and self.bytes_in > self.limits.max_body_bytes:
             limit = self.limits.max_body_bytes
             self._fail(PayloadTooLarge(f"The request body is larger than {limit} bytes."))
@@ -176,7 +177,7 @@ class Relay:
             if self.upgrade and resp.status < 300:
                 # A page (a dev server without WebSocket support on this path): no tunnel, and
                 # not the app's status to pass on.
-                self._fail(not_upgraded())
+                self._fail(upstream_errors.not_upgraded())
                 return
             self._start_response(resp, rest)
             return
@@ -283,9 +284,11 @@ class Relay:
 
     # ── flow control ────────────────────────────────────────────────────────────────────────
     def upstream_pause_writing(self) -> None:
+        self._upstream_full = True
         self.client.pause_for_upstream(True)
 
     def upstream_resume_writing(self) -> None:
+        self._upstream_full = False
         self.client.pause_for_upstream(False)
 
     def client_pause_writing(self) -> None:
@@ -312,6 +315,8 @@ class Relay:
             deadline = self._last_out + self.limits.response_s
             if not self.body_done:
                 deadline = min(deadline, self._last_in + self.limits.body_idle_s)
+                if self.limits.min_upload_rate:
+                    deadline = min(deadline, self._window_at + self.limits.upload_window_s)
             return deadline
         if self.limits.upstream_idle_s:
             return self._last_out + self.limits.upstream_idle_s
@@ -324,7 +329,10 @@ class Relay:
         now = self.loop.time()
         if self._resp is None:
             if not self.body_done and now >= self._last_in + self.limits.body_idle_s - 0.001:
-                self._fail(RequestTimedOut("The request body stopped arriving."))
+                self._fail(self._stalled("The request body stopped arriving."))
+                return
+            if not self.body_done and self._upload_too_slow(now):
+                self._fail(self._stalled("The request body is arriving too slowly."))
                 return
             if now >= self._last_out + self.limits.response_s - 0.001:
                 self._fail(upstream_errors.response_timeout())
@@ -336,6 +344,22 @@ class Relay:
             self._cut()
             return
         self.arm()
+
+    def _upload_too_slow(self, now: float) -> bool:
+        """At the end of each window: did the body bring its minimum? Then a new window."""
+        limits = self.limits
+        if not limits.min_upload_rate or now < self._window_at + limits.upload_window_s - 0.001:
+            return False
+        window_s, received = now - self._window_at, self._window_bytes
+        self._window_at, self._window_bytes = now, 0
+        return upload_too_slow(received, window_s, limits.min_upload_rate)
+
+    def _stalled(self, message: str) -> GatewayError:
+        """A body that stopped: the client's doing (408), or the app's when it stopped reading
+        and the gateway stopped reading the client to wait for it (504)."""
+        if self._upstream_full:
+            return upstream_errors.stopped_reading()
+        return RequestTimedOut(message)
 
     # ── endings ─────────────────────────────────────────────────────────────────────────────
     def _complete(self, *, clean: bool) -> None:

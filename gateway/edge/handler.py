@@ -43,13 +43,14 @@ from gateway.core.records import Route
 from gateway.core.startup import retryable
 from gateway.edge.config import EdgeConfig
 from gateway.edge.exchange import Relay
+from gateway.edge.guard import EdgeGuard, preview_key
 from gateway.edge.pages import closes_connection, head_bytes, json_bytes, render_bytes
 from gateway.edge.pool import UpstreamConnection, UpstreamPool
 from gateway.edge.starting import Starting
 from gateway.edge.upstream_conn import Target
 from gateway.edge.upstream_errors import closed_without_answer
-from gateway.edge.ws_handshake import open_tunnel
 from gateway.edge.ws_hub import WebSocketHub, WsLimits
+from gateway.edge.ws_upgrade import WsUpgrade, closing_error
 from gateway.ops import log
 from gateway.store.lookup import Miss
 
@@ -79,6 +80,8 @@ class _Request:
     started: float
     inspected: Inspected | None = None
     route: Route | None = None
+    guard_key: str | None = None
+    """Set while the request counts against its preview's caps (``EdgeGuard.enter_request``)."""
 
 
 class EdgeHandler:
@@ -90,9 +93,11 @@ class EdgeHandler:
         pool: UpstreamPool,
         ws: tuple[UpstreamPool, WsLimits, WebSocketHub],
         observe: Callable[[log.AccessRecord], None] | None = None,
+        guard: EdgeGuard | None = None,
         starting: Starting | None = None,
     ) -> None:
         self.config = config
+        self.guard = guard or EdgeGuard(config.guard, config.trusted_proxies)
         self.ws_pool, self.ws_limits, self.hub = ws
         self.planner = planner
         self._lookup = lookup
@@ -102,6 +107,7 @@ class EdgeHandler:
         """Wake calls, holds and the waiting page (issue 14); None: refused is 502 at once."""
         self._next_id = log.random_ids().__next__
         self._loop_time = asyncio.get_running_loop().time
+        self.ws = WsUpgrade(config.limits, ws, self.guard, self._write_record)
 
     def start(self, client: ClientConnection, head: RequestHead) -> None:
         """Handle one parsed request head (called from the connection's callback)."""
@@ -123,6 +129,7 @@ class EdgeHandler:
         client.body_framing(inspected.framing, inspected.content_length)
         if inspected.framing is BodyFraming.CHUNKED:
             _check_visible_chunks(client.buffered)
+        self.guard.check_memory(websocket=inspected.websocket)
         route = self._lookup.cached(host)
         if isinstance(route, Miss):
             client.spawn(self._then(req, functools.partial(self._lookup.find, host), self._routed))
@@ -143,7 +150,14 @@ class EdgeHandler:
             self._conclude(req, None)
             return
         record.upstream = f"{route.sandbox}:{route.port}"
-        record.overhead_ms = round((self._loop_time() - req.started) * 1000, 3)
+        now = self._loop_time()
+        record.overhead_ms = round((now - req.started) * 1000, 3)
+        # Counted once admitted: a client without a token cannot spend a private preview's
+        # rate or its slots, and answers that never reach the sandbox cost next to nothing.
+        # Left in ``_conclude``, which every admitted request reaches once (a held one too).
+        key = preview_key(route)
+        self.guard.enter_request(key, now)
+        req.guard_key = key
         starting = self.starting
         if starting is not None and (route.standby or starting.is_ready_poll(inspected)):
             waking = functools.partial(self._wake_first, req, starting, decision)
@@ -195,7 +209,7 @@ class EdgeHandler:
         if retry and stale and not relay.body_seen:
             self._guard(req, self._forward, req, fwd, fresh=True, retry=False)
         elif error is not None:
-            self._fail(req, error)
+            self._fail(req, closing_error(relay))
         else:
             self._conclude(req, relay)
 
@@ -282,6 +296,9 @@ class EdgeHandler:
     def _conclude(self, req: _Request, relay: Relay | None) -> None:
         """The access record and metrics, and the connection's next request."""
         record, client = req.record, req.client
+        if req.guard_key is not None:
+            self.guard.leave_request(req.guard_key)
+            req.guard_key = None
         if relay is not None:
             # The client that went before its answer: nobody is left to answer (Caddy's 499).
             record.status = record.status or relay.status or 499
@@ -307,44 +324,14 @@ class EdgeHandler:
             self._observe(record)
 
     async def _upgrade(self, req: _Request, up: Upgrade) -> Relay:
-        """The handshake goes upstream; a 101 turns both connections into a ``WsTunnel``, any
-        other answer is relayed as an ordinary response. The tunnel is attached to the hub and
-        this task ends: an open WebSocket holds no task (issue 9's memory per idle socket)."""
-        client, inspected, route, record = req.client, req.inspected, req.route, req.record
+        inspected, route = req.inspected, req.route
         assert inspected is not None and route is not None
-        self.hub.refuse_if_draining()
         target = (up.target_host, up.port)
-        conn = await self._acquire(self.ws_pool, req, target, retryable=True, fresh=True)
-        relay: Relay | None = None
-        try:
-            relay = Relay(
-                client,
-                conn,
-                method="GET",
-                body=0,
-                chunked=False,
-                limits=self.config.limits,
-                edits=up.edits,
-                close_after=True,
-                upgrade=True,
-            )
-            conn.attach(relay)
-            conn.write(up.head)
-            client.attach(relay, expect_continue=False)
-            relay.arm()
-            await relay.done
-            if relay.error is not None:
-                raise relay.error
-            if relay.switched is None or conn.transport is None:
-                record.extra["upstream_refused"] = relay.status
-                return relay
-            write = functools.partial(self._write_record, record, req.started)
-            ws = (self.hub, self.ws_limits, self.ws_pool)
-            open_tunnel(client, conn, relay, inspected, up, route, record, ws, write)
-            return relay
-        finally:
-            if relay is None or not relay.tunneled:
-                self.ws_pool.release(conn, reusable=False)
+        dial = functools.partial(
+            self._acquire, self.ws_pool, req, target, retryable=True, fresh=True
+        )
+        client, record = req.client, req.record
+        return await self.ws.upgrade(client, inspected, up, route, record, req.started, dial)
 
     def _start(
         self, client: ClientConnection, conn: UpstreamConnection, inspected: Inspected, fwd: Forward

@@ -7,13 +7,15 @@ dropped at once.
 
 Limits as today's aiohttp connector had them: at most ``max_connections`` in use in all, and
 ``max_per_target`` per sandbox port, so one slow sandbox cannot take every slot (threat model
-D02b); a request over a limit waits for a slot (its own deadline bounds the wait). Idle
+D02b); a request over a limit waits for a slot in a bounded queue per target, for at most
+``queue_timeout_s`` (503 ``upstream_busy`` when the queue is full or the wait runs out). Idle
 connections are reused newest first (LIFO: the warm ones serve, the cold ones age out) and
 closed after ``idle_timeout_s``.
 
-Only addresses inside ``allowed_targets`` are dialled: IP literals are checked before the
-connect, DNS names after resolution, keeping only allowed addresses (threat model R01, R02,
-R08). Dial failures become the gateway's error classes in ``upstream_errors``.
+Only addresses inside ``allowed_targets`` and outside ``deny_target_nets`` are dialled: IP
+literals are checked before the connect, DNS names after resolution, keeping only allowed
+addresses (threat model R01, R02, R08). Dial failures become the gateway's error classes in
+``upstream_errors``.
 
 A request that meets a stale pooled connection (closed before any response byte) may be sent
 once more if idempotent: ``release(reusable=False)``, then ``acquire(fresh=True)`` (never pooled).
@@ -23,13 +25,12 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections import deque
 from collections.abc import Sequence
 
 from gateway.core.errors import TargetNotAllowed, UpstreamUnreachable
 from gateway.core.netpolicy import IPNetwork, address_allowed, is_ip_literal
+from gateway.edge.slots import Slots, Target
 from gateway.edge.upstream_conn import Consumer as Consumer
-from gateway.edge.upstream_conn import Target
 from gateway.edge.upstream_conn import UpstreamConnection as UpstreamConnection
 from gateway.edge.upstream_errors import dial_error
 
@@ -41,24 +42,25 @@ class UpstreamPool:
         self,
         *,
         allowed: Sequence[IPNetwork],
+        denied: Sequence[IPNetwork] = (),
         max_connections: int,
         max_per_target: int,
         connect_timeout_s: float,
+        queue_per_target: int = 0,
+        queue_timeout_s: float = 0.0,
         idle_timeout_s: float = 30.0,
         dns_ttl_s: float = 10.0,
     ) -> None:
         self._allowed = allowed
+        self._denied = denied
         self._max = max_connections
         self._per_target = max_per_target
+        self._slots = Slots(max_connections, max_per_target, queue_per_target, queue_timeout_s)
         self._connect_timeout_s = connect_timeout_s
         self._idle_timeout_s = idle_timeout_s
         self._dns_ttl_s = dns_ttl_s
         self._idle: dict[Target, list[UpstreamConnection]] = {}
         self._idle_count = 0
-        self._busy: dict[Target, int] = {}
-        """Slots taken per target: connections in use and dials under way."""
-        self._busy_total = 0
-        self._waiters: dict[Target, deque[asyncio.Future[None]]] = {}
         self._literal_allowed: dict[str, bool] = {}
         self._dns: dict[Target, tuple[float, list[str]]] = {}
         self._sweep: asyncio.TimerHandle | None = None
@@ -74,7 +76,11 @@ class UpstreamPool:
 
     @property
     def in_use(self) -> int:
-        return self._busy_total
+        return self._slots.in_use
+
+    def queued(self, target: Target) -> int:
+        """Requests waiting for a slot to ``target``."""
+        return self._slots.queued(target)
 
     @property
     def idle(self) -> int:
@@ -85,7 +91,7 @@ class UpstreamPool:
         host: parsing it costs microseconds). DNS names are checked after resolution."""
         allowed = self._literal_allowed.get(host)
         if allowed is None:
-            allowed = not is_ip_literal(host) or address_allowed(host, self._allowed)
+            allowed = not is_ip_literal(host) or address_allowed(host, self._allowed, self._denied)
             if len(self._literal_allowed) >= _TARGET_CACHE_MAX:
                 self._literal_allowed.clear()  # bounded; refilled by the next requests
             self._literal_allowed[host] = allowed
@@ -101,14 +107,16 @@ class UpstreamPool:
         """
         self.check_target(host)
         target = (host, port)
-        await self._take_slot(target)
+        if self._closed:
+            raise UpstreamUnreachable("The gateway is shutting down.")
+        await self._slots.take(target)
         try:
             conn = None if fresh else self._pop_idle(target)
             if conn is None:
                 conn = await self._dial(target)
             return conn
         except BaseException:
-            self._free_slot(target)
+            self._slots.free(target)
             raise
 
     def take_idle(self, host: str, port: int) -> UpstreamConnection | None:
@@ -118,11 +126,11 @@ class UpstreamPool:
         if self._closed:
             raise UpstreamUnreachable("The gateway is shutting down.")
         target = (host, port)
-        if target not in self._idle or target in self._waiters or not self._has_slot(target):
+        if target not in self._idle or not self._slots.free_now(target):
             return None
         conn = self._pop_idle(target)
         if conn is not None:
-            self._occupy(target)
+            self._slots.hold(target)
         return conn
 
     def release(self, conn: UpstreamConnection, *, reusable: bool) -> None:
@@ -133,7 +141,7 @@ class UpstreamPool:
             self._park(conn)
         else:
             conn.close()
-        self._free_slot(conn.target)
+        self._slots.free(conn.target)
 
     def close(self) -> None:
         """Close every idle connection and refuse new acquisitions (shutdown). Connections in
@@ -147,64 +155,7 @@ class UpstreamPool:
                 conn.close()
         self._idle.clear()
         self._idle_count = 0
-        for waiters in self._waiters.values():
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_exception(UpstreamUnreachable("The gateway is shutting down."))
-        self._waiters.clear()
-
-    # ── slots ──
-    def _has_slot(self, target: Target) -> bool:
-        return self._busy_total < self._max and self._busy.get(target, 0) < self._per_target
-
-    async def _take_slot(self, target: Target) -> None:
-        if self._closed:
-            raise UpstreamUnreachable("The gateway is shutting down.")
-        while not self._has_slot(target):
-            waiter = self._loop().create_future()
-            self._waiters.setdefault(target, deque()).append(waiter)
-            try:
-                await waiter
-            except BaseException:
-                waiters = self._waiters.get(target)
-                if waiters is not None and waiter in waiters:
-                    waiters.remove(waiter)
-                    if not waiters:
-                        del self._waiters[target]
-                elif waiter.done() and not waiter.cancelled() and waiter.exception() is None:
-                    self._wake()  # woken, then cancelled: the slot goes to the next waiter
-                raise
-        self._occupy(target)
-
-    def _occupy(self, target: Target) -> None:
-        self._busy[target] = self._busy.get(target, 0) + 1
-        self._busy_total += 1
-
-    def _free_slot(self, target: Target) -> None:
-        left = self._busy[target] - 1
-        if left:
-            self._busy[target] = left
-        else:
-            del self._busy[target]
-        self._busy_total -= 1
-        self._wake(target)
-
-    def _wake(self, prefer: Target | None = None) -> None:
-        """Wake one waiter that the free slot can serve: the same target's first."""
-        order = [prefer] if prefer in self._waiters else []
-        order += [t for t in self._waiters if t != prefer]
-        for target in order:
-            if not self._has_slot(target):
-                continue
-            waiters = self._waiters[target]
-            while waiters:
-                waiter = waiters.popleft()
-                if not waiter.done():
-                    waiter.set_result(None)
-                    if not waiters:
-                        del self._waiters[target]
-                    return
-            del self._waiters[target]
+        self._slots.fail_waiters(UpstreamUnreachable("The gateway is shutting down."))
 
     # ── idle connections ──
     def _pop_idle(self, target: Target) -> UpstreamConnection | None:
@@ -298,7 +249,7 @@ class UpstreamPool:
         host, port = target
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
-        kept = [a for a in addresses if address_allowed(a, self._allowed)]
+        kept = [a for a in addresses if address_allowed(a, self._allowed, self._denied)]
         if not kept:
             # The same refusal as an IP literal outside allowed_targets, not an unreachable
             # sandbox: a name that resolves to the metadata service is never dialled.

@@ -12,7 +12,8 @@ from collections.abc import Coroutine
 from typing import Any, Protocol
 
 from gateway.core.planner import RequestHead
-from gateway.edge.connection import ClientConnection
+from gateway.edge.config import HeadLimits
+from gateway.edge.connection import HEAD_LIMITS, ClientConnection
 from gateway.edge.handler import EdgeHandler
 
 
@@ -33,8 +34,10 @@ class EdgeServer:
         header_timeout_s: float,
         keepalive_s: float,
         grace_s: float,
+        head_limits: HeadLimits = HEAD_LIMITS,
     ) -> None:
         self.edge = edge
+        self.head_limits = head_limits
         self.grace_s = grace_s
         self.header_timeout_s = header_timeout_s
         self.keepalive_s = keepalive_s

@@ -33,9 +33,20 @@ def response_timeout() -> UpstreamTimedOut:
     return UpstreamTimedOut("The app did not answer in time.")
 
 
+def stopped_reading() -> UpstreamTimedOut:
+    """The app stopped reading the request body before it had all of it."""
+    return UpstreamTimedOut("The app stopped reading the request body.")
+
+
 def closed_without_answer() -> UpstreamUnreachable:
     """The upstream connection ended before a complete response head."""
     return UpstreamUnreachable("The app closed the connection without answering.")
+
+
+def not_upgraded() -> UpstreamBadResponse:
+    """A page, or a 101 with a wrong accept key, for a WebSocket handshake: not the app's
+    status to pass on."""
+    return UpstreamBadResponse("The app did not accept the WebSocket upgrade on this path.")
 
 
 def bad_response() -> UpstreamBadResponse:

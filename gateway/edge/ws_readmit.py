@@ -28,7 +28,10 @@ class Readmission:
         try:
             current = await self._find(host)
         except Exception:
-            return admitted  # the store is down: keep serving, as HTTP does within the grace
+            # The store is down: keep serving on the route the tunnel came in on, as HTTP does
+            # within the grace. Its token is still checked against the clock: an expiry needs
+            # no store, and a socket must not outlive its token because Redis is away.
+            current = admitted
         inbound = credentials if isinstance(credentials, admission.Inbound) else None
         try:
             return readmission.verdict(admitted, current, inbound, self.policy, utcnow())

@@ -185,4 +185,9 @@ _HELP = {
     "answered 2xx), failed, deduplicated (another request or replica holds the wake lock), "
     "unsigned (no GATEWAY_WAKE_SECRET, so no call).",
     "gateway_requests_held": "Requests held now while a sandbox wakes or starts listening.",
+    "gateway_limit_refusals": "Connections, requests and WebSockets refused by an abuse limit, "
+    "by error code (overloaded, too_many_connections, rate_limited); shed connections are in no "
+    "access log line.",
+    "gateway_memory_resident_bytes": "Resident set size, as the memory budget last read it (0 "
+    "when GATEWAY_MEMORY_LIMIT_MIB is unset).",
 }

@@ -19,6 +19,9 @@ from gateway.core.netpolicy import IPNetwork
 # Private address space where container and VM sandboxes normally live. Loopback, link-local
 # (cloud metadata at 169.254.169.254) and everything public stay out unless an operator adds them.
 DEFAULT_ALLOWED_TARGETS = "10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,100.64.0.0/10,fc00::/7"
+# Link-local, where cloud metadata lives (169.254.169.254), in each spelling: denied even when an
+# operator widens allowed_targets to cover it.
+DEFAULT_DENIED_TARGETS = "169.254.0.0/16,fe80::/10,::ffff:169.254.0.0/112"
 
 
 def _split_csv(value: object) -> object:
@@ -105,6 +108,12 @@ class Settings(BaseSettings):
     )
     """Comma-separated CIDRs that sandbox targets may be in. The gateway dials nothing else, even
     when a hostname resolves elsewhere."""
+    deny_target_nets: Annotated[list[IPNetwork], NoDecode] = Field(
+        default_factory=lambda: [ipaddress.ip_network(n) for n in DEFAULT_DENIED_TARGETS.split(",")]
+    )
+    """Comma-separated CIDRs never dialled, even inside `allowed_targets`: refused when a sandbox
+    is registered and again at dial time, after DNS resolution (IPv4-mapped IPv6 addresses are
+    judged as the IPv4 address they carry)."""
 
     # ── private previews ────────────────────────────────────────────────────────────────────
     token_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
@@ -127,6 +136,12 @@ class Settings(BaseSettings):
     trusted_proxies: Annotated[list[IPNetwork], NoDecode] = Field(default_factory=list)
     """Comma-separated CIDRs of load balancers whose `X-Forwarded-*`/`Forwarded` headers are
     kept and appended to. From anyone else they are replaced."""
+    max_header_line_bytes: int = Field(8 * 1024, ge=1024)
+    """Longest request line or header line (431 over it)."""
+    max_header_fields: int = Field(128, ge=8)
+    """Most header fields in one request head (431 over it)."""
+    max_header_bytes: int = Field(64 * 1024, ge=4096)
+    """Largest request head in all, request line included (431 over it)."""
     max_body_bytes: int = Field(100 * 1024 * 1024, ge=0)
     """Largest request body streamed to a sandbox; larger ones get 413. 0 means no limit."""
     header_read_timeout_s: float = Field(10.0, gt=0)
@@ -151,6 +166,39 @@ class Settings(BaseSettings):
     """Upstream connections of one replica, all sandboxes together."""
     upstream_max_connections_per_target: int = Field(128, ge=1)
     """Upstream connections to one sandbox port, so a slow sandbox cannot starve the others."""
+    upstream_queue_per_target: int = Field(256, ge=0)
+    """Requests that may wait for a connection to one busy sandbox port; more get 503
+    `upstream_busy` at once."""
+    upstream_queue_timeout_s: float = Field(10.0, gt=0)
+    """Longest a request waits for a connection to a busy sandbox port (503 `upstream_busy`)."""
+
+    # ── abuse limits ────────────────────────────────────────────────────────────────────────
+    max_connections: int = Field(10_000, ge=0)
+    """Client connections of one replica (HTTP and WebSocket); a new one over it gets 503
+    `overloaded` and is closed at once. 0 means no cap."""
+    max_connections_per_client_ip: int = Field(256, ge=0)
+    """Client connections from one IP address (429 `too_many_connections` over it). Peers in
+    `trusted_proxies` are exempt: a load balancer multiplexes many clients. 0 means no cap."""
+    max_connections_per_preview: int = Field(1024, ge=0)
+    """Requests in flight to one preview (429 `too_many_connections` over it). 0 means no cap."""
+    max_websockets_per_client_ip: int = Field(256, ge=0)
+    """Open WebSockets from one IP address (429 over it; trusted proxies exempt). 0: no cap."""
+    max_websockets_per_preview: int = Field(4096, ge=0)
+    """Open WebSockets to one preview (429 over it). 0 means no cap."""
+    preview_rate_limit: float = Field(0.0, ge=0)
+    """Requests a second to one preview, as a token bucket (429 `rate_limited` with
+    `Retry-After` over it). 0 means no limit."""
+    preview_rate_burst: int = Field(200, ge=1)
+    """Requests one preview may make at once above `preview_rate_limit` (the bucket's size)."""
+    min_upload_rate: int = Field(1024, ge=0)
+    """A request body must bring at least this many bytes a second, averaged over
+    `min_upload_rate_window_s`, or it is closed (408; 504 when it is the app that stopped
+    reading). 0 disables it."""
+    min_upload_rate_window_s: float = Field(30.0, gt=0)
+    """The window over which `min_upload_rate` is averaged."""
+    memory_limit_mib: int = Field(0, ge=0)
+    """Memory budget of one replica (resident set, read every second): at 90 % new WebSockets
+    get 503 `overloaded`, at 95 % new requests too. 0 means no budget."""
 
     # ── route cache ─────────────────────────────────────────────────────────────────────────
     cache_ttl_s: float = Field(30.0, ge=0)
@@ -199,6 +247,7 @@ class Settings(BaseSettings):
         "api_keys",
         "reserved_ports",
         "allowed_targets",
+        "deny_target_nets",
         "trusted_proxies",
         "token_keys",
         "ws_allowed_origins",
@@ -209,7 +258,7 @@ class Settings(BaseSettings):
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
 
-    @field_validator("allowed_targets", "trusted_proxies", mode="before")
+    @field_validator("allowed_targets", "deny_target_nets", "trusted_proxies", mode="before")
     @classmethod
     def _networks(cls, value: object) -> object:
         # "before" validators run last-declared first, so this one sees the raw env string

@@ -29,7 +29,9 @@
 
 import { clip, hostPort, serveSessions, TOKEN_PARAM } from "./chromium.mjs";
 
-const TOKEN_COOKIES = new Set([TOKEN_PARAM, `__Host-${TOKEN_PARAM}`]);
+// The gateway's cookie: the per-preview name (bl_preview_token_<16 hex>) or the old shared one,
+// bare or __Host- prefixed.
+const TOKEN_COOKIE = new RegExp(`^(__Host-)?${TOKEN_PARAM}(_[0-9a-f]{16})?$`);
 
 function cookiePairs(header) {
   if (!header) return [];
@@ -173,7 +175,7 @@ class Session {
       referer: this.#redact(referer),
       tokenInReferer: Boolean(token && referer && referer.includes(token)),
       cookieNames: cookies.map(([name]) => name),
-      tokenCookie: cookies.some(([name, value]) => TOKEN_COOKIES.has(name) && (!token || value === token)),
+      tokenCookie: cookies.some(([name, value]) => TOKEN_COOKIE.test(name) && (!token || value === token)),
       tokenHeader: "x-blaxel-preview-token" in headers,
     };
   }

@@ -24,6 +24,7 @@ from tests.browser.test_private_browser import (
     TIMEOUT_MS,
     TOKEN_PARAM,
     evidence,
+    is_own_cookie,
     leaks_to_the_app,
     mint,
 )
@@ -32,7 +33,12 @@ from tests.helpers.process import GatewayProcess
 from tests.helpers.tls import PREVIEW_WILDCARD, TestCA
 
 pytestmark = pytest.mark.browser
-HOST_COOKIE = f"__Host-{TOKEN_PARAM}"
+HOST_COOKIE = f"__Host-{TOKEN_PARAM}_<16 hex digits of the preview>"
+
+
+def is_host_cookie(name: str) -> bool:
+    """The gateway's per-preview ``__Host-`` cookie name (``gateway.core.admission``)."""
+    return is_own_cookie(name.removeprefix("__Host-")) and name.startswith("__Host-")
 
 
 def spki_hash(pem: Path) -> str:
@@ -76,13 +82,18 @@ def check_https_session(result: dict[str, Any], url: str, app: PrivateApp) -> li
     if [c["status"] for c in chain] != [303, 200]:
         return [f"expected 303 (token link) then 200 (clean URL); chain: {chain}"]
     set_cookie = chain[0]["setCookie"] or ""
-    if not set_cookie.startswith(f"{HOST_COOKIE}=<TOKEN>;") or "Secure" not in set_cookie:
+    name, _, rest = set_cookie.partition("=")
+    if not is_host_cookie(name) or not rest.startswith("<TOKEN>;") or "Secure" not in set_cookie:
         problems.append(f"the 303 should set a Secure {HOST_COOKIE}: {set_cookie!r}")
     if result["url"] != url or result["tokenInAddressBar"]:
         problems.append(f"the address bar shows {result['url']}, not {url}")
     cookies = result["cookies"]
-    wanted = {"name": HOST_COOKIE, "domain": urlsplit(url).hostname, "path": "/", "secure": True}
-    if len(cookies) != 1 or any(cookies[0][k] != v for k, v in wanted.items()):
+    wanted = {"domain": urlsplit(url).hostname, "path": "/", "secure": True}
+    if (
+        len(cookies) != 1
+        or not is_host_cookie(cookies[0]["name"])
+        or any(cookies[0][k] != v for k, v in wanted.items())
+    ):
         problems.append(f"expected exactly one cookie {wanted}: {cookies}")
     elif not cookies[0]["isToken"] or not cookies[0]["httpOnly"]:
         problems.append(f"the cookie should hold the token, HttpOnly: {cookies[0]}")

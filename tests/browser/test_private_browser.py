@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import re
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -29,6 +30,19 @@ from tests.helpers.process import GatewayProcess
 pytestmark = pytest.mark.browser
 
 TOKEN_PARAM = "bl_preview_token"
+# The per-preview cookie name the gateway sets over http, and any name it reads.
+OWN_COOKIE = re.compile(rf"{TOKEN_PARAM}_[0-9a-f]{{16}}")
+ANY_TOKEN_COOKIE = re.compile(rf"(__Host-)?{TOKEN_PARAM}(_[0-9a-f]{{16}})?")
+
+
+def is_own_cookie(name: str) -> bool:
+    return OWN_COOKIE.fullmatch(name) is not None
+
+
+def is_token_cookie(name: str) -> bool:
+    return ANY_TOKEN_COOKIE.fullmatch(name) is not None
+
+
 TOKEN_HEADER = "x-blaxel-preview-token"
 TIMEOUT_MS = 20_000
 SUBRESOURCES = ("/app.js", "/logo.png", "/api/data")
@@ -177,8 +191,10 @@ def check_app_opened(result: dict[str, Any], url: str, app: PrivateApp, token: s
         if chain[1]["url"] != url:
             problems.append(f"the redirect landed on {chain[1]['url']}, not {url}")
         set_cookie = chain[0]["setCookie"] or ""
-        expected = ("bl_preview_token=<TOKEN>;", "Path=/", "HttpOnly", "Secure", "SameSite=Lax")
-        if not all(part in set_cookie for part in expected):
+        expected = ("=<TOKEN>;", "Path=/", "HttpOnly", "Secure", "SameSite=Lax")
+        if not is_own_cookie(set_cookie.split("=", 1)[0]) or not all(
+            part in set_cookie for part in expected
+        ):
             problems.append(f"the 303's Set-Cookie lacks one of {expected}: {set_cookie!r}")
     if result["url"] != url or result["tokenInAddressBar"]:
         problems.append(f"the address bar shows {result['url']}, not {url}")
@@ -198,7 +214,7 @@ def check_app_opened(result: dict[str, Any], url: str, app: PrivateApp, token: s
     if probe.get("cookieReadableByScript") is not False:
         problems.append(f"the token cookie is readable by the page's scripts: {probe}")
 
-    token_cookies = [c for c in result["cookies"] if c["name"] == TOKEN_PARAM]
+    token_cookies = [c for c in result["cookies"] if is_own_cookie(c["name"])]
     wanted = {"domain": host, "path": "/", "httpOnly": True, "secure": True, "sameSite": "Lax"}
     if len(token_cookies) != 1 or not token_cookies[0]["isToken"]:
         problems.append(f"expected one {TOKEN_PARAM} cookie holding the token: {result['cookies']}")
@@ -341,7 +357,7 @@ def test_expired_token_link_gets_the_expired_page(
     try:
         page = drive(private_driver, gp, private_app, "open", session=session, url=url, token=token)
         problems = check_401_page(page, "token_expired", ("expired",), private_app, received)
-        if any(c["name"] == TOKEN_PARAM for c in page["cookies"]):
+        if any(is_token_cookie(c["name"]) for c in page["cookies"]):
             problems.append(f"an expired token was turned into a cookie: {page['cookies']}")
         problems += leaks_to_the_app(private_app, token)
         assert not problems, f"{problems}\n\n{evidence(page, gp, private_app)}"
@@ -359,7 +375,7 @@ def test_revoked_token_link_gets_the_revoked_page(
     try:
         page = drive(private_driver, gp, private_app, "open", session=session, url=url, token=token)
         problems = check_401_page(page, "token_revoked", ("revoked",), private_app)
-        if any(c["name"] == TOKEN_PARAM for c in page["cookies"]):
+        if any(is_token_cookie(c["name"]) for c in page["cookies"]):
             problems.append(f"a revoked token was turned into a cookie: {page['cookies']}")
         assert not problems, f"{problems}\n\n{evidence(page, gp, private_app)}"
     finally:

@@ -11,7 +11,7 @@ import pytest
 from gateway.core.netpolicy import address_allowed
 from gateway.core.records import Sandbox
 from tests.helpers.edge_client import assert_gateway_error, get
-from tests.helpers.gateway import host_of, run_gateway
+from tests.helpers.gateway import host_of, make_settings, run_gateway
 from tests.helpers.probes import counting_listener
 
 
@@ -82,3 +82,65 @@ NETS = [ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("fd00::/8")]
 )
 def test_address_allowed(address: str, allowed: bool) -> None:
     assert address_allowed(address, NETS) is allowed
+
+
+# ── deny_target_nets (SSRF): denied wins over allowed, at registration and at dial ──────────
+EVERYTHING = [ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0")]
+DEFAULT_DENIED = make_settings().deny_target_nets
+
+
+@pytest.mark.parametrize(
+    ("address", "allowed"),
+    [
+        ("169.254.169.254", False),
+        ("169.254.0.1", False),
+        ("::ffff:169.254.169.254", False),
+        ("::ffff:a9fe:a9fe", False),  # the same, in hex
+        ("fe80::1", False),
+        ("fe80::1%eth0", False),
+        ("febf::1", False),
+        ("169.253.255.255", True),
+        ("169.255.0.0", True),
+        ("10.0.0.1", True),
+        ("::ffff:10.0.0.1", True),
+        ("fec0::1", True),
+    ],
+)
+def test_denied_nets_win_over_allowed(address: str, allowed: bool) -> None:
+    assert address_allowed(address, EVERYTHING, DEFAULT_DENIED) is allowed
+
+
+@pytest.mark.parametrize("address", ["169.254.169.254", "::ffff:169.254.169.254", "fe80::1"])
+async def test_denied_literal_is_refused_at_registration(address: str) -> None:
+    async with run_gateway(allowed_targets="0.0.0.0/0,::/0") as gw:
+        status, error = await gw.call(
+            "POST",
+            "/sandboxes",
+            json={"metadata": {"name": "meta"}, "spec": {"target": {"host": address}}},
+        )
+        assert status == 400, error
+        assert "deny_target_nets" in str(error)
+
+
+async def test_name_resolving_into_denied_nets_is_never_dialled() -> None:
+    """`localhost` resolves to 127.0.0.1 and ::1, both allowed here and both denied: the name
+    registers (DNS names are judged at dial time), but is never dialled."""
+    async with (
+        counting_listener("127.0.0.1") as listener,
+        run_gateway(
+            allowed_targets="127.0.0.0/8,::1/128", deny_target_nets="127.0.0.0/8,::1/128"
+        ) as gw,
+    ):
+        await gw.sandbox(host="localhost")
+        host = host_of(await gw.preview(listener.port))
+        response, _ = await get(gw, host)
+        assert response.status == 502
+        assert_gateway_error(response, "target_not_allowed")
+        # A literal in the same nets is refused at registration already.
+        status, _ = await gw.call(
+            "POST",
+            "/sandboxes",
+            json={"metadata": {"name": "lit"}, "spec": {"target": {"host": "127.0.0.1"}}},
+        )
+        assert status == 400
+    assert listener.accepted == 0

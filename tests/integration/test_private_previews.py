@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
@@ -82,10 +83,15 @@ async def test_query_token_sets_cookie_and_is_stripped(gateway: Gateway, upstrea
     assert seen["query"] == "x=1&y=2"
     assert seen["header_map"]["cookie"] == "app=1; other=2"
     cookie = response.headers.getall("Set-Cookie")[-1]
-    assert cookie.startswith(f"{COOKIE}={token};")
+    # Named per preview, so a sibling's planted copies are ignored (test_cookie_names.py).
+    assert re.match(rf"{COOKIE}_[0-9a-f]{{16}}={re.escape(token)};", cookie), cookie
     for attribute in ("Path=/", "HttpOnly", "Secure", "SameSite=Lax"):
         assert attribute in cookie
     assert "Domain" not in cookie
+    # The browser sends it back, behind planted copies under the shared name: it opens.
+    planted = "; ".join([f"{COOKIE}=planted"] * 8)
+    status, _, _, _ = await get(gateway, host, Cookie=f"{planted}; {cookie.split(';')[0]}")
+    assert status == 200
 
 
 async def test_navigation_with_query_token_redirects_without_it(

@@ -258,7 +258,8 @@ def test_navigation_with_query_token_redirects_without_it(method: str) -> None:
     assert isinstance(decision, Redirect)
     assert decision.location == "/p/q?x=1&y=%20"
     assert GOOD not in decision.location
-    assert decision.set_cookie.startswith(f"bl_preview_token={GOOD};")
+    # The preview's own cookie name (see test_cookie_names_are_per_preview).
+    assert decision.set_cookie.startswith(f"{cookie_name('http', 'uid-p')}={GOOD};")
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.core import header_policy as policy
-from gateway.core.admission import AdmissionConfig
+from gateway.core.admission import AdmissionConfig, cookie_name
 from gateway.core.errors import (
     BadRequest,
     GatewayError,
@@ -398,7 +398,8 @@ def test_private_preview_admits_a_good_token_and_never_forwards_it(
     query_token = "?" in request_head.target
     assert (result.edits.set_cookie is not None) is query_token
     if query_token:
-        assert result.edits.set_cookie.startswith(f"bl_preview_token={GOOD}; Path=/; Max-Age=3600")
+        own = cookie_name("http", "uid-p")
+        assert result.edits.set_cookie.startswith(f"{own}={GOOD}; Path=/; Max-Age=3600")
 
 
 def test_query_token_on_navigation_redirects_with_the_cookie() -> None:
@@ -412,15 +413,17 @@ def test_query_token_on_navigation_redirects_with_the_cookie() -> None:
     assert isinstance(result, Respond) and result.status == 303
     headers = dict(result.headers)
     assert headers["Location"] == "/evil/x?a=1"
-    assert headers["Set-Cookie"].startswith("bl_preview_token=")
+    assert headers["Set-Cookie"].startswith(cookie_name("http", "uid-p") + "=")
     assert headers["Cache-Control"] == "no-store" and headers["Server"] == policy.SERVER
 
 
 def test_https_listener_names_the_host_cookie() -> None:
+    own = cookie_name("https", "uid-p")
+    assert own.startswith("__Host-bl_preview_token_")
     result = private(head(target=f"/?bl_preview_token={GOOD}", scheme="https"))
-    assert result.edits.set_cookie.startswith("__Host-bl_preview_token=")
+    assert result.edits.set_cookie.startswith(own + "=")
     result = private(head(target=f"/?bl_preview_token={GOOD}"), config(public_scheme="https"))
-    assert result.edits.set_cookie.startswith("__Host-bl_preview_token=")
+    assert result.edits.set_cookie.startswith(own + "=")
 
 
 def test_preflight_is_answered_by_the_gateway() -> None:
