@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
@@ -19,40 +18,36 @@ from typing import TypeVar
 
 from aiohttp import web
 
+from gateway.components import (
+    admission_for,
+    allowed_targets,
+    api_config,
+    build_lookup,
+    edge_handler,
+    edge_server,
+)
 from gateway.control import tls_ask
 from gateway.control.api_keys import KeyRing
-from gateway.control.domains import DomainConfig, DomainService
-from gateway.control.handlers import ApiConfig, ControlApi
-from gateway.control.service import ControlService, ServiceConfig
-from gateway.core.admission import AdmissionConfig
+from gateway.control.domains import DomainService
+from gateway.control.handlers import ControlApi
+from gateway.control.service import ControlService
 from gateway.core.errors import RoutingUnavailable
-from gateway.core.netpolicy import IPNetwork
 from gateway.core.tokens import SigningKey, TokenSigner, generate_key, parse_keys
-from gateway.edge.configure import (
-    edge_config,
-    edge_server,
-    planner_config,
-    upstream_pool,
-    ws_limits,
-)
-from gateway.edge.guard import EdgeGuard
-from gateway.edge.handler import EdgeHandler
+from gateway.edge.holds import StartupHolds
 from gateway.edge.listeners import ListenerPorts, certificate_store, start_listeners
 from gateway.edge.pool import UpstreamPool
 from gateway.edge.server import EdgeServer
 from gateway.edge.tls import CertificateStore
 from gateway.edge.ws_hub import WebSocketHub
-from gateway.edge.ws_readmit import Readmission
 from gateway.ops import log
 from gateway.ops.memory import MemoryWatch
-from gateway.ops.metrics import Metrics, StatsCollector
+from gateway.ops.metrics import Metrics
 from gateway.ops.redis_config import build_store
 from gateway.ops.settings import Settings
 from gateway.ops.sweeper import Sweeper
 from gateway.ops.workers import WorkerSlot, join_workers, metrics_endpoint
-from gateway.store.base import RouteSource, Store
+from gateway.store.base import Store
 from gateway.store.lookup import RouteLookup
-from gateway.store.memory import MemoryStore
 
 logger = logging.getLogger("gateway.app")
 T = TypeVar("T")
@@ -75,6 +70,8 @@ class Running:
     memory: MemoryWatch
     pool: UpstreamPool
     domains: DomainService
+    holds: StartupHolds
+    """Held requests' probe loops and the wake calls (issue 14)."""
     tls_port: int | None = None
     certs: CertificateStore | None = None
     """The edge's certificates when it serves TLS (``reload`` on SIGHUP)."""
@@ -124,51 +121,6 @@ async def _with_startup_retries(attempt: Callable[[], Awaitable[T]]) -> T:
             delay = min(delay * 2, 5.0)
 
 
-# ── each component's config, from settings: the one place that reads them ─────────────────
-def allowed_targets(settings: Settings, extra: list[str] | None = None) -> list[IPNetwork]:
-    return [*settings.allowed_targets, *(ipaddress.ip_network(n) for n in extra or [])]
-
-
-def build_lookup(settings: Settings, store: RouteSource) -> RouteLookup:
-    lookup = RouteLookup(
-        store,
-        timeout_s=settings.redis_timeout_s,
-        ttl_s=settings.cache_ttl_s,
-        negative_ttl_s=settings.cache_negative_ttl_s,
-        stale_grace_s=settings.cache_stale_grace_s,
-        private_stale_grace_s=settings.private_stale_grace_s,
-        max_entries=settings.cache_max_entries,
-        preview_domain=settings.preview_domain,
-    )
-    if isinstance(store, MemoryStore):
-        store.on_write(lookup.invalidate)
-    return lookup
-
-
-def admission_for(settings: Settings, signer: TokenSigner) -> AdmissionConfig:
-    return AdmissionConfig(
-        signer=signer,
-        cookie_samesite=settings.cookie_samesite,
-        allowed_origins=settings.ws_allowed_origins,
-    )
-
-
-def api_config(settings: Settings, allowed: list[IPNetwork]) -> ApiConfig:
-    return ApiConfig(
-        rules=ServiceConfig(
-            preview_domain=settings.preview_domain,
-            region=settings.region,
-            blocked_ports=settings.blocked_ports(),
-            allowed_targets=allowed,
-            token_max_lifetime_s=settings.token_max_lifetime_s,
-            denied_targets=settings.deny_target_nets,
-        ),
-        public_scheme=settings.effective_public_scheme,
-        public_port=settings.effective_public_port,
-        domains=DomainConfig.from_settings(settings),
-    )
-
-
 # ── wiring ──────────────────────────────────────────────────────────────────────────────────
 class Readiness:
     """``/readyz``: not ready before the listeners are up nor while draining. A store outage
@@ -196,50 +148,14 @@ class Readiness:
         return True
 
 
-def metrics_for(
-    lookup: RouteLookup, store: Store, hub: WebSocketHub, guard: EdgeGuard, memory: MemoryWatch
-) -> Metrics:
-    metrics = Metrics()
-    failed_lookups = ("stale", "error")
-    metrics.add_collector(
-        StatsCollector(
-            counters=lambda: {
-                "gateway_route_cache": ("result", lookup.stats),
-                "gateway_store_errors": (
-                    "operation",
-                    {"route_lookup": sum(lookup.stats[k] for k in failed_lookups), **store.errors},
-                ),
-                "gateway_limit_refusals": ("code", guard.refused),
-            },
-            gauges=lambda: {
-                "gateway_websockets_open": hub.open_count,
-                "gateway_memory_resident_bytes": memory.rss_bytes,
-            },
-        )
-    )
-    return metrics
-
-
-def edge_handler(
-    settings: Settings,
-    allowed: list[IPNetwork],
-    lookup: RouteLookup,
-    store: Store,
-    admission: AdmissionConfig,
-) -> tuple[EdgeHandler, Metrics, MemoryWatch]:
-    """The edge's request handler with its pools, WebSocket hub, guard and metrics."""
-    pool = upstream_pool(settings, allowed)
-    ws_pool = upstream_pool(settings, allowed, websocket=True)
-    limits = ws_limits(settings)
-    hub = WebSocketHub(Readmission(lookup.find, admission), close_timeout_s=limits.close_timeout_s)
-    lookup.add_listener(hub.on_invalidation)
-    config = edge_config(settings, allowed, admission)
-    memory = MemoryWatch(settings.memory_limit_mib)
-    guard = EdgeGuard(config.guard, config.trusted_proxies, memory.pressure)
-    metrics = metrics_for(lookup, store, hub, guard, memory)
-    ws = (ws_pool, limits, hub)
-    handler = EdgeHandler(config, planner_config(config), lookup, pool, ws, metrics.observe, guard)
-    return handler, metrics, memory
+def _api_app(
+    api: ControlApi, metrics: Metrics, lookup: RouteLookup, worker: WorkerSlot | None
+) -> web.Application:
+    """The control API with the replica's metrics and the TLS on-demand ask endpoint."""
+    app = api.app()
+    app.router.add_get("/metrics", metrics_endpoint(metrics.render, worker))
+    app.router.add_get(tls_ask.ASK_PATH, tls_ask.ask_endpoint(lookup.find))
+    return app
 
 
 async def serve(
@@ -257,18 +173,17 @@ async def serve(
     lookup = build_lookup(settings, store)
     keys, generated_key = key_ring(settings)
     signer = TokenSigner(await _with_startup_retries(lambda: signing_keys(settings, store)))
-    handler, metrics, memory = edge_handler(
-        settings, allowed, lookup, store, admission_for(settings, signer)
-    )
-    pool, hub = handler.pool, handler.hub
+    admission = admission_for(settings, signer)
+    handler, metrics, memory = edge_handler(settings, allowed, store, lookup, admission)
+    pool, hub, starting = handler.pool, handler.hub, handler.starting
+    assert starting is not None
     edge = edge_server(settings, handler)
     readiness = Readiness(store, settings)
     api = ControlApi(api_config(settings, allowed), store, keys, readiness, signer)
-    api_app = api.app()
-    api_app.router.add_get("/metrics", metrics_endpoint(metrics.render, worker))
-    api_app.router.add_get(tls_ask.ASK_PATH, tls_ask.ask_endpoint(lookup.find))
+    api_runner = web.AppRunner(
+        _api_app(api, metrics, lookup, worker), access_log=None, shutdown_timeout=2.0
+    )
     shared = worker is not None
-    api_runner = web.AppRunner(api_app, access_log=None, shutdown_timeout=2.0)
     certs = certificate_store(settings)
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(store.close)
@@ -296,6 +211,7 @@ async def serve(
             memory=memory,
             pool=pool,
             domains=api.domains,
+            holds=starting.holds,
             tls_port=tls_port,
             certs=certs,
         )
@@ -317,6 +233,7 @@ async def _run_until_stopped(
             tasks.create_task(running.sweeper.run(), name="sweeper"),
             tasks.create_task(running.memory.run(), name="memory budget"),
             tasks.create_task(running.domains.run_rechecks(), name="domain re-checks"),
+            tasks.create_task(running.holds.run(), name="startup holds and wake calls"),
         ]
         if running.certs is not None:
             watch = running.certs.watch(running.certs.interval_s)

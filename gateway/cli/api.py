@@ -112,8 +112,17 @@ def sandboxes_create(c: Client, a: argparse.Namespace) -> Any:
     metadata: dict[str, Any] = {"name": a.sandbox}
     if a.label:
         metadata["labels"] = _pairs(a.label, "--label")
-    body = {"metadata": metadata, "spec": {"target": {"host": a.host}, **_lifetime(a)}}
-    return c.call("POST", "/sandboxes", body)
+    spec: dict[str, Any] = {"target": {"host": a.host}, **_lifetime(a)}
+    if a.wake_url or a.wake_timeout is not None:
+        lifecycle: dict[str, Any] = {"wakeUrl": a.wake_url}
+        if a.wake_timeout is not None:
+            lifecycle["wakeTimeoutS"] = a.wake_timeout
+        spec["lifecycle"] = lifecycle
+    return c.call("POST", "/sandboxes", {"metadata": metadata, "spec": spec})
+
+
+def sandboxes_state(c: Client, a: argparse.Namespace) -> Any:
+    return c.call("POST", f"/sandboxes/{_q(a.sandbox)}/state", {"status": a.status})
 
 
 def sandboxes_delete(c: Client, a: argparse.Namespace) -> Any:
@@ -186,6 +195,7 @@ SANDBOX_COLUMNS: list[Column] = [
     ("NAME", _get("metadata", "name")),
     ("TARGET", _get("spec", "target", "host")),
     ("STATUS", _get("status")),
+    ("STATE", _get("state")),
     ("EXPIRES", _get("spec", "expires")),
     ("CREATED", _get("metadata", "createdAt")),
 ]
@@ -243,6 +253,30 @@ def _lifetime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--expires", help="absolute expiry, ISO 8601")
 
 
+def _sandbox_commands(kinds: Any) -> None:  # argparse's subparsers
+    sb = kinds.add_parser("sandboxes", help="sandboxes: where the gateway dials")
+    sba = sb.add_subparsers(dest="action", required=True)
+    sba.add_parser("list").set_defaults(run=sandboxes_list)
+    p = sba.add_parser("get")
+    p.add_argument("sandbox")
+    p.set_defaults(run=sandboxes_get)
+    p = sba.add_parser("create")
+    p.add_argument("sandbox")
+    p.add_argument("--host", required=True, help="IP address or DNS name of the sandbox")
+    p.add_argument("--label", action="append", metavar="KEY=VALUE")
+    p.add_argument("--wake-url", help="orchestrator endpoint called to wake it from standby")
+    p.add_argument("--wake-timeout", type=int, metavar="S", help="hold requests this long")
+    _lifetime_args(p)
+    p.set_defaults(run=sandboxes_create)
+    p = sba.add_parser("state", help="tell the gateway it went to standby or runs again")
+    p.add_argument("sandbox")
+    p.add_argument("status", choices=["standby", "running"])
+    p.set_defaults(run=sandboxes_state)
+    p = sba.add_parser("delete", help="also deletes its previews and their tokens")
+    p.add_argument("sandbox")
+    p.set_defaults(run=sandboxes_delete)
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(
         prog="python -m gateway api",
@@ -265,24 +299,6 @@ def parser() -> argparse.ArgumentParser:
     _token_commands(kinds)
     api_domains.add_parser(kinds)
     return root
-
-
-def _sandbox_commands(kinds: Any) -> None:  # argparse's subparsers
-    sb = kinds.add_parser("sandboxes", help="sandboxes: where the gateway dials")
-    sba = sb.add_subparsers(dest="action", required=True)
-    sba.add_parser("list").set_defaults(run=sandboxes_list)
-    p = sba.add_parser("get")
-    p.add_argument("sandbox")
-    p.set_defaults(run=sandboxes_get)
-    p = sba.add_parser("create")
-    p.add_argument("sandbox")
-    p.add_argument("--host", required=True, help="IP address or DNS name of the sandbox")
-    p.add_argument("--label", action="append", metavar="KEY=VALUE")
-    _lifetime_args(p)
-    p.set_defaults(run=sandboxes_create)
-    p = sba.add_parser("delete", help="also deletes its previews and their tokens")
-    p.add_argument("sandbox")
-    p.set_defaults(run=sandboxes_delete)
 
 
 def _preview_commands(kinds: Any) -> None:  # argparse's subparsers

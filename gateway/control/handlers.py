@@ -31,6 +31,7 @@ from gateway.control.models import (
     Out,
     PreviewIn,
     SandboxIn,
+    StateIn,
     Status,
     TokenIn,
     preview_out,
@@ -196,6 +197,11 @@ class ControlApi:
         existing = await self._sandbox(request)
         body = await _body(request, SandboxIn)
         return _ok(sandbox_out(await self.service.replace_sandbox(existing, body)))
+
+    async def set_sandbox_state(self, request: web.Request) -> web.Response:
+        existing = await self._sandbox(request)
+        body = await _body(request, StateIn)
+        return _ok(sandbox_out(await self.service.set_state(existing, body)))
 
     async def delete_sandbox(self, request: web.Request) -> web.Response:
         name = _path(request, "sandboxName")

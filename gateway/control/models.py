@@ -10,13 +10,21 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
 from pydantic.alias_generators import to_camel
 
 from gateway.core import header_policy
 from gateway.core.hostnames import is_valid_dns_name
-from gateway.core.records import NAME_PATTERN, Preview, Sandbox, TokenRecord
+from gateway.core.records import (
+    NAME_PATTERN,
+    Lifecycle,
+    Preview,
+    Sandbox,
+    SandboxState,
+    TokenRecord,
+)
 from gateway.core.timeparse import format_timestamp, parse_timestamp, parse_ttl
 
 Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=63)]
@@ -76,8 +84,36 @@ class Lifetime(Wire):
         return min(candidates) if candidates else None
 
 
+class LifecycleSpec(Wire):
+    wake_url: str | None = Field(
+        None, max_length=2048, examples=["https://orchestrator.internal/wake"]
+    )
+    """The orchestrator's endpoint: a request for the sandbox in standby makes the gateway POST
+    `{"workspace", "sandbox"}` to it, signed with `GATEWAY_WAKE_SECRET` (docs/api.md)."""
+    wake_timeout_s: StrictInt = Field(30, ge=1, le=600)
+    """How long a request for the sandbox in standby is held before 503 `sandbox_starting`."""
+
+    @field_validator("wake_url")
+    @classmethod
+    def _wake_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            url = urlsplit(value)
+            if url.scheme not in ("http", "https") or not url.hostname:
+                raise ValueError("wakeUrl must be an http:// or https:// URL with a host")
+        return value
+
+    def record(self) -> Lifecycle:
+        return Lifecycle(wake_url=self.wake_url, wake_timeout_s=self.wake_timeout_s)
+
+
 class SandboxSpec(Lifetime):
     target: Target
+    lifecycle: LifecycleSpec | None = None
+
+
+class StateIn(Wire):
+    status: SandboxState
+    """`standby`: the sandbox sleeps, requests wake it; `running`: requests go straight on."""
 
 
 class SandboxIn(Wire):
@@ -177,12 +213,15 @@ class SandboxSpecOut(Out):
     ttl: str | None = None
     expires: str | None = None
     """The effective expiry (the earlier of `ttl` and the `expires` sent), UTC."""
+    lifecycle: LifecycleSpec
 
 
 class SandboxOut(Out):
     metadata: SandboxMetadataOut
     spec: SandboxSpecOut
     status: Status
+    state: SandboxState = "running"
+    """What the orchestrator last posted to `/state`: `running` or `standby`."""
     events: list[dict[str, Any]] = Field(default_factory=list)
 
 
@@ -268,8 +307,13 @@ def sandbox_out(sandbox: Sandbox, *, status: Status = "DEPLOYED") -> SandboxOut:
             target=Target(host=sandbox.target_host),
             ttl=sandbox.ttl,
             expires=ts(sandbox.expires_at),
+            lifecycle=LifecycleSpec(
+                wake_url=sandbox.lifecycle.wake_url,
+                wake_timeout_s=sandbox.lifecycle.wake_timeout_s,
+            ),
         ),
         status=status,
+        state=sandbox.state,
     )
 
 

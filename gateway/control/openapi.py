@@ -25,6 +25,7 @@ from gateway.control.models import (
     PreviewOut,
     SandboxIn,
     SandboxOut,
+    StateIn,
     TokenIn,
     TokenOut,
 )
@@ -34,6 +35,7 @@ Method = Literal["GET", "POST", "PUT", "DELETE"]
 
 SANDBOXES = "/v0/sandboxes"
 SANDBOX = SANDBOXES + "/{sandboxName}"
+SANDBOX_STATE = SANDBOX + "/state"
 PREVIEWS = SANDBOX + "/previews"
 PREVIEW = PREVIEWS + "/{previewName}"
 TOKENS = PREVIEW + "/tokens"
@@ -107,6 +109,9 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("GET", SANDBOX, "get_sandbox", "Get a sandbox", SandboxOut),
     Endpoint("PUT", SANDBOX, "put_sandbox", "Replace a sandbox's spec and labels", SandboxOut,
              body=SandboxIn, errors=_WRITE_ERRORS),
+    Endpoint("POST", SANDBOX_STATE, "set_sandbox_state",
+             "Tell the gateway the sandbox went to standby or is running again", SandboxOut,
+             body=StateIn, errors=_WRITE_ERRORS),
     Endpoint("DELETE", SANDBOX, "delete_sandbox",
              "Delete a sandbox with all its previews and tokens", SandboxOut),
     Endpoint("GET", PREVIEWS, "list_previews", "List a sandbox's previews", PreviewOut,

@@ -26,12 +26,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from gateway.control.domains import attach, resync
-from gateway.control.models import Lifetime, PreviewIn, SandboxIn, TokenIn
+from gateway.control.models import Lifetime, PreviewIn, SandboxIn, StateIn, TokenIn
 from gateway.control.openapi import PATH_PATTERNS
 from gateway.core import hostnames
 from gateway.core.errors import BadRequest, Conflict, NotFound
 from gateway.core.netpolicy import IPNetwork, address_allowed, address_denied, is_ip_literal
-from gateway.core.records import CustomHost, Preview, Sandbox, TokenRecord, utcnow
+from gateway.core.records import CustomHost, Lifecycle, Preview, Sandbox, TokenRecord, utcnow
 from gateway.core.timeparse import parse_timestamp
 from gateway.core.tokens import new_token_id
 from gateway.store.base import PutResult, Registry
@@ -100,6 +100,15 @@ class ControlService:
         if result is not PutResult.OK:
             raise NotFound(f"Sandbox {sandbox.name} not found")
         await resync(self._store, sandbox.workspace)  # custom hostnames follow the target
+        return sandbox
+
+    async def set_state(self, existing: Sandbox, body: StateIn) -> Sandbox:
+        """The orchestrator's word that the sandbox sleeps or runs. Written as the sandbox is,
+        so every preview's route carries it and every replica's cache entry is dropped."""
+        sandbox = existing.model_copy(update={"state": body.status, "updated_at": self._now()})
+        result = await self._store.put_sandbox(sandbox, create=False, must_exist=True)
+        if result is not PutResult.OK:
+            raise NotFound(f"Sandbox {sandbox.name} not found")
         return sandbox
 
     async def delete_sandbox(self, workspace: str, name: str) -> Sandbox:
@@ -319,6 +328,9 @@ class ControlService:
             expires_at=self._expiry(body.spec, created),
             ttl=body.spec.ttl,
             labels=body.metadata.labels or {},
+            lifecycle=body.spec.lifecycle.record() if body.spec.lifecycle else Lifecycle(),
+            # A replacement of the spec is not word from the orchestrator: the state stays.
+            state=existing.state if existing else "running",
         )
 
     def _hostname(self, body: PreviewIn, sandbox: Sandbox, existing: Preview | None) -> str:

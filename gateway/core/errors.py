@@ -156,6 +156,24 @@ class ShuttingDown(GatewayError):
     title = "The gateway is restarting"
 
 
+class SandboxStarting(GatewayError):
+    """The sandbox is not up yet (issue 14). With ``waiting``, a browser navigation is shown
+    the waiting page, which reloads itself once the port answers; without, it is what a held
+    request for a sandbox in standby gets once its ``wakeTimeoutS`` has passed."""
+
+    status = 503
+    code = "sandbox_starting"
+    title = "The sandbox is starting"
+
+    def __init__(
+        self, message: str = "", *, port: int = 0, preview: str = "", waiting: bool = False
+    ) -> None:
+        super().__init__(message, retry_after_s=2)
+        self.port = port
+        self.preview = preview
+        self.waiting = waiting
+
+
 # ── upstream ────────────────────────────────────────────────────────────────────────────────
 class TargetNotAllowed(GatewayError):
     status = 502

@@ -33,6 +33,19 @@ class _Expiring(_Record):
         return self.expires_at is not None and self.expires_at <= now
 
 
+SandboxState = Literal["running", "standby"]
+"""What the orchestrator last said (``POST /v0/sandboxes/{sb}/state``); running by default."""
+
+
+class Lifecycle(_Record):
+    """How the gateway meets a sandbox that is asleep or still starting (issue 14)."""
+
+    wake_url: str | None = None
+    """The orchestrator's endpoint that the gateway POSTs a signed wake call to."""
+    wake_timeout_s: int = 30
+    """How long a request for a sandbox in standby may be held."""
+
+
 class Sandbox(_Expiring):
     workspace: str
     name: str
@@ -42,6 +55,8 @@ class Sandbox(_Expiring):
     updated_at: datetime = Field(default_factory=utcnow)
     ttl: str | None = None
     labels: dict[str, str] = Field(default_factory=dict)
+    lifecycle: Lifecycle = Field(default_factory=Lifecycle)
+    state: SandboxState = "running"
 
 
 class TokenRecord(_Record):
@@ -141,6 +156,9 @@ class Route(_Expiring):
     expires_at: datetime | None = None
     """The earlier of the sandbox's and the preview's expiry: the edge stops routing then, even
     before a sweeper has deleted the records."""
+    lifecycle: Lifecycle = Field(default_factory=Lifecycle)
+    standby: bool = False
+    """The sandbox is asleep: a request triggers the wake call and is held (issue 14)."""
 
     @classmethod
     def build(cls, sandbox: Sandbox, preview: Preview) -> Route:
@@ -158,6 +176,8 @@ class Route(_Expiring):
             preview_uid=preview.uid,
             tokens={t.jti: t.expires_at.timestamp() for t in preview.tokens.values()},
             expires_at=min(expiries) if expiries else None,
+            lifecycle=sandbox.lifecycle,
+            standby=sandbox.state == "standby",
         )
 
 
@@ -242,6 +262,9 @@ class Keys:
         if self.tagged:
             return f"{self.prefix}invalidate:{self._ws(workspace)}"
         return f"{self.prefix}invalidate"
+
+    def wake_lock(self, workspace: str, sandbox: str) -> str:
+        return f"{self.prefix}wake:{self._ws(workspace)}:{sandbox}"
 
     @property
     def invalidations(self) -> str:

@@ -4,8 +4,10 @@ The common case (route cached, an idle pooled connection) runs from the connecti
 without a task: a task and its coroutine chain cost more per request than all the rest of the
 gateway's Python did (docs/benchmarks.md, issue 9). A step that must wait (a store read, a dial
 or a slot, a WebSocket handshake) goes on in a task (``client.spawn``), which the connection
-cancels if the client goes away meanwhile. The access record, metrics and request ids are kept
-as the aiohttp edge kept them.
+cancels if the client goes away meanwhile. A standby route and the waiting page's readiness
+poll detour through a task too (issue 14, ``starting.Starting``), and a dial goes through its
+startup wait; the common request pays a flag and a path comparison for them. The access record,
+metrics and request ids are kept as the aiohttp edge kept them.
 """
 
 from __future__ import annotations
@@ -32,16 +34,20 @@ from gateway.core.planner import (
     PlannerConfig,
     RequestHead,
     Respond,
+    Upgrade,
     first_header,
     inspect,
     plan,
 )
 from gateway.core.records import Route
+from gateway.core.startup import retryable
 from gateway.edge.config import EdgeConfig
 from gateway.edge.exchange import Relay
 from gateway.edge.guard import EdgeGuard, preview_key
-from gateway.edge.pages import closes_connection, head_bytes, render_bytes
+from gateway.edge.pages import closes_connection, head_bytes, json_bytes, render_bytes
 from gateway.edge.pool import UpstreamConnection, UpstreamPool
+from gateway.edge.starting import Starting
+from gateway.edge.upstream_conn import Target
 from gateway.edge.upstream_errors import closed_without_answer
 from gateway.edge.ws_hub import WebSocketHub, WsLimits
 from gateway.edge.ws_upgrade import WsUpgrade, closing_error
@@ -73,6 +79,7 @@ class _Request:
     record: log.AccessRecord
     started: float
     inspected: Inspected | None = None
+    route: Route | None = None
     guard_key: str | None = None
     """Set while the request counts against its preview's caps (``EdgeGuard.enter_request``)."""
 
@@ -87,6 +94,7 @@ class EdgeHandler:
         ws: tuple[UpstreamPool, WsLimits, WebSocketHub],
         observe: Callable[[log.AccessRecord], None] | None = None,
         guard: EdgeGuard | None = None,
+        starting: Starting | None = None,
     ) -> None:
         self.config = config
         self.guard = guard or EdgeGuard(config.guard, config.trusted_proxies)
@@ -95,6 +103,8 @@ class EdgeHandler:
         self._lookup = lookup
         self.pool = pool
         self._observe = observe
+        self.starting = starting
+        """Wake calls, holds and the waiting page (issue 14); None: refused is 502 at once."""
         self._next_id = log.random_ids().__next__
         self._loop_time = asyncio.get_running_loop().time
         self.ws = WsUpgrade(config.limits, ws, self.guard, self._write_record)
@@ -132,7 +142,7 @@ class EdgeHandler:
         if route is None:
             raise UnknownPreview(f"No preview is registered for {inspected.host}.")
         record.workspace, record.sandbox = route.workspace, route.sandbox
-        record.preview = route.preview
+        record.preview, req.route = route.preview, route
         decision = plan(inspected, route, time.time(), self.planner, request_id=record.request_id)
         if isinstance(decision, Respond):
             record.status, record.error_code = decision.status, decision.error_code
@@ -144,23 +154,33 @@ class EdgeHandler:
         record.overhead_ms = round((now - req.started) * 1000, 3)
         # Counted once admitted: a client without a token cannot spend a private preview's
         # rate or its slots, and answers that never reach the sandbox cost next to nothing.
-        # Left in ``_conclude``, which every admitted request reaches once.
+        # Left in ``_conclude``, which every admitted request reaches once (a held one too).
         key = preview_key(route)
         self.guard.enter_request(key, now)
         req.guard_key = key
+        starting = self.starting
+        if starting is not None and (route.standby or starting.is_ready_poll(inspected)):
+            waking = functools.partial(self._wake_first, req, starting, decision)
+            client.spawn(self._then(req, waking, self._woken))
+            return
+        self._dispatch(req, decision)
+
+    def _dispatch(self, req: _Request, decision: Forward | Upgrade) -> None:
         if not isinstance(decision, Forward):
-            record.kind = "websocket"
-            upgrading = functools.partial(
-                self.ws.upgrade, client, inspected, decision, route, record, req.started
-            )
-            client.spawn(self._then(req, upgrading, self._conclude))
+            req.record.kind = "websocket"
+            upgrading = functools.partial(self._upgrade, req, decision)
+            req.client.spawn(self._then(req, upgrading, self._conclude))
             return
         self._forward(req, decision, fresh=False, retry=decision.idempotent)
 
     def _forward(self, req: _Request, fwd: Forward, *, fresh: bool, retry: bool) -> None:
         conn = None if fresh else self.pool.take_idle(fwd.target_host, fwd.port)
         if conn is None:
-            dialling = functools.partial(self.pool.acquire, fwd.target_host, fwd.port, fresh=fresh)
+            held = retryable(fwd.idempotent, fwd.framing, fwd.content_length)
+            target = (fwd.target_host, fwd.port)
+            dialling = functools.partial(
+                self._acquire, self.pool, req, target, retryable=held, fresh=fresh
+            )
             then = functools.partial(self._launch, fwd=fwd, retry=retry)
             req.client.spawn(self._then(req, dialling, then))
             return
@@ -192,6 +212,44 @@ class EdgeHandler:
             self._fail(req, closing_error(relay))
         else:
             self._conclude(req, relay)
+
+    async def _wake_first(
+        self, req: _Request, starting: Starting, decision: Forward | Upgrade
+    ) -> Forward | Upgrade | None:
+        """Standby: wake and hold (or the waiting page); a readiness poll: its answer."""
+        inspected, route, record = req.inspected, req.route, req.record
+        assert inspected is not None and route is not None
+        target = (decision.target_host, decision.port)
+        if isinstance(decision, Forward) and starting.is_ready_poll(inspected):
+            status, body = await starting.ready_answer(route, target)
+            record.status = status
+            req.client.respond(self._ready_json(req.client, status, body), close=False)
+            return None
+        await starting.before_dial(inspected, route, target, record)
+        return decision
+
+    def _woken(self, req: _Request, decision: Forward | Upgrade | None) -> None:
+        if decision is None:
+            self._conclude(req, None)
+        else:
+            self._dispatch(req, decision)
+
+    async def _acquire(
+        self, pool: UpstreamPool, req: _Request, target: Target, *, retryable: bool, fresh: bool
+    ) -> UpstreamConnection:
+        """A connection; with ``starting``, a refused port holds a retryable request."""
+        if self.starting is None:
+            return await pool.acquire(*target, fresh=fresh)
+        assert req.inspected is not None and req.route is not None
+        return await self.starting.acquire(
+            pool,
+            req.inspected,
+            req.route,
+            target,
+            retryable=retryable,
+            record=req.record,
+            fresh=fresh,
+        )
 
     async def _then(
         self,
@@ -265,6 +323,16 @@ class EdgeHandler:
         if self._observe is not None:
             self._observe(record)
 
+    async def _upgrade(self, req: _Request, up: Upgrade) -> Relay:
+        inspected, route = req.inspected, req.route
+        assert inspected is not None and route is not None
+        target = (up.target_host, up.port)
+        dial = functools.partial(
+            self._acquire, self.ws_pool, req, target, retryable=True, fresh=True
+        )
+        client, record = req.client, req.record
+        return await self.ws.upgrade(client, inspected, up, route, record, req.started, dial)
+
     def _start(
         self, client: ClientConnection, conn: UpstreamConnection, inspected: Inspected, fwd: Forward
     ) -> Relay:
@@ -289,6 +357,10 @@ class EdgeHandler:
         extra = client.date_header() + ("Connection: close\r\n" if close else "")
         accept = first_header(head.headers, "accept") or ""
         return render_bytes(exc, accept, head=head.method == "HEAD", extra=extra)
+
+    def _ready_json(self, client: ClientConnection, status: int, body: bytes) -> bytes:
+        extra = client.date_header() + ("" if client.keep_alive else "Connection: close\r\n")
+        return json_bytes(status, body, extra)
 
     def _answer(self, client: ClientConnection, answer: Respond) -> bytes:
         extra = client.date_header() + "Content-Length: 0\r\n"

@@ -11,8 +11,9 @@ import html
 import json
 from http import HTTPStatus
 
-from gateway.core.errors import GatewayError, error_code
+from gateway.core.errors import GatewayError, SandboxStarting, error_code
 from gateway.core.header_policy import SERVER
+from gateway.core.startup import READY_PATH
 
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{status} {title}</title>
@@ -23,6 +24,25 @@ small{{color:#777}}</style></head>
 <body><h1>{title}</h1><p>{message}</p><p><small>{status} &middot; {code} &middot;
 preview gateway</small></p></body></html>
 """
+
+
+_WAITING = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Starting {preview}…</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>body{{font:16px/1.5 system-ui,sans-serif;max-width:40rem;margin:4rem auto;padding:0 1rem;
+color:#222}}h1{{font-size:1.4rem}}code{{background:#f3f3f3;padding:.1rem .3rem}}
+small{{color:#777}}</style></head>
+<body><h1 id="gateway-starting">Starting {preview}…</h1>
+<p>Waiting for the app on port <code>{port}</code>. It must listen on <code>0.0.0.0:{port}</code>
+(all interfaces), not only on localhost. This page reloads itself as soon as the app answers.</p>
+<p><small>503 &middot; sandbox_starting &middot; preview gateway</small></p>
+<script>(function poll(){{fetch("{ready}",{{cache:"no-store",credentials:"same-origin"}})
+.then(function(r){{if(r.ok){{location.reload();}}else{{setTimeout(poll,500);}}}},
+function(){{setTimeout(poll,1000);}});}})();</script></body></html>
+"""
+_WAITING_CSP = (
+    "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; connect-src 'self'"
+)
 
 
 def wants_html(accept: str) -> bool:
@@ -49,6 +69,11 @@ def error_headers(exc: GatewayError) -> dict[str, str]:
 def _page(exc: GatewayError, accept: str) -> tuple[str, str, dict[str, str]]:
     """The body, its content type and the headers."""
     headers = error_headers(exc)
+    if isinstance(exc, SandboxStarting) and exc.waiting and wants_html(accept):
+        # Served on the preview's own origin: it polls the gateway there, then reloads.
+        headers["Content-Security-Policy"] = _WAITING_CSP
+        body = _WAITING.format(preview=html.escape(exc.preview), port=exc.port, ready=READY_PATH)
+        return body, "text/html", headers
     if wants_html(accept):
         body = _PAGE.format(
             status=exc.status,
@@ -101,3 +126,9 @@ def head_bytes(status: int, headers: list[tuple[str, str]], extra: str = "") -> 
     lines.append(extra)
     lines.append("\r\n")
     return "".join(lines).encode("latin-1", "replace")
+
+
+def json_bytes(status: int, body: bytes, extra: str = "") -> bytes:
+    """A small JSON answer of the gateway's own (the waiting page's readiness poll)."""
+    headers = [("Content-Type", "application/json"), ("Cache-Control", "no-store")]
+    return head_bytes(status, headers, f"{extra}Content-Length: {len(body)}\r\n") + body

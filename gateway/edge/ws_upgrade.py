@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from multidict import CIMultiDict
@@ -54,15 +54,17 @@ class WsUpgrade:
         route: Route,
         record: log.AccessRecord,
         started: float,
+        dial: Callable[[], Awaitable[UpstreamConnection]],
     ) -> Relay:
         """The handshake goes upstream; a 101 turns both connections into a ``WsTunnel``, any
         other answer is relayed as an ordinary response. The tunnel is attached to the hub and
-        this task ends: an open WebSocket holds no task (issue 9's memory per idle socket)."""
+        this task ends: an open WebSocket holds no task (issue 9's memory per idle socket).
+        ``dial`` gets the fresh upstream connection (a refused port may hold it, issue 14)."""
         self.hub.refuse_if_draining()
         key, peer, trusted = preview_key(route), inspected.head.peer, inspected.trusted_peer
         self.guard.enter_websocket(key, peer, trusted_peer=trusted)
         try:
-            conn = await self.ws_pool.acquire(up.target_host, up.port, fresh=True)
+            conn = await dial()
         except BaseException:
             self.guard.leave_websocket(key, peer, trusted_peer=trusted)
             raise

@@ -37,6 +37,7 @@ TOKEN_REASONS = frozenset(
         "origin_not_allowed",
     }
 )
+_HOLD_REASONS = frozenset({"standby", "startup"})
 _Children = tuple[Counter, Histogram, Counter | None]
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -87,6 +88,20 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+        self.hold = Histogram(
+            "gateway_hold_seconds",
+            "Time requests were held while a sandbox woke (standby) or its port started "
+            "listening (startup).",
+            ["reason"],
+            buckets=_BUCKETS,
+            registry=self.registry,
+        )
+        self.gave_up = Counter(
+            "gateway_hold_gave_up",
+            "Held requests whose sandbox was not up within the limit.",
+            ["reason"],
+            registry=self.registry,
+        )
         self._children: dict[tuple[str, int, str | None], _Children] = {}
         """The labelled series one outcome updates. ``labels()`` validates and looks its
         arguments up under a lock on every call (about half of ``observe``); a labelled child is
@@ -107,6 +122,15 @@ class Metrics:
             self.upstream.observe(record.upstream_ms / 1000)
         if failure is not None:
             failure.inc()
+        if record.extra:
+            self._observe_hold(record.extra)
+
+    def _observe_hold(self, extra: Mapping[str, object]) -> None:
+        held_ms, reason = extra.get("held_ms"), extra.get("held_for")
+        if isinstance(held_ms, float) and reason in _HOLD_REASONS:
+            self.hold.labels(reason).observe(held_ms / 1000)
+            if extra.get("gave_up"):
+                self.gave_up.labels(reason).inc()
 
     def _label(self, kind: str, status: int, error_code: str | None) -> _Children:
         code = error_code or "ok"
@@ -157,6 +181,10 @@ _HELP = {
     "(by the edge, bounded by GATEWAY_REDIS_TIMEOUT_S), other commands, write transactions, and "
     "losses of the invalidation subscription.",
     "gateway_websockets_open": "WebSockets being relayed now.",
+    "gateway_wakes": "Wake calls for sandboxes in standby, by outcome: called (the orchestrator "
+    "answered 2xx), failed, deduplicated (another request or replica holds the wake lock), "
+    "unsigned (no GATEWAY_WAKE_SECRET, so no call).",
+    "gateway_requests_held": "Requests held now while a sandbox wakes or starts listening.",
     "gateway_limit_refusals": "Connections, requests and WebSockets refused by an abuse limit, "
     "by error code (overloaded, too_many_connections, rate_limited); shed connections are in no "
     "access log line.",

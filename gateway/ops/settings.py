@@ -169,6 +169,12 @@ class Settings(BaseSettings):
     """Time from sending the request to receiving the sandbox's response headers (504 after)."""
     upstream_idle_timeout_s: float = Field(300.0, ge=0)
     """Longest pause between two pieces of a response body from a sandbox; 0 disables it."""
+    upstream_startup_wait_s: float = Field(10.0, ge=0)
+    """How long an idempotent request without a body is held while a running sandbox's port
+    refuses connections (its dev server still starting), before 502; 0 turns holding off."""
+    wake_secret: SecretStr | None = None
+    """HMAC-SHA256 key that signs wake calls to a sandbox's `spec.lifecycle.wakeUrl`
+    (docs/api.md); unset: no wake call is made."""
     upstream_max_connections: int = Field(4096, ge=1)
     """Upstream connections of one replica, all sandboxes together."""
     upstream_max_connections_per_target: int = Field(128, ge=1)

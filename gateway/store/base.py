@@ -38,6 +38,14 @@ class RouteSource(Protocol):
     def invalidations(self) -> AsyncIterator[str]: ...
 
 
+class WakeLocks(Protocol):
+    """The short lock that makes a burst of requests on many replicas one wake call."""
+
+    async def take_wake_lock(self, workspace: str, sandbox: str, ttl_s: float) -> bool:
+        """True for the one caller that may call the orchestrator until ``ttl_s`` passes."""
+        ...
+
+
 class Registry(Protocol):
     """Sandboxes and previews, for the control service and the sweeper."""
 
@@ -94,7 +102,7 @@ class Registry(Protocol):
         Cluster), before a write that needs one does anything."""
 
 
-class Store(RouteSource, Registry, Protocol):
+class Store(RouteSource, Registry, WakeLocks, Protocol):
     """A whole store, for the app that builds, shares and closes it."""
 
     async def ping(self) -> None: ...

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import datetime
 
@@ -30,6 +31,7 @@ class MemoryStore:
         self._custom: dict[str, CustomHost] = {}
         self._domain_hosts: dict[str, set[str]] = {}
         self._subscribers: set[asyncio.Queue[str]] = set()
+        self._wake_locks: dict[tuple[str, str], float] = {}
         self._on_write: list[Callable[[str], None]] = []
         self.errors: dict[str, int] = {}
         """Always empty: nothing here can fail the way Redis can (same shape as RedisStore's)."""
@@ -250,6 +252,16 @@ class MemoryStore:
 
     async def shared_secret(self, name: str, candidate: str) -> str:
         return candidate
+
+    async def take_wake_lock(self, workspace: str, sandbox: str, ttl_s: float) -> bool:
+        now = time.monotonic()
+        key = (workspace, sandbox)
+        if self._wake_locks.get(key, 0.0) > now:
+            return False
+        if len(self._wake_locks) > 4096:
+            self._wake_locks = {k: t for k, t in self._wake_locks.items() if t > now}
+        self._wake_locks[key] = now + ttl_s
+        return True
 
     def _previews_of(self, workspace: str, sandbox: str) -> list[Preview]:
         return [p for (ws, sb, _), p in self._previews.items() if (ws, sb) == (workspace, sandbox)]

@@ -249,6 +249,13 @@ class RedisStore(RedisDomainTable):
         await self._call(self._client.set(key, candidate, nx=True))
         return as_text(await self._call(self._client.get(key)))
 
+    async def take_wake_lock(self, workspace: str, sandbox: str, ttl_s: float) -> bool:
+        """SET NX PX: one replica wins; the key expires by itself, so a replica that dies
+        mid-wake holds nobody up for longer than ``ttl_s``."""
+        key = self._keys.wake_lock(workspace, sandbox)
+        ttl_ms = max(1, int(ttl_s * 1000))
+        return bool(await self._call(self._client.set(key, b"1", nx=True, px=ttl_ms)))
+
     # ── helpers ────────────────────────────────────────────────────────────────────────────
     async def _previews_in(self, pipe: Pipe, workspace: str, sandbox: str) -> list[Preview]:
         """A sandbox's previews, read inside a transaction that is about to write their routes.

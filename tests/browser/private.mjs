@@ -16,6 +16,8 @@
 //   reload   {session, ready?, probe?, timeoutMs}      reloads the page, waits the same way
 //   goto     {session, url, ready?, probe?, timeoutMs} another URL in the same page and cookies
 //   evaluate {session, expression, timeoutMs}          the (awaited) value of a JS expression
+//   wait     {session, ready, probe?, timeoutMs}       waits, across the page's own reloads,
+//              for the JS expression `ready`, then answers a snapshot (no click, no reload)
 //   snapshot {session, probe?}   close {session}   quit {}
 //
 // open and reload answer with a snapshot: the address bar, the redirect chain and the response
@@ -89,6 +91,11 @@ class Session {
   async reload({ ready, probe, timeoutMs = 30000 }) {
     const response = await this.page.reload({ waitUntil: "load", timeout: timeoutMs });
     await this.#settle("reload", response, ready, timeoutMs);
+    return this.snapshot({ probe });
+  }
+
+  async wait({ ready, probe, timeoutMs = 30000 }) {
+    await this.page.waitForFunction(ready, null, { timeout: timeoutMs, polling: 50 });
     return this.snapshot({ probe });
   }
 
@@ -227,6 +234,7 @@ function serve() {
     if (op === "reload") return s.reload(cmd);
     if (op === "goto") return s.goto(cmd);
     if (op === "evaluate") return s.evaluate(cmd);
+    if (op === "wait") return s.wait(cmd);
     if (op === "snapshot") return s.snapshot(cmd);
     throw new Error(`unknown op ${op}`);
   }, (s, cmd) => (s.page ? s.snapshot({ probe: cmd.probe }) : null));

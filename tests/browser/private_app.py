@@ -84,10 +84,11 @@ NO_STORE = {"Cache-Control": "no-store"}
 class PrivateApp:
     """The app on a free 127.0.0.1 port, in a background thread; ``stop()`` ends both."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         self.nonce = secrets.token_hex(8)
         """Served by /api/data: the rendered JSON can only have come from this app."""
-        self.port = 0
+        self.port = port
+        """0: a free one, chosen at start."""
         self._records: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._started = threading.Event()
@@ -159,7 +160,7 @@ class PrivateApp:
         runner = web.AppRunner(self._build(), access_log=None)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, "127.0.0.1", 0)
+            site = web.TCPSite(runner, "127.0.0.1", self.port)
             await site.start()
             self.port = int(runner.addresses[0][1])
             self._started.set()

@@ -75,8 +75,18 @@ async def test_operator_flow(gateway_process: SpawnGateway, upstream: int) -> No
     cli = Cli(gp)
 
     out = await cli.ok("sandboxes", "create", "sb", "--host", "127.0.0.1", "--label", "team=a")
-    assert rows(out)[0] == ["NAME", "TARGET", "STATUS", "EXPIRES", "CREATED"]
-    assert rows(out)[1][:4] == ["sb", "127.0.0.1", "DEPLOYED", "-"]
+    assert rows(out)[0] == ["NAME", "TARGET", "STATUS", "STATE", "EXPIRES", "CREATED"]
+    assert rows(out)[1][:5] == ["sb", "127.0.0.1", "DEPLOYED", "running", "-"]
+    out = await cli.ok("sandboxes", "state", "sb", "standby")
+    assert rows(out)[1][:4] == ["sb", "127.0.0.1", "DEPLOYED", "standby"]
+    out = await cli.ok("sandboxes", "state", "sb", "running")
+    assert rows(out)[1][3] == "running"
+    vm = await cli.json(
+        "sandboxes", "create", "vm", "--host", "127.0.0.1",
+        "--wake-url", "http://127.0.0.1:9/wake", "--wake-timeout", "5",
+    )  # fmt: skip
+    assert vm["spec"]["lifecycle"] == {"wakeUrl": "http://127.0.0.1:9/wake", "wakeTimeoutS": 5}
+    await cli.ok("sandboxes", "delete", "vm")
     out = await cli.ok("previews", "create", "sb", "web", "--port", str(upstream), "--public")
     name, port, public, url, expires = rows(out)[1]
     assert (name, port, public, expires) == ("web", str(upstream), "true", "-")

@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 
+from gateway.components import from_settings
 from gateway.core.limits import (
     Caps,
     Pressure,
@@ -15,7 +16,6 @@ from gateway.core.limits import (
     upload_too_slow,
 )
 from gateway.edge.config import HeadLimits
-from gateway.edge.configure import from_settings
 from gateway.edge.guard import GuardLimits
 from gateway.ops.settings import Settings
 from tests.helpers.gateway import make_settings
