@@ -82,6 +82,12 @@ def start(
         GATEWAY_ACCESS_LOG="false",
         GATEWAY_MAX_BODY_BYTES="0",  # the 1 GiB upload is above the default 100 MiB cap
         GATEWAY_SHUTDOWN_GRACE_S="2",  # nothing is in flight at stop; do not wait 10 s
+        # All load comes from one address (loopback): the per-client and per-preview abuse caps
+        # (issue 12) would refuse it, and the nginx it is compared with has none by default.
+        GATEWAY_MAX_CONNECTIONS_PER_CLIENT_IP="0",
+        GATEWAY_MAX_WEBSOCKETS_PER_CLIENT_IP="0",
+        GATEWAY_MAX_CONNECTIONS_PER_PREVIEW="0",
+        GATEWAY_MAX_WEBSOCKETS_PER_PREVIEW="0",
         PYTHONPATH=str(src),
     )
     env.update(extra_env or {})
