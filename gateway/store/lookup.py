@@ -11,7 +11,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 
 from gateway.core.domains import fallback_candidates
@@ -77,15 +77,21 @@ class RouteLookup:
         """The route for a canonical host: an exact name (a preview's own hostname, or a
         custom-domain preview's) first, then a one-label wildcard, then the fallback of the
         nearest registered parent domain. One cached key per step and label: never a scan."""
-        route = await self._first(wildcard_candidates(host))
-        if route is None and self._preview_domain is not None:
-            route = await self._first(fallback_candidates(host, self._preview_domain))
+        route = await self._first(self._candidates(host))
         # Most routes never expire: no clock read for them.
         if route is not None and route.expires_at is not None:
             return None if route.expired(self._wall_clock()) else route
         return route
 
-    async def _first(self, keys: list[str]) -> Route | None:
+    def _candidates(self, host: str) -> Iterator[str]:
+        """The keys to try, in order, for both ``find`` and ``cached``: the exact name, the
+        one-label wildcard, then the fallbacks of the parent domains (nearest first). Lazy: a
+        hit on the exact name, the common case, never builds the fallback keys."""
+        yield from wildcard_candidates(host)
+        if self._preview_domain is not None:
+            yield from fallback_candidates(host, self._preview_domain)
+
+    async def _first(self, keys: Iterable[str]) -> Route | None:
         for key in keys:
             route = await self._get(key)
             if route is not None:
@@ -97,10 +103,7 @@ class RouteLookup:
         needs no task), or ``MISS`` when a candidate needs a store read: then ``find``."""
         hits = 0
         found: Route | None = None
-        candidates = wildcard_candidates(host)
-        if self._preview_domain is not None:  # as find(): the fallbacks come last
-            candidates = [*candidates, *fallback_candidates(host, self._preview_domain)]
-        for key in candidates:
+        for key in self._candidates(host):
             entry = self._cache.fresh(key)
             if entry is None:
                 return MISS  # find() counts these hits itself
